@@ -151,7 +151,7 @@ def foreground_score(iou) -> float:
     fg = fg[~np.isnan(fg)]
     return float(fg.mean()) if fg.size else 1.0
 
-# %% ../nbs/10_viewer.ipynb #2246a669
+# %% ../nbs/10_viewer.ipynb #ec7b5a63
 def _hex(rgb) -> str:
     "`#rrggbb` of an RGB triple."
     return '#%02x%02x%02x' % tuple(int(v) for v in rgb)
@@ -190,8 +190,8 @@ class PredictionViewer:
 
     def _image_name(self, i: int) -> str:
         "Spacecraft / file name of sample `i` (file names are known once a sample has been loaded)."
-        sc, name = self.spacecraft[i], self._names.get(i, f'#{i}')
-        return f"{sc} / {name}" if sc else name
+        sc, name = self.spacecraft[i], self._names.get(i)
+        return ' / '.join(s for s in (sc, name) if s) or f'#{i}'
 
 # %% ../nbs/10_viewer.ipynb #41c08666
 class PredictionViewer(PredictionViewer):
@@ -321,7 +321,7 @@ class PredictionViewer(PredictionViewer):
         "Display as the widget."
         return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/10_viewer.ipynb #9e871ba0
+# %% ../nbs/10_viewer.ipynb #bdc10c6f
 class PredictionViewer(PredictionViewer):
     def visible_classes(self) -> list[int]:
         "Classes drawn now: the focused class, or every class whose toggle is on."
@@ -340,7 +340,7 @@ class PredictionViewer(PredictionViewer):
     def _titles(self, i: int) -> list[str]:
         "Titles of the five panels."
         f, vis = self.focus.value, self.visible_classes()
-        return [self._image_name(i), 'ground truth', 'prediction',
+        return [self.spacecraft[i] or 'image', 'ground truth', 'prediction',
                 'errors: ' + (', '.join(self.class_names[c] for c in vis) or 'none'),
                 f'P({self.class_names[f]})' if f >= 0 else 'confidence (max P)']
 
@@ -379,10 +379,11 @@ class PredictionViewer(PredictionViewer):
         self.shown_iou = self.iou(i)
         self.figure.value = _render_png(self._figure(i, self.panels))
         self.iou_box.value = self._iou_html(i)
-        self.status.value = f"sample {self.sample.value + 1} of {len(self.order)}; {self.n_predicted} images predicted so far"
+        self.status.value = (f"<b>{html.escape(self._image_name(i))}</b> (data set index {i})<br>"
+                             f"sample {self.sample.value + 1} of {len(self.order)}; images predicted so far: {self.n_predicted}")
         self.renders += 1
 
-# %% ../nbs/10_viewer.ipynb #00beba95
+# %% ../nbs/10_viewer.ipynb #68b7ce92
 def worst_cases(viewer: PredictionViewer, cls: int, k: int = 4, indices: Iterable[int] | None = None) -> list[tuple[int, float]]:
     "The `k` samples with the lowest IoU of class `cls` (where it is defined), as `(index, IoU)`, worst first."
     if not 0 <= cls < viewer.n_classes: raise ValueError(f"worst_cases: class {cls} out of range 0..{viewer.n_classes - 1}")
@@ -404,7 +405,8 @@ def worst_cases_grid(viewer: PredictionViewer, k: int = 4, classes: Sequence[int
             if j >= len(cases): continue
             i, v = cases[j]; item = viewer.dataset[i]
             ax.imshow(error_overlay(item['image'], viewer.preds[i], item['mask'], c), interpolation='nearest')
-            ax.set_title(f"{viewer.class_names[c]} IoU {v:.2f}\n{viewer._image_name(i)}", fontsize=8)
+            ax.text(0.5, 1.02, f"{viewer.class_names[c]} IoU {v:.2f}\n{viewer._image_name(i)}", transform=ax.transAxes,
+                    ha='center', va='bottom', fontsize=8)
     fig.legend(handles=[Patch(color=ERROR_COLORS[e] / 255, label=ERROR_NAMES[e]) for e in (TP, FP, FN)],
                loc='lower center', ncol=3, fontsize=8, frameon=False)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.08, hspace=0.4, wspace=0.05)
