@@ -21,7 +21,7 @@ __all__ = ['GOLD', 'SILVER', 'WHITE', 'GREY', 'DARK', 'CELLS', 'BUILDERS', 'REND
            'smooth_noise', 'fractal_noise', 'star_field', 'upsample', 'earth_layer', 'earth', 'sun_glare', 'pack',
            'shade', 'sun_buffer', 'cast_shadows', 'draw_model', 'render_sample', 'overlay', 'show_samples',
            'sample_rng', 'sample_spec', 'format_bbox', 'dataset_params', 'is_synthetic_set', 'write_dataset',
-           'cache_base', 'synthetic_root', 'parse_args', 'main']
+           'cache_base', 'synthetic_root', 'parse_args', 'main', 'bench_synth']
 
 # %% ../nbs/01_synthetic.ipynb #13f1f155
 @dataclass
@@ -374,7 +374,7 @@ def sun_glare(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g += 0.15 * np.exp(-np.abs(np.sin(th - a)) * r * S / 1.5) * np.exp(-r / 0.4)
     return img + upsample((g[..., None] * np.array([1.0, 0.97, 0.9])).astype(np.float32), img.shape[0])
 
-# %% ../nbs/01_synthetic.ipynb #9a94380c
+# %% ../nbs/01_synthetic.ipynb #093fb798
 def pack(faces: list[Face]) -> dict:
     "The model as flat arrays: vertices, per-face offsets, classes, albedos, materials (for vectorised shading)."
     counts = np.array([len(f.verts) for f in faces])
@@ -490,8 +490,10 @@ def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int 
     m = pack(build_model(spacecraft, rng))
     radius = np.linalg.norm(m['verts'], axis=1).max()
     sun = rng.normal(size=3); sun /= np.linalg.norm(sun)
-    if sun[2] > 0 and rng.random() < 0.7: sun[2] = -sun[2]     # mostly lit from the camera's side
-    ambient, gain = rng.uniform(0.02, 0.12), rng.uniform(0.7, 1.2)
+    if sun[2] > 0 and rng.random() < 0.85: sun[2] = -sun[2]    # mostly lit from the camera's side
+    ambient, gain = rng.uniform(0.04, 0.2), rng.uniform(0.75, 1.25)
+    backs = (m['cls'] == 2) & m['two_sided']                   # panel substrate: light to mid grey
+    m['back'][backs] = rng.uniform(0.35, 0.85) * np.array([1.0, 1.0, rng.uniform(0.9, 1.05)])
     partial = rng.random() < 0.15
     for _ in range(50):
         cam = random_camera(radius, size, rng, partial)
@@ -499,6 +501,8 @@ def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int 
         if (classes > 0).mean() >= 0.004: break
     bg = star_field(size, rng)
     if rng.random() < 0.35: bg = earth(bg, sun, rng)
+    crinkle = rng.uniform(0, 0.5) * (smooth_noise((size, size), max(4, size // 6), rng) - 0.5)
+    fg = fg * np.where(classes == 1, 1 + crinkle, 1)[..., None]   # insulation foil is never flat
     img = bg * (1 - a) + fg
     if rng.random() < 0.3: img = sun_glare(img, rng)
     img = np.clip(img, 0, 1)
@@ -531,8 +535,8 @@ def show_samples(names=SPACECRAFT, per_type: int = 2, size: int = 160, seed: int
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_synthetic.ipynb #51091c56
-RENDER_VERSION = 2      # bump whenever the renderer's output changes: cached sets are then regenerated
+# %% ../nbs/01_synthetic.ipynb #22bf7250
+RENDER_VERSION = 3      # bump whenever the renderer's output changes: cached sets are then regenerated
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
 IMAGE_QUALITY, MASK_QUALITY = 92, 85
 
@@ -676,3 +680,40 @@ def main(argv=None):
         sys.exit(f"unet3plus-synth: error: {e}")
     print(f"wrote {a.n_train} train, {a.n_val} val, {a.n_test} test images ({a.size} px, seed {a.seed}) to {out}")
     return out
+
+# %% ../nbs/01_synthetic.ipynb #babef1e5
+def bench_synth(argv: list[str] | None = None) -> dict:
+    "The `unet3plus-bench synth` benchmark: ms per rendered sample for several renderer settings and sizes."
+    import io, time
+    from unet3plus.bench import measure, print_table
+    p = argparse.ArgumentParser('unet3plus-bench synth')
+    p.add_argument('--sizes', type=int, nargs='+', default=[256, 512])
+    p.add_argument('--repeats', type=int, default=3)
+    a = p.parse_args(argv or [])
+    def batch(size, **kw):
+        def run():
+            for k, name in enumerate(SPACECRAFT): render_sample(name, size, np.random.default_rng([9, k]), **kw)
+        return run
+    def written(size):
+        def run():
+            for k, name in enumerate(SPACECRAFT):
+                img, cm, _ = render_sample(name, size, np.random.default_rng([9, k]))
+                Image.fromarray(img).save(io.BytesIO(), 'JPEG', quality=IMAGE_QUALITY)
+                Image.fromarray(classes_to_rgb(cm)).save(io.BytesIO(), 'JPEG', quality=MASK_QUALITY)
+        return run
+    rows, res = [], {}
+    for size in a.sizes:
+        fns = {'default (ss=2, shadows)': batch(size), 'ss=1, no shadows': batch(size, ss=1, shadows=False),
+               'ss=2, no shadows': batch(size, shadows=False), 'ss=4, shadows': batch(size, ss=4),
+               'default + 2 JPEG writes': written(size)}
+        t = measure(fns, repeats=a.repeats, warmup=1)
+        c0 = time.process_time(); fns['default (ss=2, shadows)'](); cpu = (time.process_time() - c0) / len(SPACECRAFT)
+        base = t['default (ss=2, shadows)']
+        for k, v in t.items():
+            ms = 1000 * v / len(SPACECRAFT)
+            rows.append(dict(size=size, variant=k, ms_per_sample=ms, vs_default=f"{v / base:.2f}x"))
+            res[(size, k)] = ms
+        rows.append(dict(size=size, variant='default, CPU time', ms_per_sample=1000 * cpu, vs_default='-'))
+        res[(size, 'cpu')] = 1000 * cpu
+    print_table(rows, 'synthetic renderer: milliseconds per sample (one process)')
+    return res
