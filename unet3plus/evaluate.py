@@ -112,7 +112,7 @@ def collate_eval(samples: list[dict]) -> dict:
     if 'mask' in out and len({tuple(m.shape) for m in out['mask']}) == 1: out['mask'] = torch.stack(out['mask'])
     return out
 
-# %% ../nbs/08_evaluate.ipynb #da889383
+# %% ../nbs/08_evaluate.ipynb #983dbffc
 def data_n_classes(ds) -> int:
     "Number of segmentation classes of a data set (`ds.n_classes`, else the SPARK classes)."
     return int(getattr(ds, 'n_classes', None) or len(getattr(ds, 'classes', None) or CLASSES))
@@ -135,7 +135,7 @@ def sample_prediction(scores: torch.Tensor, mask: torch.Tensor, eval_size: str =
 def summarize(cm: ConfusionMatrix, class_names) -> dict:
     "Overall and per-class metrics of a confusion matrix, JSON-ready."
     r = cm.compute()
-    overall = {k: float(r[k]) for k in ('pixel_acc', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg')}
+    overall = {k: float(r[k]) for k in ('pixel_acc', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'fwiou') if k in r}
     per_class = {n: {k: (int(r[k][i]) if k == 'support' else float(r[k][i])) for k in ('iou', 'dice', 'precision', 'recall', 'support')}
                  for i, n in enumerate(class_names)}
     return dict(overall=overall, per_class=per_class, confusion_matrix=cm.matrix.tolist())
@@ -198,7 +198,7 @@ def plot_confusion(matrix, class_names):
         fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #cd910174
+# %% ../nbs/08_evaluate.ipynb #d2dabd57
 def text_table(header: list[str], rows: list[list]) -> str:
     "An aligned plain-text table; floats with 4 decimals."
     cells = [header] + [[f'{v:.4f}' if isinstance(v, float) else str(v) for v in r] for r in rows]
@@ -213,7 +213,8 @@ def format_report(res: dict) -> str:
            f"images: {s['n_images']}   input size: {s['target_size'] or 'original'}   metrics at: {s['eval_size']} resolution   "
            f"TTA: {s['tta']}   device: {s['device']}   {s['images_per_s']} images/s", '',
            text_table(['overall', 'value'], [['pixel accuracy', o['pixel_acc']], ['mIoU', o['miou']], ['mIoU (no background)', o['miou_no_bg']],
-                                             ['mDice', o['mdice']], ['mDice (no background)', o['mdice_no_bg']]]), '',
+                                             ['mDice', o['mdice']], ['mDice (no background)', o['mdice_no_bg']]]
+                                            + ([['frequency-weighted IoU', o['fwiou']]] if 'fwiou' in o else [])), '',
            text_table(['class', 'IoU', 'Dice', 'precision', 'recall', 'support'],
                       [[c] + [res['per_class'][c][k] for k in ('iou', 'dice', 'precision', 'recall', 'support')] for c in names]), '']
     groups = sorted(res['per_spacecraft'].items(), key=lambda kv: kv[1]['overall']['miou_no_bg'])
