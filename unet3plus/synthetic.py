@@ -17,11 +17,11 @@ from .data import CLASSES, PALETTE, SPACECRAFT, CSV_COLUMNS, classes_to_rgb, rgb
 __all__ = ['GOLD', 'SILVER', 'WHITE', 'GREY', 'DARK', 'CELLS', 'BUILDERS', 'RENDER_VERSION', 'SPLITS', 'IMAGE_QUALITY',
            'MASK_QUALITY', 'Face', 'face_normal', 'basis', 'outward', 'box', 'prism', 'dish', 'panel', 'wing',
            'make_cheops', 'make_lisa', 'make_obs', 'make_proba2', 'make_proba3', 'make_proba3ocs', 'make_smart1',
-           'make_soho', 'make_venus', 'make_xmm', 'build_model', 'random_rotation', 'Camera', 'random_camera',
-           'smooth_noise', 'fractal_noise', 'star_field', 'upsample', 'earth_layer', 'earth', 'sun_glare', 'pack',
-           'shade', 'sun_buffer', 'cast_shadows', 'draw_model', 'render_sample', 'overlay', 'show_samples',
-           'sample_rng', 'sample_spec', 'format_bbox', 'dataset_params', 'is_synthetic_set', 'write_dataset',
-           'cache_base', 'synthetic_root', 'parse_args', 'main', 'bench_synth']
+           'make_soho', 'make_venus', 'make_xmm', 'face_area', 'appendages', 'build_model', 'random_rotation', 'Camera',
+           'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample', 'earth_layer', 'earth',
+           'sun_glare', 'pack', 'shade', 'sun_buffer', 'cast_shadows', 'draw_model', 'render_sample', 'overlay',
+           'show_samples', 'sample_rng', 'sample_spec', 'format_bbox', 'dataset_params', 'is_synthetic_set',
+           'write_dataset', 'cache_base', 'synthetic_root', 'parse_args', 'main', 'bench_synth']
 
 # %% ../nbs/01_synthetic.ipynb #13f1f155
 @dataclass
@@ -109,7 +109,7 @@ def wing(root, direction, normal, n_seg, seg_len, width, cells, boom=0.3, gap=0.
         faces += panel(c, d * seg_len, side * width, albedo, grid=cells)
     return faces
 
-# %% ../nbs/01_synthetic.ipynb #1b268e46
+# %% ../nbs/01_synthetic.ipynb #05b17b93
 GOLD, SILVER, WHITE, GREY, DARK = (0.85, 0.62, 0.22), (0.78, 0.78, 0.8), (0.9, 0.9, 0.88), (0.5, 0.5, 0.52), (0.16, 0.16, 0.17)
 CELLS = [(0.06, 0.1, 0.32), (0.04, 0.05, 0.14), (0.12, 0.09, 0.3), (0.05, 0.14, 0.3)]
 
@@ -242,11 +242,36 @@ def make_xmm(rng):
 BUILDERS = dict(zip(SPACECRAFT, [make_cheops, make_lisa, make_obs, make_proba2, make_proba3, make_proba3ocs,
                                  make_smart1, make_soho, make_venus, make_xmm]))
 
+def face_area(verts: np.ndarray) -> float:
+    "Area of a planar polygon (half the norm of the summed vertex cross products)."
+    v = np.asarray(verts, float)
+    return 0.5 * float(np.linalg.norm(np.cross(v, np.roll(v, -1, 0)).sum(0)))
+
+def appendages(faces: list[Face], rng: np.random.Generator, max_n: int = 3) -> list[Face]:
+    "0 to `max_n` small extras on large solid body faces: antenna rods (some with a tip), instrument boxes."
+    hosts = [f for f in faces if f.cls == 1 and not f.two_sided and face_area(f.verts) > 0.15]
+    extra = []
+    for _ in range(int(rng.integers(0, max_n + 1)) if hosts else 0):
+        f = hosts[rng.integers(len(hosts))]
+        n = face_normal(f.verts)
+        w = rng.dirichlet(np.ones(len(f.verts)))                 # a random point inside the (convex) face
+        p = w @ f.verts
+        if rng.random() < 0.6:
+            d = n + rng.normal(0, 0.35, 3); d /= np.linalg.norm(d)
+            L = rng.uniform(0.3, 1.2)
+            extra += prism(6, rng.uniform(0.012, 0.03), L, p + d * L / 2, d, GREY)
+            if rng.random() < 0.4: extra += box(p + d * L, (0.08, 0.08, 0.08), WHITE)
+        else:
+            s = rng.uniform(0.1, 0.3, 3)
+            u, v, _ = basis(n)
+            extra += box(p + n * s[2] / 2, s, _mli(rng), axes=np.stack([u, v, n]), shine=0.3)
+    return faces + extra
+
 def build_model(spacecraft: str, rng: np.random.Generator) -> list[Face]:
-    "The faces of a random instance of `spacecraft`, centred on its bounding box."
+    "The faces of a random instance of `spacecraft` with random appendages, centred on its bounding box."
     if spacecraft not in BUILDERS:
         raise ValueError(f"unknown spacecraft {spacecraft!r}; expected one of {SPACECRAFT}")
-    faces = BUILDERS[spacecraft](rng)
+    faces = appendages(BUILDERS[spacecraft](rng), rng)
     allv = np.concatenate([f.verts for f in faces])
     c = (allv.min(0) + allv.max(0)) / 2
     for f in faces: f.verts = f.verts - c
@@ -535,8 +560,8 @@ def show_samples(names=SPACECRAFT, per_type: int = 2, size: int = 160, seed: int
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_synthetic.ipynb #22bf7250
-RENDER_VERSION = 3      # bump whenever the renderer's output changes: cached sets are then regenerated
+# %% ../nbs/01_synthetic.ipynb #5bbfec2d
+RENDER_VERSION = 4      # bump whenever the renderer's output changes: cached sets are then regenerated
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
 IMAGE_QUALITY, MASK_QUALITY = 92, 85
 
@@ -566,6 +591,37 @@ def _render_task(task) -> tuple:
     Image.fromarray(image).save(Path(out) / 'images' / name / split / fname, quality=IMAGE_QUALITY)
     Image.fromarray(classes_to_rgb(classes)).save(Path(out) / 'mask' / name / split / mname, quality=MASK_QUALITY)
     return split, index, (fname, mname, name, format_bbox(bbox))
+
+def _render_worker(tasks, queue):
+    "Worker process: render `tasks`, put each result on `queue`, then `None` (or an error report)."
+    try:
+        for t in tasks: queue.put(_render_task(t))
+    except BaseException as e:
+        import traceback; queue.put(('error', f"{type(e).__name__}: {e}", traceback.format_exc())); return
+    queue.put(None)
+
+def _render_parallel(tasks: list, workers: int):
+    "Yield `_render_task` results of `tasks` rendered by `workers` forked processes (any order)."
+    import multiprocessing as mp, queue as queue_mod
+    ctx = mp.get_context('fork')                          # forked: nothing but results crosses a pipe
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_render_worker, args=(tasks[w::workers], q), daemon=True) for w in range(workers)]
+    for p in procs: p.start()
+    running = workers
+    try:
+        while running:
+            try: item = q.get(timeout=1.0)
+            except queue_mod.Empty:
+                dead = [p for p in procs if p.exitcode not in (None, 0)]
+                if dead: raise RuntimeError(f"write_dataset: a rendering worker died (exit code {dead[0].exitcode})")
+                continue
+            if item is None: running -= 1
+            elif item[0] == 'error': raise RuntimeError(f"write_dataset: a rendering worker failed: {item[1]}\n{item[2]}")
+            else: yield item
+    finally:
+        for p in procs:
+            if p.is_alive(): p.terminate()
+            p.join()
 
 def dataset_params(n_train, n_val, n_test, size, seed) -> dict:
     "The parameters that determine a synthetic set's bytes (stored in `.synthetic.json`)."
@@ -608,17 +664,11 @@ def write_dataset(out, n_train: int = 2000, n_val: int = 400, n_test: int = 200,
     if progress:
         from tqdm.auto import tqdm
         bar = tqdm(total=len(tasks), desc=f'rendering {out.name}', unit='img')
-    if workers > 1 and len(tasks) > 1:
-        import multiprocessing as mp
-        with mp.get_context('fork').Pool(workers) as pool:
-            for split, i, row in pool.imap_unordered(_render_task, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers)))):
-                if row is not None: rows[split][i] = row
-                if bar is not None: bar.update()
-    else:
-        for t in tasks:
-            split, i, row = _render_task(t)
-            if row is not None: rows[split][i] = row
-            if bar is not None: bar.update()
+    if workers > 1 and len(tasks) > 1: results = _render_parallel(tasks, workers)
+    else: results = map(_render_task, tasks)
+    for split, i, row in results:
+        if row is not None: rows[split][i] = row
+        if bar is not None: bar.update()
     if bar is not None: bar.close()
     for split in ('train', 'val'):
         ordered = sorted(rows[split].items(), key=lambda kv: (kv[0] % len(SPACECRAFT), kv[0]))  # grouped by class
