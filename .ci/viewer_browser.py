@@ -5,7 +5,7 @@ Starts JupyterLab on 127.0.0.1 (a free port, a random token, a temporary root ho
 builds a viewer, or a copy of --notebook), opens the notebook in headless Chromium through Selenium, accepts
 the kernel dialog, runs all cells, waits for the viewer's picture, then drags the opacity slider and steps the
 sample slider with the keyboard, checking each time that the displayed picture changed (its <img> source and
-its pixels). Screenshots go to --out. Exits 1 with a message on any failure; JupyterLab and the browser are
+its pixels), and clicks two cells of the confusion explorer (the cell dropdown must follow). Screenshots go to --out. Exits 1 with a message on any failure; JupyterLab and the browser are
 always shut down. Needs Debian's `chromium` and `chromium-driver` (chromedriver).
 
     python .ci/viewer_browser.py --out /tmp/viewer_shots
@@ -20,12 +20,13 @@ DEMO_CELLS = [
              "from unet3plus.synthetic import write_dataset\n"
              "from unet3plus.data import SparkSegmentation\n"
              "from unet3plus.model import UNet3Plus\n"
-             "from unet3plus.viewer import PredictionViewer\n"
+             "from unet3plus.viewer import PredictionViewer, ConfusionExplorer\n"
              "root = write_dataset(tempfile.mkdtemp(), n_train=0, n_val=6, n_test=0, size=64, seed=0)\n"
              "ds = SparkSegmentation.from_root(root, 'val')\n"
              "torch.manual_seed(0)\n"
              "model = UNet3Plus('test_convnext', n_classes=3, pretrained=False)"),
     ("code", "viewer = PredictionViewer(model, ds)\nviewer"),
+    ("code", "explorer = ConfusionExplorer(viewer)\nexplorer"),
 ]
 
 # JupyterLab settings that keep pop-ups (news, update checks) from covering the page
@@ -108,12 +109,12 @@ def stop_lab(proc: subprocess.Popen, url: str, token: str):
             req = urllib.request.Request(f"{url}/api/shutdown", method="POST", headers={"Authorization": f"token {token}"})
             urllib.request.urlopen(req, timeout=5).close()
         except OSError: pass
-        try: proc.wait(timeout=10)
+        try: proc.wait(timeout=8)
         except subprocess.TimeoutExpired: pass
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try: os.killpg(proc.pid, sig)          # the group this script started (start_new_session=True)
         except ProcessLookupError: return
-        try: proc.wait(timeout=5); time.sleep(0.5)
+        try: proc.wait(timeout=3); time.sleep(0.2)
         except subprocess.TimeoutExpired: continue
 
 
@@ -238,12 +239,42 @@ def check(driver, url: str, token: str, name: str, out: Path, deadline: float):
     driver.save_screenshot(str(out / "3_sample.png")); find_img().screenshot(str(out / "3_picture.png"))
     log(f"sample now {sample}")
 
+    # 3. the confusion explorer, when the notebook shows one: click two cells, the cell dropdown must follow
+    if driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion"):
+        for (t, p), text in [((0, 1), "true background -> predicted body"), ((1, 0), "true body -> predicted background")]:
+            buttons = driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion .widget-gridbox button")
+            n = round(len(buttons) ** 0.5)
+            if n * n != len(buttons) or n < 2: raise CheckFailed(f"the confusion explorer shows {len(buttons)} cell buttons, not a square matrix")
+            driver.execute_script("arguments[0].scrollIntoView({block: 'center'});", buttons[t * n + p])
+            buttons[t * n + p].click()
+            def selected():
+                sel = driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion .widget-dropdown select")[-1]
+                shown = driver.execute_script("return arguments[0].options[arguments[0].selectedIndex].text", sel)
+                return shown if shown.replace("\xa0", " ") == text else None     # ipywidgets writes spaces as nbsp
+            wait_until(f"the confusion explorer to select '{text}' after a click", selected, deadline)
+            listed = len(driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion .widget-select option"))
+            log(f"confusion cell clicked: {text}; {listed} images listed")
+        # pick the first listed image and send it to the viewer: the viewer's status line must name it
+        status = lambda: driver.find_elements(By.CSS_SELECTOR, ".u3p-viewer .u3p-status b")[-1].text
+        shown = status()
+        options = [(o, o.text.replace("\xa0", " ").rsplit(":", 1)[0])
+                   for o in driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion .widget-select option")]
+        options = [(o, name) for o, name in options if name != shown]
+        if not options: log("no listed image other than the one shown: 'show in viewer' not exercised")
+        else:
+            option, name = options[0]
+            option.click()
+            goto = [b for b in driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion button") if "show in viewer" in b.text][-1]
+            wait_until(f"'show in viewer' to show {name}", lambda: goto.click() or status() == name, deadline, poll=1.0)
+            log(f"'show in viewer' moved the viewer to {name}")
+        driver.save_screenshot(str(out / "4_confusion.png"))
+
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=None, help="folder for the screenshots (default: a new temporary folder)")
     p.add_argument("--notebook", type=Path, default=None, help="notebook to open instead of the built-in demo (its last viewer is driven)")
-    p.add_argument("--timeout", type=float, default=170, help="seconds for the whole check (default 170)")
+    p.add_argument("--timeout", type=float, default=150, help="seconds for the checks, shutdown excluded (default 150)")
     p.add_argument("--keep", action="store_true", help="keep the temporary JupyterLab root and logs")
     a = p.parse_args(argv)
     t0 = time.time(); deadline = t0 + a.timeout

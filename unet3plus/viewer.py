@@ -248,7 +248,7 @@ class PredictionViewer(PredictionViewer):
                 for i in sorted(self.preds)]
         return pd.DataFrame(rows).set_index('index') if rows else pd.DataFrame()
 
-# %% ../nbs/10_viewer.ipynb #788e79fd
+# %% ../nbs/10_viewer.ipynb #cfae8dd1
 class PredictionViewer(PredictionViewer):
     def _build_widgets(self):
         "Create the controls and output widgets and wire their callbacks."
@@ -268,7 +268,7 @@ class PredictionViewer(PredictionViewer):
                                 value=-1, description='focus', **wide)
         self.figure = W.Image(format='png', layout=W.Layout(max_width='100%'))
         self.iou_box, self.status = W.HTML(), W.HTML()
-        self.sample.add_class('u3p-sample'); self.opacity.add_class('u3p-opacity'); self.figure.add_class('u3p-figure')
+        self.sample.add_class('u3p-sample'); self.opacity.add_class('u3p-opacity'); self.figure.add_class('u3p-figure'); self.status.add_class('u3p-status')
         self.spacecraft_filter.observe(self._on_order, 'value'); self.order_by.observe(self._on_order, 'value')
         self.sample.observe(self._on_sample, 'value'); self.pick.observe(self._on_pick, 'value')
         for w in self.toggles + [self.opacity, self.focus]: w.observe(self._on_draw, 'value')
@@ -412,7 +412,7 @@ def worst_cases_grid(viewer: PredictionViewer, k: int = 4, classes: Sequence[int
     fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.08, hspace=0.4, wspace=0.05)
     return fig
 
-# %% ../nbs/10_viewer.ipynb #9da21410
+# %% ../nbs/10_viewer.ipynb #b9d346a1
 def row_normalise(m) -> np.ndarray:
     "Confusion matrix with each row divided by its sum (rows with no pixels stay 0)."
     m = np.asarray(m, np.float64); s = m.sum(1, keepdims=True)
@@ -435,7 +435,8 @@ class ConfusionExplorer:
         for t in range(n):
             for p in range(n): self.buttons[t][p].on_click(lambda b, t=t, p=p: self.select(t, p))
         self.cell = W.Dropdown(options=[(f'true {self.names[t]} -> predicted {self.names[p]}', (t, p))
-                                        for t in range(n) for p in range(n)], description='cell')
+                                        for t in range(n) for p in range(n)], description='cell',
+                                layout=W.Layout(width='420px'))
         self.images = W.Select(rows=8, layout=W.Layout(width='520px'), description='images')
         self.goto = W.Button(description='show in viewer', icon='eye')
         self.mode.observe(lambda c: self._paint(), 'value'); self.cell.observe(lambda c: self._list(), 'value')
