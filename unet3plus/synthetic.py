@@ -399,7 +399,7 @@ def sun_glare(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g += 0.15 * np.exp(-np.abs(np.sin(th - a)) * r * S / 1.5) * np.exp(-r / 0.4)
     return img + upsample((g[..., None] * np.array([1.0, 0.97, 0.9])).astype(np.float32), img.shape[0])
 
-# %% ../nbs/01_synthetic.ipynb #093fb798
+# %% ../nbs/01_synthetic.ipynb #3ebf5f2c
 def pack(faces: list[Face]) -> dict:
     "The model as flat arrays: vertices, per-face offsets, classes, albedos, materials (for vectorised shading)."
     counts = np.array([len(f.verts) for f in faces])
@@ -428,10 +428,11 @@ def shade(m: dict, pc: np.ndarray, cam: Camera, sun, ambient: float, gain: float
     diff = np.clip(ns @ sun, 0, None)
     h = sun + view; h /= np.linalg.norm(h, axis=1, keepdims=True) + 1e-12
     spec = m['shine'] * np.clip((ns * h).sum(1), 0, None) ** 40 * (diff > 0)
-    lit = gain * (alb * (ambient + 1.1 * diff)[:, None] + spec[:, None])
+    amb = np.broadcast_to(np.asarray(ambient, float), (3,))          # grey or tinted (earthshine) ambient light
+    lit = gain * (alb * (amb[None] + 1.1 * diff[:, None]) + spec[:, None])
     to8 = lambda x: (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
     return dict(normal=n, offset=(n * c).sum(1), visible=front | m['two_sided'], depth=c[:, 2], lit=diff > 0,
-                rgb=to8(lit), shadow_rgb=to8(gain * alb * ambient))
+                rgb=to8(lit), shadow_rgb=to8(gain * alb * amb[None]))
 
 def _grid_lines(verts: np.ndarray, grid: tuple) -> np.ndarray:
     "End points (camera space) of the cell-grid lines of a quad panel: [n_lines, 2, 3]."
@@ -516,7 +517,10 @@ def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int 
     radius = np.linalg.norm(m['verts'], axis=1).max()
     sun = rng.normal(size=3); sun /= np.linalg.norm(sun)
     if sun[2] > 0 and rng.random() < 0.85: sun[2] = -sun[2]    # mostly lit from the camera's side
-    ambient, gain = rng.uniform(0.04, 0.2), rng.uniform(0.75, 1.25)
+    has_earth = rng.random() < 0.35
+    tint = np.array([0.8, 0.95, 1.25]) if has_earth else np.ones(3)   # earthshine is bluish
+    ambient, gain = rng.uniform(0.04, 0.2) * tint, rng.uniform(0.75, 1.25)
+    m['albedo'] = m['albedo'] * rng.uniform(0.88, 1.12, (len(m['albedo']), 1))   # no two faces quite alike
     backs = (m['cls'] == 2) & m['two_sided']                   # panel substrate: light to mid grey
     m['back'][backs] = rng.uniform(0.35, 0.85) * np.array([1.0, 1.0, rng.uniform(0.9, 1.05)])
     partial = rng.random() < 0.15
@@ -525,7 +529,7 @@ def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int 
         fg, a, classes = draw_model(m, cam, sun, ambient, gain, ss, shadows)
         if (classes > 0).mean() >= 0.004: break
     bg = star_field(size, rng)
-    if rng.random() < 0.35: bg = earth(bg, sun, rng)
+    if has_earth: bg = earth(bg, sun, rng)
     crinkle = rng.uniform(0, 0.5) * (smooth_noise((size, size), max(4, size // 6), rng) - 0.5)
     fg = fg * np.where(classes == 1, 1 + crinkle, 1)[..., None]   # insulation foil is never flat
     img = bg * (1 - a) + fg
@@ -560,8 +564,8 @@ def show_samples(names=SPACECRAFT, per_type: int = 2, size: int = 160, seed: int
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_synthetic.ipynb #5bbfec2d
-RENDER_VERSION = 4      # bump whenever the renderer's output changes: cached sets are then regenerated
+# %% ../nbs/01_synthetic.ipynb #30e6895f
+RENDER_VERSION = 5      # bump whenever the renderer's output changes: cached sets are then regenerated
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
 IMAGE_QUALITY, MASK_QUALITY = 92, 85
 
