@@ -396,7 +396,7 @@ class PredictionViewer(PredictionViewer):
                              f"sample {self.sample.value + 1} of {len(self.order)}; images predicted so far: {self.n_predicted}")
         self.renders += 1
 
-# %% ../nbs/10_viewer.ipynb #506a0865
+# %% ../nbs/10_viewer.ipynb #36784e88
 def worst_cases(viewer: PredictionViewer, cls: int, k: int = 4, indices: Iterable[int] | None = None) -> list[tuple[int, float]]:
     "The `k` samples with the lowest IoU of class `cls` (where it is defined), as `(index, IoU)`, worst first."
     if not 0 <= cls < viewer.n_classes: raise ValueError(f"worst_cases: class {cls} out of range 0..{viewer.n_classes - 1}")
@@ -409,7 +409,7 @@ def worst_cases_grid(viewer: PredictionViewer, k: int = 4, classes: Sequence[int
                      indices: Iterable[int] | None = None, size: float = 2.2) -> Figure:
     "Figure with one row per class showing the error maps of its `k` worst samples."
     classes = list(range(1, viewer.n_classes)) if classes is None else list(classes)
-    fig = Figure(figsize=(size * k, size * len(classes) + 0.6), dpi=72)
+    fig = Figure(figsize=(size * k, (size + 0.5) * len(classes) + 0.4), dpi=72)
     axes = np.array(fig.subplots(len(classes), k, squeeze=False))
     for row, c in zip(axes, classes):
         cases = worst_cases(viewer, c, k, indices)
@@ -418,11 +418,12 @@ def worst_cases_grid(viewer: PredictionViewer, k: int = 4, classes: Sequence[int
             if j >= len(cases): continue
             i, v = cases[j]; item = viewer.dataset[i]
             ax.imshow(error_overlay(item['image'], viewer.class_map(i), item['mask'], c), interpolation='nearest')
-            ax.text(0.5, 1.02, f"{viewer.class_names[c]} IoU {v:.2f}\n{viewer._image_name(i)}", transform=ax.transAxes,
-                    ha='center', va='bottom', fontsize=8)
+            ax.text(0.5, 1.02, f"{viewer.class_names[c]} IoU {v:.2f}\n" + viewer._image_name(i).replace(' / ', '\n'),
+                    transform=ax.transAxes, ha='center', va='bottom', fontsize=8)
     fig.legend(handles=[Patch(color=ERROR_COLORS[e] / 255, label=ERROR_NAMES[e]) for e in (TP, FP, FN)],
                loc='lower center', ncol=3, fontsize=8, frameon=False)
-    fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.08, hspace=0.4, wspace=0.05)
+    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.55 / fig.get_figheight(), bottom=0.35 / fig.get_figheight(),
+                        hspace=0.35, wspace=0.08)
     return fig
 
 # %% ../nbs/10_viewer.ipynb #b9d346a1
