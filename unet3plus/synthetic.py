@@ -109,7 +109,7 @@ def wing(root, direction, normal, n_seg, seg_len, width, cells, boom=0.3, gap=0.
         faces += panel(c, d * seg_len, side * width, albedo, grid=cells)
     return faces
 
-# %% ../nbs/01_synthetic.ipynb #05b17b93
+# %% ../nbs/01_synthetic.ipynb #4a3f2e53
 GOLD, SILVER, WHITE, GREY, DARK = (0.85, 0.62, 0.22), (0.78, 0.78, 0.8), (0.9, 0.9, 0.88), (0.5, 0.5, 0.52), (0.16, 0.16, 0.17)
 CELLS = [(0.06, 0.1, 0.32), (0.04, 0.05, 0.14), (0.12, 0.09, 0.3), (0.05, 0.14, 0.3)]
 
@@ -244,8 +244,10 @@ BUILDERS = dict(zip(SPACECRAFT, [make_cheops, make_lisa, make_obs, make_proba2, 
 
 def face_area(verts: np.ndarray) -> float:
     "Area of a planar polygon (half the norm of the summed vertex cross products)."
-    v = np.asarray(verts, float)
-    return 0.5 * float(np.linalg.norm(np.cross(v, np.roll(v, -1, 0)).sum(0)))
+    v = np.asarray(verts, float); w = np.concatenate([v[1:], v[:1]])
+    n = np.array([(v[:, 1] * w[:, 2] - v[:, 2] * w[:, 1]).sum(), (v[:, 2] * w[:, 0] - v[:, 0] * w[:, 2]).sum(),
+                  (v[:, 0] * w[:, 1] - v[:, 1] * w[:, 0]).sum()])
+    return 0.5 * math.sqrt(n @ n)
 
 def appendages(faces: list[Face], rng: np.random.Generator, max_n: int = 3) -> list[Face]:
     "0 to `max_n` small extras on large solid body faces: antenna rods (some with a tip), instrument boxes."
@@ -399,7 +401,7 @@ def sun_glare(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g += 0.15 * np.exp(-np.abs(np.sin(th - a)) * r * S / 1.5) * np.exp(-r / 0.4)
     return img + upsample((g[..., None] * np.array([1.0, 0.97, 0.9])).astype(np.float32), img.shape[0])
 
-# %% ../nbs/01_synthetic.ipynb #3ebf5f2c
+# %% ../nbs/01_synthetic.ipynb #80e6891d
 def pack(faces: list[Face]) -> dict:
     "The model as flat arrays: vertices, per-face offsets, classes, albedos, materials (for vectorised shading)."
     counts = np.array([len(f.verts) for f in faces])
@@ -460,20 +462,26 @@ def sun_buffer(m: dict, pc: np.ndarray, sh: dict, sun: np.ndarray, res: int):
 def cast_shadows(rgb: np.ndarray, ids: np.ndarray, m: dict, pc: np.ndarray, sh: dict, cam: Camera, sun, ss: int,
                  origin=(0, 0)):
     "Darken, in place, the pixels of `rgb` (at `ss` x) whose surface point has another face between it and the sun."
-    ys, xs = np.nonzero(ids)
-    f = ids[ys, xs] - 1
-    ys, xs = ys + origin[1], xs + origin[0]
+    sub = ids[::ss, ::ss]                                  # test one point per output pixel, not per subpixel
+    ys, xs = np.nonzero(sub)
+    f = sub[ys, xs] - 1
     keep = sh['lit'][f]
     ys, xs, f = ys[keep], xs[keep], f[keep]
     if not len(f): return rgb
-    P = cam.unproject((xs + 0.5) / ss, (ys + 0.5) / ss, sh['normal'][f], sh['offset'][f])
+    px_x, px_y = (xs * ss + origin[0] + 0.5) / ss, (ys * ss + origin[1] + 0.5) / ss
+    P = cam.unproject(px_x, px_y, sh['normal'][f], sh['offset'][f])
     buf, to_px, px = sun_buffer(m, pc, sh, sun, min(2 * cam.size, 1024))
     q = np.clip(to_px(P).astype(int), 0, buf.shape[0] - 1)
     g = buf[q[:, 1], q[:, 0]] - 1
     ng = sh['normal'][g]; nl = ng @ sun
     t = (sh['offset'][g] - (ng * P).sum(1)) / np.where(np.abs(nl) < 1e-6, np.inf, nl)
     dark = (g >= 0) & (g != f) & (t > 3 * px)
-    rgb[ys[dark], xs[dark]] = sh['shadow_rgb'][f[dark]]
+    if not dark.any(): return rgb
+    flag = np.zeros(sub.shape, bool); flag[ys[dark], xs[dark]] = True
+    grow = lambda a: np.repeat(np.repeat(a, ss, 0), ss, 1)[:ids.shape[0], :ids.shape[1]]
+    hit = grow(flag) & (grow(sub) == ids)                    # subpixels of the same face as their test point
+    hy, hx = np.nonzero(hit)
+    rgb[hy + origin[1], hx + origin[0]] = sh['shadow_rgb'][ids[hy, hx] - 1]
     return rgb
 
 def draw_model(m: dict, cam: Camera, sun, ambient: float, gain: float, ss: int, shadows: bool = True):
@@ -564,8 +572,8 @@ def show_samples(names=SPACECRAFT, per_type: int = 2, size: int = 160, seed: int
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_synthetic.ipynb #30e6895f
-RENDER_VERSION = 5      # bump whenever the renderer's output changes: cached sets are then regenerated
+# %% ../nbs/01_synthetic.ipynb #10868c71
+RENDER_VERSION = 6      # bump whenever the renderer's output changes: cached sets are then regenerated
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
 IMAGE_QUALITY, MASK_QUALITY = 92, 85
 
