@@ -14,7 +14,7 @@ __all__ = ['fast_argmax', 'as_class_map', 'fast_bincount', 'confusion_counts', '
            'all_reduce_sum', 'GroupedConfusion', 'per_image_iou', 'boundary_dilation', 'boundary_counts',
            'boundary_iou', 'BoundaryIoU', 'bench_metrics']
 
-# %% ../nbs/06_metrics.ipynb #3580a448
+# %% ../nbs/06_metrics.ipynb #66f52735
 def fast_argmax(logits: torch.Tensor) -> torch.Tensor:
     "Argmax over dim 1 (first maximum wins); on the CPU with few classes a running maximum, several times faster than `argmax(1)`."
     n = logits.shape[1]
@@ -28,6 +28,7 @@ def fast_argmax(logits: torch.Tensor) -> torch.Tensor:
 
 def as_class_map(pred: torch.Tensor, target: torch.Tensor, n_classes: int, name: str = 'metric'):
     "`(class map, came_from_logits)`: `pred` as given if it is a class map shaped like `target`, else its argmax over dim 1."
+    if pred.device != target.device: raise ValueError(f"{name}: prediction is on {pred.device} but target on {target.device}")
     if pred.ndim == target.ndim + 1:
         if pred.shape[1] != n_classes or pred.shape[:1] + pred.shape[2:] != target.shape:
             raise ValueError(f"{name}: logits {tuple(pred.shape)} do not match target {tuple(target.shape)} with {n_classes} classes")
