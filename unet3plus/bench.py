@@ -8,7 +8,7 @@ import argparse, importlib, resource, statistics, sys, time
 from typing import Callable
 
 # %% auto #0
-__all__ = ['BENCHES', 'measure', 'peak_rss_mb', 'ratio', 'print_table', 'get_bench', 'main']
+__all__ = ['BENCHES', 'measure', 'peak_rss_mb', 'ratio', 'print_table', 'get_bench', 'run_bench', 'main']
 
 # %% ../nbs/11_bench.ipynb #13884fdd
 def measure(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, sync: Callable | None = None) -> dict[str, float]:
@@ -44,7 +44,7 @@ def print_table(rows: list[dict], title: str = "") -> str:
     print(text)
     return text
 
-# %% ../nbs/11_bench.ipynb #e92b453b
+# %% ../nbs/11_bench.ipynb #a6a10450
 BENCHES = {'data': 'unet3plus.data:bench_data', 'synth': 'unet3plus.synthetic:bench_synth', 'model': 'unet3plus.model:bench_model',
            'metrics': 'unet3plus.metrics:bench_metrics', 'train': 'unet3plus.train:bench_train',
            'infer': 'unet3plus.inference:bench_infer'}
@@ -55,10 +55,13 @@ def get_bench(name: str) -> Callable:
     mod, fn = BENCHES[name].split(':')
     return getattr(importlib.import_module(mod), fn)
 
-def main(argv: list[str] | None = None):
-    "Entry point of `unet3plus-bench`."
-    argv = sys.argv[1:] if argv is None else list(argv)
+def run_bench(argv: list[str]) -> dict:
+    "Run the benchmark named by `argv[0]` with the rest of `argv` as its options; return its figures."
     p = argparse.ArgumentParser('unet3plus-bench', description='Speed and memory against peers, in one process.')
     p.add_argument('bench', choices=list(BENCHES), help='which benchmark to run')
     args, rest = p.parse_known_args(argv)
     return get_bench(args.bench)(rest)
+
+def main(argv: list[str] | None = None) -> None:
+    "Entry point of `unet3plus-bench`: the benchmark prints its own tables; exit status 0."
+    run_bench(sys.argv[1:] if argv is None else list(argv))
