@@ -19,9 +19,10 @@ __all__ = ['GOLD', 'SILVER', 'WHITE', 'GREY', 'DARK', 'CELLS', 'BUILDERS', 'REND
            'make_cheops', 'make_lisa', 'make_obs', 'make_proba2', 'make_proba3', 'make_proba3ocs', 'make_smart1',
            'make_soho', 'make_venus', 'make_xmm', 'face_area', 'appendages', 'build_model', 'random_rotation', 'Camera',
            'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample', 'earth_layer', 'earth',
-           'sun_glare', 'pack', 'shade', 'sun_buffer', 'cast_shadows', 'draw_model', 'render_sample', 'overlay',
-           'show_samples', 'sample_rng', 'sample_spec', 'format_bbox', 'dataset_params', 'is_synthetic_set',
-           'write_dataset', 'cache_base', 'synthetic_root', 'parse_args', 'main', 'bench_synth']
+           'sun_glare', 'pack', 'shade', 'sun_buffer', 'cast_shadows', 'class_codes', 'coverage_to_classes',
+           'draw_model', 'render_sample', 'overlay', 'show_samples', 'sample_rng', 'sample_spec', 'format_bbox',
+           'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base', 'synthetic_root', 'parse_args', 'main',
+           'bench_synth']
 
 # %% ../nbs/01_synthetic.ipynb #13f1f155
 @dataclass
@@ -401,7 +402,7 @@ def sun_glare(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         g += 0.15 * np.exp(-np.abs(np.sin(th - a)) * r * S / 1.5) * np.exp(-r / 0.4)
     return img + upsample((g[..., None] * np.array([1.0, 0.97, 0.9])).astype(np.float32), img.shape[0])
 
-# %% ../nbs/01_synthetic.ipynb #80e6891d
+# %% ../nbs/01_synthetic.ipynb #35725e7a
 def pack(faces: list[Face]) -> dict:
     "The model as flat arrays: vertices, per-face offsets, classes, albedos, materials (for vectorised shading)."
     counts = np.array([len(f.verts) for f in faces])
@@ -484,39 +485,56 @@ def cast_shadows(rgb: np.ndarray, ids: np.ndarray, m: dict, pc: np.ndarray, sh: 
     rgb[hy + origin[1], hx + origin[0]] = sh['shadow_rgb'][ids[hy, hx] - 1]
     return rgb
 
+def class_codes(ss: int) -> tuple[int, int]:
+    "Values drawn for body and panels in the supersampled class buffer (chosen so one box filter counts both)."
+    n = ss * ss
+    return (n, n * (n + 1)) if n * (n + 1) <= 255 else (1, 2)
+
+def coverage_to_classes(cls_ss: Image.Image, ss: int) -> tuple[np.ndarray, np.ndarray]:
+    "Supersampled class buffer -> (coverage [S,S,1] in [0,1], class map): the majority class where >= half covered."
+    n = ss * ss
+    bcode, pcode = class_codes(ss)
+    if pcode == n * (n + 1):                      # mean of n values in {0, n, n(n+1)} = body + (n+1) panels, exact
+        v = np.asarray(cls_ss.reduce(ss) if ss > 1 else cls_ss, np.int32)
+        pan, body = np.divmod(v, n + 1)
+    else:
+        c = np.asarray(cls_ss).reshape(cls_ss.size[1] // ss, ss, cls_ss.size[0] // ss, ss)
+        body, pan = (c == 1).sum((1, 3)), (c == 2).sum((1, 3))
+    cover = body + pan
+    classes = np.where(2 * cover >= n, np.where(pan > body, 2, 1), 0).astype(np.uint8)
+    return (cover.astype(np.float32) / n)[..., None], classes
+
 def draw_model(m: dict, cam: Camera, sun, ambient: float, gain: float, ss: int, shadows: bool = True):
     "Rasterise a packed model far to near: (premultiplied RGB [S,S,3] float, coverage [S,S,1], class map uint8)."
-    S = cam.size
-    rgb, cov, cls = Image.new('RGB', (S * ss, S * ss)), Image.new('L', (S * ss, S * ss)), Image.new('L', (S, S))
-    ids = Image.new('I', (S * ss, S * ss))
-    dr, dc, dm, di = ImageDraw.Draw(rgb), ImageDraw.Draw(cov), ImageDraw.Draw(cls), ImageDraw.Draw(ids)
+    S, H = cam.size, cam.size * ss
+    rgb, cls, ids = Image.new('RGB', (H, H)), Image.new('L', (H, H)), Image.new('I', (H, H))
+    dr, dm, di = ImageDraw.Draw(rgb), ImageDraw.Draw(cls), ImageDraw.Draw(ids)
     pc = cam.to_camera(m['verts'])
     sh = shade(m, pc, cam, sun, ambient, gain)
-    uv = cam.project(pc)
-    hi, lo = (uv * ss - 0.5).tolist(), (uv - 0.5).tolist()
+    hi = (cam.project(pc) * ss).tolist()                   # PIL: pixel j spans [j, j+1), as in our coordinates
+    codes = (0,) + class_codes(ss)
     lw = max(1, round(ss * S / 512))
     for i in np.argsort(-sh['depth'], kind='stable'):
         if not sh['visible'][i]: continue
         s0, k = m['start'][i], m['counts'][i]
         col = tuple(sh['rgb'][i].tolist())
         poly = [tuple(p) for p in hi[s0:s0 + k]]
-        dr.polygon(poly, fill=col); dc.polygon(poly, fill=255); di.polygon(poly, fill=int(i) + 1)
-        dm.polygon([tuple(p) for p in lo[s0:s0 + k]], fill=int(m['cls'][i]))
+        dr.polygon(poly, fill=col); dm.polygon(poly, fill=codes[m['cls'][i]]); di.polygon(poly, fill=int(i) + 1)
         if m['grid'][i] is not None:
             line = tuple(min(255, int(c * 0.6 + 60)) for c in col)
             if k == 4:
                 for seg in _grid_lines(pc[s0:s0 + 4], m['grid'][i]):
-                    dr.line([tuple(p) for p in (cam.project(seg) * ss - 0.5).tolist()], fill=line, width=lw)
+                    dr.line([tuple(p) for p in (cam.project(seg) * ss).tolist()], fill=line, width=lw)
             dr.polygon(poly, outline=line, width=lw)
-    box_ = cov.getbbox()
+    box_ = cls.getbbox()
     if shadows and box_ is not None:                     # only the spacecraft's bounding box needs the test
         x0, y0, x1, y1 = box_
         rgb = np.array(rgb)
         cast_shadows(rgb, np.asarray(ids.crop(box_)), m, pc, sh, cam, sun, ss, origin=(x0, y0))
     else: rgb = np.asarray(rgb)
     fg = np.asarray(Image.fromarray(rgb).reduce(ss) if ss > 1 else rgb, np.float32) / 255
-    a = np.asarray(cov.reduce(ss) if ss > 1 else cov, np.float32)[..., None] / 255
-    return fg, a, np.asarray(cls)
+    a, classes = coverage_to_classes(cls, ss)
+    return fg, a, classes
 
 def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int = 2, shadows: bool = True):
     "Render one `spacecraft` at `size` px: (image uint8 [S,S,3], classes uint8 [S,S], bbox (x1, y1, x2, y2))."
@@ -572,8 +590,8 @@ def show_samples(names=SPACECRAFT, per_type: int = 2, size: int = 160, seed: int
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_synthetic.ipynb #10868c71
-RENDER_VERSION = 6      # bump whenever the renderer's output changes: cached sets are then regenerated
+# %% ../nbs/01_synthetic.ipynb #08a23df1
+RENDER_VERSION = 7      # bump whenever the renderer's output changes: cached sets are then regenerated
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
 IMAGE_QUALITY, MASK_QUALITY = 92, 85
 
