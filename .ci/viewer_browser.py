@@ -24,7 +24,7 @@ DEMO_CELLS = [
              "root = write_dataset(tempfile.mkdtemp(), n_train=0, n_val=6, n_test=0, size=64, seed=0)\n"
              "ds = SparkSegmentation.from_root(root, 'val')\n"
              "torch.manual_seed(0)\n"
-             "model = UNet3Plus('test_convnext', n_classes=3, pretrained=False)"),
+             "model = UNet3Plus('test_convnext', n_classes=3, pretrained=False, cat_channels=16)"),
     ("code", "viewer = PredictionViewer(model, ds)\nviewer"),
     ("code", "explorer = ConfusionExplorer(viewer)\nexplorer"),
 ]
@@ -254,19 +254,32 @@ def check(driver, url: str, token: str, name: str, out: Path, deadline: float):
             wait_until(f"the confusion explorer to select '{text}' after a click", selected, deadline)
             listed = len(driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion .widget-select option"))
             log(f"confusion cell clicked: {text}; {listed} images listed")
-        # pick the first listed image and send it to the viewer: the viewer's status line must name it
+        # find a cell listing an image the viewer does not show, pick that image and send it to the viewer:
+        # the viewer's status line must then name it
         status = lambda: driver.find_elements(By.CSS_SELECTOR, ".u3p-viewer .u3p-status b")[-1].text
-        shown = status()
-        options = [(o, o.text.replace("\xa0", " ").rsplit(":", 1)[0])
-                   for o in driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion .widget-select option")]
-        options = [(o, name) for o, name in options if name != shown]
-        if not options: log("no listed image other than the one shown: 'show in viewer' not exercised")
-        else:
-            option, name = options[0]
-            option.click()
-            goto = [b for b in driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion button") if "show in viewer" in b.text][-1]
-            wait_until(f"'show in viewer' to show {name}", lambda: goto.click() or status() == name, deadline, poll=1.0)
-            log(f"'show in viewer' moved the viewer to {name}")
+        def others():
+            "Listed (option, name) pairs naming an image other than the shown one."
+            opts = [(o, o.text.replace("\xa0", " ").rsplit(":", 1)[0])
+                    for o in driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion .widget-select option")]
+            return [(o, name) for o, name in opts if name != shown]
+        shown, chosen = status(), None
+        for k in range(n * n):
+            driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion .widget-gridbox button")[k].click()
+            sel = lambda: driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion .widget-dropdown select")[-1]
+            wait_until(f"the confusion explorer to select cell {k}", lambda: driver.execute_script("return arguments[0].selectedIndex", sel()) == k, deadline)
+            try: chosen = wait_until("a listed image", lambda: others(), min(deadline, time.time() + 2))[0][1]
+            except CheckFailed: continue                      # this cell lists no other image
+            break
+        if chosen is None: raise CheckFailed(f"no confusion cell lists an image other than the one shown ({shown})")
+        def go():
+            "Select the chosen image in the list and press 'show in viewer'; true once the viewer shows it."
+            for o, name in others():
+                if name == chosen: o.click(); break
+            [b for b in driver.find_elements(By.CSS_SELECTOR, ".u3p-confusion button") if "show in viewer" in b.text][-1].click()
+            time.sleep(0.5)
+            return status() == chosen
+        wait_until(f"'show in viewer' to show {chosen}", go, deadline)
+        log(f"'show in viewer' moved the viewer from {shown} to {chosen}")
         driver.save_screenshot(str(out / "4_confusion.png"))
 
 
