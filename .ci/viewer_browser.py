@@ -141,6 +141,7 @@ def wait_until(what: str, fn, deadline: float, poll: float = 0.5):
         try:
             v = fn()
             if v: return v
+        except CheckFailed: raise
         except Exception as e: last = e           # elements may be re-rendered while we look
         time.sleep(poll)
     raise CheckFailed(f"timed out waiting for {what}" + (f" (last error: {last!r})" if last else ""))
