@@ -249,12 +249,12 @@ UNet3Plus.export_onnx, UNet3Plus.check_onnx = export_onnx, check_onnx
 SEED_BACKBONES = ['convnext_tiny', 'convnext_small', 'convnext_base', 'hrnet_w18', 'hrnet_w32', 'hrnet_w48',
                   'efficientnet_b0', 'efficientnet_b3', 'resnet34', 'resnet50']
 
-# %% ../nbs/04_model.ipynb #8d7ccaae
+# %% ../nbs/04_model.ipynb #a338737d
 def conv_peak(repeats: int = 3, channels_last: bool = True) -> dict:
     "Best GFLOP/s of a conv3x3 (forward; forward + backward) on this machine, over a few shapes."
     from unet3plus.bench import measure
     best = {'forward': 0.0, 'train': 0.0}
-    for c, hw, b in ((256, 64, 4), (128, 128, 2), (512, 32, 8)):
+    for c, hw, b in ((256, 64, 4), (128, 128, 2)):
         conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
         x = torch.randn(b, c, hw, hw, requires_grad=True)
         if channels_last: conv, x = conv.to(memory_format=torch.channels_last), x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
@@ -267,9 +267,9 @@ def conv_peak(repeats: int = 3, channels_last: bool = True) -> dict:
         best['train'] = max(best['train'], 3 * flops / t['train'] / 1e9)
     return best
 
-def build_peer(kind: str, backbone: str, n_classes: int = 3, branch_order: str = 'conv_first') -> nn.Module:
+def build_peer(kind: str, backbone: str, n_classes: int = 3, branch_order: str = 'conv_first', cat_channels: int = 64) -> nn.Module:
     "A model to benchmark: 'unet3plus' (ours, random init) or 'smp' (segmentation_models_pytorch.Unet, same timm encoder)."
-    if kind == 'unet3plus': return UNet3Plus(backbone, n_classes=n_classes, pretrained=False, branch_order=branch_order)
+    if kind == 'unet3plus': return UNet3Plus(backbone, n_classes=n_classes, pretrained=False, branch_order=branch_order, cat_channels=cat_channels)
     if kind == 'smp':
         import segmentation_models_pytorch as smp
         return smp.Unet(f'tu-{backbone}', encoder_weights=None, classes=n_classes)
@@ -291,34 +291,42 @@ def make_steps(model: nn.Module, size: int, batch: int, channels_last: bool = Tr
         with torch.no_grad(): model(x)
     return train_step, infer_step
 
-def step_gflops(model: nn.Module, size: int, batch: int, n_classes: int = 3) -> dict:
-    "GFLOPs of one train step (forward + backward) and one inference forward."
-    x, y = torch.rand(batch, 3, size, size), torch.randint(0, n_classes, (batch, size, size))
+def step_gflops(model: nn.Module, size: int, batch: int) -> dict:
+    "GFLOPs of one inference forward and of one train step (3x the training-mode forward)."
+    x = torch.rand(batch, 3, size, size)
     model.train()
-    _, train = _gflops(lambda: F.cross_entropy(_logits(model(x)), y).backward())
-    model.zero_grad(set_to_none=True); model.eval()
+    with torch.no_grad(): _, fwd = _gflops(lambda: model(x))
+    model.eval()
     with torch.no_grad(): _, infer = _gflops(lambda: model(x))
-    return {'train': train, 'infer': infer}
+    return {'train': 3 * fwd, 'infer': infer}
 
-def _peak_child(q, kind, backbone, branch_order, size, batch, channels_last):
-    "Child process: peak RSS (MiB) of two train steps of a fresh model."
-    import resource
+def _proc_status_mb(key: str) -> float:
+    "A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MiB."
+    for line in Path('/proc/self/status').read_text().splitlines():
+        if line.startswith(key + ':'): return int(line.split()[1]) / 1024
+    raise KeyError(key)
+
+def _peak_child(q, kind, backbone, branch_order, size, batch, channels_last, cat_channels):
+    "Child process: (RSS before, peak RSS during) a train step of a fresh model, in MiB."
     torch.manual_seed(0)
-    model = build_peer(kind, backbone, branch_order=branch_order)
+    model = build_peer(kind, backbone, branch_order=branch_order, cat_channels=cat_channels)
     train, _ = make_steps(model, size, batch, channels_last)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    train(); train()
-    q.put((before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    try: Path('/proc/self/clear_refs').write_text('5')          # reset the high-water mark to the current RSS
+    except OSError: pass
+    before = _proc_status_mb('VmRSS')
+    train()
+    q.put((before, _proc_status_mb('VmHWM')))
 
-def train_peak_mb(kind: str, backbone: str, size: int, batch: int, branch_order: str = 'conv_first', channels_last: bool = True) -> tuple:
-    "(RSS before the first step, peak RSS) in MiB of training `kind` in a fresh process."
+def train_peak_mb(kind: str, backbone: str, size: int, batch: int, branch_order: str = 'conv_first', channels_last: bool = True,
+                  cat_channels: int = 64) -> tuple:
+    "(RSS before the first step, peak RSS during it) in MiB of training `kind` in a fresh process (Linux)."
     import multiprocessing as mp
     ctx = mp.get_context('spawn'); q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, branch_order, size, batch, channels_last))
+    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, branch_order, size, batch, channels_last, cat_channels))
     p.start(); res = q.get(); p.join()
     return res
 
-# %% ../nbs/04_model.ipynb #536824c8
+# %% ../nbs/04_model.ipynb #e45f7ffc
 def bench_model(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last fp32 CPU."
     from unet3plus.bench import measure, print_table
@@ -327,20 +335,24 @@ def bench_model(argv: list[str] | None = None) -> dict:
     p.add_argument('--size', type=int, default=512); p.add_argument('--batch', type=int, default=2)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
     p.add_argument('--no_smp', action='store_true', help='skip the smp.Unet peer')
-    p.add_argument('--no_nchw', action='store_true', help='skip the NCHW (not channels_last) run of the default model')
+    p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
+    p.add_argument('--cat_channels', type=int, nargs='*', default=[], help='also time the default model with these cat_channels')
     p.add_argument('--no_memory', action='store_true', help='skip the child-process memory measurements')
+    p.add_argument('--memory_only', action='store_true', help='only the memory measurements')
     p.add_argument('--memory_backbone', default='resnet34'); p.add_argument('--memory_batch', type=int, default=8)
     p.add_argument('--memory_size', type=int, default=512)
     a = p.parse_args(argv or [])
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    peak = conv_peak(repeats=a.repeats)
-    specs = {'unet3plus conv_first': ('unet3plus', 'conv_first', True), 'unet3plus paper': ('unet3plus', 'paper', True)}
-    if not a.no_nchw: specs['unet3plus conv_first NCHW'] = ('unet3plus', 'conv_first', False)
-    if not a.no_smp: specs['smp.Unet'] = ('smp', 'conv_first', True)
-    models = {k: build_peer(kind, a.backbone, branch_order=o) for k, (kind, o, _) in specs.items()}
+    specs = {'unet3plus conv_first': ('unet3plus', 'conv_first', True, 64), 'unet3plus paper': ('unet3plus', 'paper', True, 64)}
+    if a.nchw: specs['unet3plus conv_first NCHW'] = ('unet3plus', 'conv_first', False, 64)
+    for c in a.cat_channels: specs[f'unet3plus conv_first cat{c}'] = ('unet3plus', 'conv_first', True, c)
+    if not a.no_smp: specs['smp.Unet'] = ('smp', 'conv_first', True, 64)
+    if a.memory_only: return {'memory': _bench_memory(a, specs)}
+    peak = conv_peak(repeats=min(a.repeats, 2))
+    models = {k: build_peer(kind, a.backbone, branch_order=o, cat_channels=c) for k, (kind, o, _, c) in specs.items()}
     flops = {k: step_gflops(m, a.size, a.batch) for k, m in models.items()}
-    steps = {k: make_steps(models[k], a.size, a.batch, cl) for k, (_, _, cl) in specs.items()}
+    steps = {k: make_steps(models[k], a.size, a.batch, cl) for k, (_, _, cl, _) in specs.items()}
     t_train = measure({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
     t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
     ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus conv_first'
@@ -355,14 +367,17 @@ def bench_model(argv: list[str] | None = None) -> dict:
           f"conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, forward+backward {peak['train']:.1f} GFLOP/s")
     print_table(rows, 'train step and inference, alternating runs, fp32 CPU (ratios against ' + ref + ')')
     res = {'rows': rows, 'conv_peak': peak, 'gflops': flops}
-    if not a.no_memory:
-        mem = []
-        for k, (kind, o, cl) in specs.items():
-            if cl: mem.append({'model': k, 'backbone': a.backbone, 'batch': a.batch, 'size': a.size,
-                               **dict(zip(('rss_before_MiB', 'peak_MiB'), train_peak_mb(kind, a.backbone, a.size, a.batch, o))) })
-        before, peak_mb = train_peak_mb('unet3plus', a.memory_backbone, a.memory_size, a.memory_batch)
-        mem.append({'model': 'unet3plus conv_first', 'backbone': a.memory_backbone, 'batch': a.memory_batch, 'size': a.memory_size,
-                    'rss_before_MiB': before, 'peak_MiB': peak_mb})
-        print_table(mem, 'peak memory of two train steps (fresh process each, peak RSS)')
-        res['memory'] = mem
+    if not a.no_memory: res['memory'] = _bench_memory(a, specs)
     return res
+
+def _bench_memory(a, specs) -> list[dict]:
+    "Peak RSS of a train step of the default UNet3+ and smp.Unet, and of the memory goal's configuration."
+    from unet3plus.bench import print_table
+    runs = [(k, kind, o, c, a.backbone, a.batch, a.size) for k, (kind, o, cl, c) in specs.items() if k in ('unet3plus conv_first', 'smp.Unet')]
+    runs.append(('unet3plus conv_first', 'unet3plus', 'conv_first', 64, a.memory_backbone, a.memory_batch, a.memory_size))
+    mem = []
+    for k, kind, o, c, bb, b, sz in runs:
+        before, peak_mb = train_peak_mb(kind, bb, sz, b, o, cat_channels=c)
+        mem.append({'model': k, 'backbone': bb, 'batch': b, 'size': sz, 'rss_before_MiB': before, 'peak_MiB': peak_mb, 'peak_GiB': peak_mb / 1024})
+    print_table(mem, 'peak memory of a train step (fresh process each, peak RSS)')
+    return mem
