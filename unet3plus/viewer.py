@@ -151,7 +151,7 @@ def foreground_score(iou) -> float:
     fg = fg[~np.isnan(fg)]
     return float(fg.mean()) if fg.size else 1.0
 
-# %% ../nbs/10_viewer.ipynb #800061c6
+# %% ../nbs/10_viewer.ipynb #4d6cf7a2
 def _hex(rgb) -> str:
     "`#rrggbb` of an RGB triple."
     return '#%02x%02x%02x' % tuple(int(v) for v in rgb)
@@ -164,7 +164,7 @@ def _render_png(fig: Figure) -> bytes:
 class PredictionViewer:
     "Browse a model's predictions on a segmentation data set: overlays, errors, per-class IoU, probabilities."
     def __init__(self, model, dataset, class_names: Sequence[str] = CLASSES, palette=PALETTE,
-                 batch_size: int = 8, cache_probs: int = 128, panel_size: float = 2.4, dpi: int = 72):
+                 batch_size: int = 8, cache_probs: int = 32, max_side: int = 384, panel_size: float = 2.4, dpi: int = 72):
         if len(dataset) == 0: raise ValueError("PredictionViewer: the data set is empty")
         if not hasattr(model, 'predict'): raise TypeError(f"PredictionViewer: model {type(model).__name__} has no predict(images) method")
         first = dataset[0]
@@ -174,6 +174,7 @@ class PredictionViewer:
         self.n_classes = len(self.class_names)
         self.palette = _palette(palette, np.array([self.n_classes - 1]))
         self.batch_size, self.cache_probs, self.panel_size, self.dpi = batch_size, cache_probs, panel_size, dpi
+        self.max_side = max_side
         self.spacecraft = self._spacecraft_names()
         self._maps, self.confusions, self._probs, self._names = {}, {}, OrderedDict(), {}
         self.n_predicted, self.renders, self.panels, self._busy = 0, 0, {}, False
@@ -334,17 +335,23 @@ class PredictionViewer(PredictionViewer):
         "Display as the widget."
         return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/10_viewer.ipynb #bdc10c6f
+# %% ../nbs/10_viewer.ipynb #a1f6ebf1
 class PredictionViewer(PredictionViewer):
     def visible_classes(self) -> list[int]:
         "Classes drawn now: the focused class, or every class whose toggle is on."
         return [self.focus.value] if self.focus.value >= 0 else [c for c, t in enumerate(self.toggles) if t.value]
 
+    def display_step(self, shape) -> int:
+        "Subsampling step that brings an image of `shape` (H, W, ...) to at most `max_side` pixels a side."
+        return max(1, -(-max(shape[:2]) // self.max_side))
+
     def draw_panels(self, i: int) -> dict[str, np.ndarray]:
-        "The five panels of sample `i` as RGB arrays, with the current controls."
+        "The five panels of sample `i` as RGB arrays (every `display_step`-th pixel), with the current controls."
         item = self.dataset[i]
         img, target = to_rgb_uint8(item['image']), as_classes(item['mask'])
         pred, probs = self.prediction(i)
+        k = self.display_step(img.shape)
+        img, target, pred, probs = img[::k, ::k], target[::k, ::k], pred[::k, ::k], probs[:, ::k, ::k]
         vis, a, f = self.visible_classes(), self.opacity.value, self.focus.value
         return {'image': img, 'ground truth': overlay(img, target, a, vis, self.palette),
                 'prediction': overlay(img, pred, a, vis, self.palette), 'errors': error_overlay(img, pred, target, vis),
