@@ -152,7 +152,7 @@ def check_submission(path, test_dir=None, strict: bool = True, progress: bool = 
     if strict and not rep.ok: raise ValueError(str(rep))
     return rep
 
-# %% ../nbs/09_inference.ipynb #dba5eee0
+# %% ../nbs/09_inference.ipynb #a30717ef
 def overlay(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     "An RGB uint8 image with the foreground classes blended in their palette colours."
     img = np.asarray(image).astype(np.float32); fg = np.asarray(classes) > 0
@@ -176,7 +176,10 @@ def prepare_run(output_dir, settings: dict, overwrite: bool = False) -> Path:
     out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
     for t in out.glob('.test_*.tmp'): t.unlink()                       # leftovers of a killed run
     meta, existing = out / 'inference.json', list(out.glob('test_*_layer.npz'))
-    if existing and not overwrite:
+    if existing and overwrite:   # removed first, so that an interrupted --overwrite run cannot mix old and new files
+        log.warning("--overwrite: removing %d existing predictions in %s", len(existing), out)
+        for p in existing + [out / 'submission.zip']: p.unlink(missing_ok=True)
+    elif existing:
         if not meta.exists():
             raise FileExistsError(f"{out} holds {len(existing)} .npz files not written by unet3plus-infer; pass --overwrite or choose another --output_dir")
         old = json.loads(meta.read_text())
@@ -206,7 +209,7 @@ def make_zip(folder, zip_path=None) -> Path:
             for p in files: zf.write(p, arcname=p.name)
     return atomic_write(zip_path, write)
 
-# %% ../nbs/09_inference.ipynb #3d763ef2
+# %% ../nbs/09_inference.ipynb #23ca9539
 def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0, tta: bool = False,
                    fp16: bool = False, overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
                    device=None, model_path=None, writers: int = 4, progress: bool = True) -> dict:
@@ -217,11 +220,11 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
     sizes = test_image_sizes(ds.folder)
     out = prepare_run(output_dir, run_settings(model, model_path, target_size, tta), overwrite)
     names = [npz_name(p.name) for p in ds.files]
-    done = set() if overwrite else {i for i, n in enumerate(names) if (out / n).exists() and valid_npz(out / n, sizes[n])}
+    done = {i for i, n in enumerate(names) if (out / n).exists() and valid_npz(out / n, sizes[n])}
     broken = [n for i, n in enumerate(names) if i not in done and (out / n).exists()]
     todo = [i for i in range(len(names)) if i not in done]
     log.info("%d test images: %d already done, %d to predict%s", len(names), len(done), len(todo),
-             f" ({len(broken)} existing files {'overwritten' if overwrite else 'unreadable or wrong, redone'})" if broken else '')
+             f" ({len(broken)} existing files unreadable or wrong, redone)" if broken else '')
     device = resolve_device(device); model = model.to(device).eval()
     if save_visualizations: (out / 'visualizations').mkdir(exist_ok=True)
     written, pending, t0 = [], collections.deque(), time.perf_counter()
@@ -235,11 +238,8 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
             while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)): written.append(pending.popleft().result())
         while pending: written.append(pending.popleft().result())
     seconds = time.perf_counter() - t0
-    report = check_submission(out, ds.folder)
-    zip_path = None
-    if zip:
-        zip_path = make_zip(out); log.info("wrote %s", zip_path)
-        report = check_submission(zip_path, ds.folder)
+    zip_path = make_zip(out) if zip else None
+    report = check_submission(zip_path or out, ds.folder)                 # raises, listing every problem
     log.info("%s", report)
     return dict(output_dir=out, zip=zip_path, written=written, skipped=[names[i] for i in sorted(done)], report=report,
                 seconds=seconds, images_per_s=len(written) / seconds if written and seconds > 0 else None)
