@@ -16,9 +16,9 @@ from .metrics import BoundaryIoU, ConfusionMatrix, per_image_iou
 __all__ = ['log', 'TTA_FLIPS', 'ERROR_COLORS', 'resolve_device', 'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores',
            'upsample_scores', 'as_hw', 'resize_image', 'reads_files', 'ResizedInputs', 'collate_eval', 'data_n_classes',
            'check_class_counts', 'sample_prediction', 'summarize', 'evaluate', 'nanmean', 'row_normalize',
-           'plot_confusion', 'text_table', 'format_report', 'error_map', 'to_uint8_image', 'example_figure',
-           'worst_images', 'save_examples', 'prepare_output_dir', 'json_safe', 'write_outputs', 'load_model',
-           'parse_args', 'main']
+           'plot_confusion', 'plot_per_spacecraft', 'text_table', 'format_report', 'error_map', 'to_uint8_image',
+           'example_figure', 'worst_images', 'save_examples', 'prepare_output_dir', 'json_safe', 'write_outputs',
+           'load_model', 'parse_args', 'main']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -204,6 +204,21 @@ def plot_confusion(matrix, class_names):
         fig.colorbar(im, ax=ax, shrink=0.8)
     return fig
 
+# %% ../nbs/08_evaluate.ipynb #1454c002
+def plot_per_spacecraft(res: dict):
+    "A horizontal bar chart of each foreground class's IoU per spacecraft class."
+    from matplotlib.figure import Figure
+    names = res['settings']['class_names'][1:]; groups = sorted(res['per_spacecraft'])
+    fig = Figure(figsize=(7, 0.45 * len(groups) * len(names) + 1.2), layout='constrained'); ax = fig.subplots()
+    h = 0.8 / max(len(names), 1)
+    for k, c in enumerate(names):
+        vals = [res['per_spacecraft'][g]['per_class'][c]['iou'] for g in groups]
+        bars = ax.barh(np.arange(len(groups)) + k * h, np.nan_to_num(vals), h, label=c, color=PALETTE[k + 1] / 255 if k + 1 < len(PALETTE) else None)
+        ax.bar_label(bars, fmt='%.3f', fontsize=7, padding=2)
+    ax.set(yticks=np.arange(len(groups)) + h * (len(names) - 1) / 2, yticklabels=[g or '(none)' for g in groups], xlim=(0, 1), xlabel='IoU',
+           title='IoU per spacecraft class'); ax.invert_yaxis(); ax.legend(loc='lower right'); ax.grid(axis='x', alpha=0.3)
+    return fig
+
 # %% ../nbs/08_evaluate.ipynb #03cac973
 def text_table(header: list[str], rows: list[list]) -> str:
     "An aligned plain-text table; floats with 4 decimals."
@@ -282,7 +297,7 @@ def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, d
         p = out_dir / f'{stem}.png'; example_figure(s['image'], s['mask'].numpy(), pred.numpy(), class_names, title).savefig(p, dpi=80); paths.append(p)
     return paths
 
-# %% ../nbs/08_evaluate.ipynb #4a2d9c64
+# %% ../nbs/08_evaluate.ipynb #30912159
 def prepare_output_dir(path, overwrite: bool = False) -> Path:
     "Create `path`; refuse an existing non-empty folder unless `overwrite`."
     path = Path(path)
@@ -302,11 +317,13 @@ def json_safe(o):
 def write_outputs(res: dict, output_path, overwrite: bool = False) -> dict[str, Path]:
     "Write metrics.json, per_image.csv, confusion_matrix.png and evaluation_report.txt into `output_path`."
     out = prepare_output_dir(output_path, overwrite)
-    paths = dict(metrics=out / 'metrics.json', per_image=out / 'per_image.csv', confusion=out / 'confusion_matrix.png', report=out / 'evaluation_report.txt')
+    paths = dict(metrics=out / 'metrics.json', per_image=out / 'per_image.csv', confusion=out / 'confusion_matrix.png',
+                 per_spacecraft=out / 'per_spacecraft.png', report=out / 'evaluation_report.txt')
     paths['metrics'].write_text(json.dumps(json_safe({k: v for k, v in res.items() if k != 'per_image'}), indent=2))
     with open(paths['per_image'], 'w', newline='') as f:
         w = csv.DictWriter(f, fieldnames=list(res['per_image'][0]) if res['per_image'] else ['index']); w.writeheader(); w.writerows(res['per_image'])
     plot_confusion(res['confusion_matrix'], res['settings']['class_names']).savefig(paths['confusion'], dpi=100)
+    plot_per_spacecraft(res).savefig(paths['per_spacecraft'], dpi=100)
     paths['report'].write_text(format_report(res))
     return paths
 
