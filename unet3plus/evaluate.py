@@ -18,7 +18,7 @@ __all__ = ['log', 'TTA_FLIPS', 'ERROR_COLORS', 'resolve_device', 'amp_context', 
            'check_class_counts', 'sample_prediction', 'summarize', 'evaluate', 'nanmean', 'row_normalize',
            'plot_confusion', 'plot_per_spacecraft', 'text_table', 'format_report', 'error_map', 'to_uint8_image',
            'example_figure', 'worst_images', 'save_examples', 'prepare_output_dir', 'json_safe', 'write_outputs',
-           'load_model', 'parse_args', 'main']
+           'load_model', 'parse_args', 'cli_errors', 'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -327,7 +327,7 @@ def write_outputs(res: dict, output_path, overwrite: bool = False) -> dict[str, 
     paths['report'].write_text(format_report(res))
     return paths
 
-# %% ../nbs/08_evaluate.ipynb #2aca9f86
+# %% ../nbs/08_evaluate.ipynb #9f35de32
 def load_model(model_path, device=None, compile: bool = False):
     "A `UNet3Plus` from a `save_pretrained` folder, on `device`, in eval mode (optionally `torch.compile`d)."
     from unet3plus.model import UNet3Plus
@@ -364,9 +364,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     return a
 
+@contextlib.contextmanager
+def cli_errors(prog: str, enabled: bool = True):
+    "Turn input errors (missing file, bad value, refused overwrite) into a one-line message and exit status 1."
+    try: yield
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        if not enabled: raise
+        raise SystemExit(f"{prog}: error: {e}") from None
+
 def main(argv=None) -> dict:
-    "Entry point of `unet3plus-eval`."
+    "Entry point of `unet3plus-eval` (from the shell, input errors print one line instead of a traceback)."
     a = parse_args(sys.argv[1:] if argv is None else argv)
+    with cli_errors('unet3plus-eval', enabled=argv is None): return run_eval(a)
+
+def run_eval(a: argparse.Namespace) -> dict:
+    "Evaluate as the parsed command line `a` says and write the outputs."
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     for k in ('val_csv', 'image_root', 'mask_root'):
         if not Path(getattr(a, k)).exists(): raise FileNotFoundError(f"--{k} {getattr(a, k)} does not exist")
