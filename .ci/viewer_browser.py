@@ -181,14 +181,14 @@ def image_state(driver, img) -> tuple[str, "np.ndarray"]:
 
 def wait_changed(driver, find_img, before: tuple, what: str, deadline: float) -> tuple:
     "Wait until the viewer picture differs from `before` in source and pixels; return the new state."
+    def n_changed(px) -> int:
+        "Screen pixels that differ from `before` (any channel by more than 3 levels)."
+        return int((abs(px - before[1]).max(-1) > 3).sum()) if px.shape == before[1].shape else px.shape[0] * px.shape[1]
     def changed():
         src, px = image_state(driver, find_img())
-        if src == before[0]: return None
-        if px.shape == before[1].shape and abs(px - before[1]).mean() < 0.5: return None
-        return src, px
+        return (src, px) if src != before[0] and n_changed(px) >= 10 else None
     state = wait_until(f"the picture to change after {what}", changed, deadline)
-    diff = abs(state[1] - before[1]).mean() if state[1].shape == before[1].shape else float("inf")
-    log(f"picture changed after {what} (mean pixel difference {diff:.2f})")
+    log(f"picture changed after {what}: {n_changed(state[1])} of {state[1].shape[0] * state[1].shape[1]} screen pixels differ")
     return state
 
 
