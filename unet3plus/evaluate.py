@@ -15,10 +15,10 @@ from .metrics import BoundaryIoU, ConfusionMatrix, per_image_iou
 # %% auto #0
 __all__ = ['log', 'TTA_FLIPS', 'ERROR_COLORS', 'resolve_device', 'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores',
            'upsample_scores', 'as_hw', 'resize_image', 'reads_files', 'ResizedInputs', 'collate_eval', 'data_n_classes',
-           'check_class_counts', 'sample_prediction', 'summarize', 'evaluate', 'nanmean', 'row_normalize',
-           'plot_confusion', 'plot_per_spacecraft', 'text_table', 'format_report', 'error_map', 'to_uint8_image',
-           'example_figure', 'worst_images', 'save_examples', 'prepare_output_dir', 'json_safe', 'write_outputs',
-           'load_model', 'parse_args', 'cli_errors', 'main', 'run_eval']
+           'check_class_counts', 'sample_prediction', 'warn_about_dataset', 'summarize', 'evaluate', 'nanmean',
+           'row_normalize', 'plot_confusion', 'plot_per_spacecraft', 'text_table', 'format_report', 'error_map',
+           'to_uint8_image', 'example_figure', 'worst_images', 'save_examples', 'prepare_output_dir', 'json_safe',
+           'write_outputs', 'load_model', 'parse_args', 'cli_errors', 'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -112,7 +112,7 @@ def collate_eval(samples: list[dict]) -> dict:
     if 'mask' in out and len({tuple(m.shape) for m in out['mask']}) == 1: out['mask'] = torch.stack(out['mask'])
     return out
 
-# %% ../nbs/08_evaluate.ipynb #983dbffc
+# %% ../nbs/08_evaluate.ipynb #9a34d3c4
 def data_n_classes(ds) -> int:
     "Number of segmentation classes of a data set (`ds.n_classes`, else the SPARK classes)."
     return int(getattr(ds, 'n_classes', None) or len(getattr(ds, 'classes', None) or CLASSES))
@@ -132,6 +132,13 @@ def sample_prediction(scores: torch.Tensor, mask: torch.Tensor, eval_size: str =
         return scores.argmax(0), t
     raise ValueError(f"eval_size must be 'original' or 'input', got {eval_size!r}")
 
+def warn_about_dataset(ds, eval_size: str = 'original'):
+    "Log when a data set would make the metrics misleading: augmented samples, or masks already resized."
+    if getattr(ds, 'augment', None) is not None: log.warning("the data set is augmented: metrics of randomly transformed samples; build it with augment=False")
+    if eval_size == 'original' and getattr(ds, 'target_size', None) is not None:
+        log.warning("the data set resizes masks to %s: metrics are at that size, not the original; build it with target_size=None "
+                    "and pass target_size to evaluate()", ds.target_size)
+
 def summarize(cm: ConfusionMatrix, class_names) -> dict:
     "Overall and per-class metrics of a confusion matrix, JSON-ready."
     r = cm.compute()
@@ -140,12 +147,13 @@ def summarize(cm: ConfusionMatrix, class_names) -> dict:
                  for i, n in enumerate(class_names)}
     return dict(overall=overall, per_class=per_class, confusion_matrix=cm.matrix.tolist())
 
-# %% ../nbs/08_evaluate.ipynb #8bbcadde
+# %% ../nbs/08_evaluate.ipynb #61f50970
 def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers: int = 0, device=None, fp16: bool = False,
              tta: bool = False, eval_size: str = 'original', class_names=None, boundary: bool = True, progress: bool = True) -> dict:
     "Metrics of `model` on a labelled `dataset`: overall, per class, per spacecraft class and per image."
     if eval_size not in ('original', 'input'): raise ValueError(f"eval_size must be 'original' or 'input', got {eval_size!r}")
     n = check_class_counts(model, dataset)
+    warn_about_dataset(dataset, eval_size)
     class_names = list(class_names or (CLASSES if n == len(CLASSES) else [f'class_{i}' for i in range(n)]))
     device = resolve_device(device); model = model.to(device).eval()
     loader = DataLoader(ResizedInputs(dataset, target_size), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_eval)
