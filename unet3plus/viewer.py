@@ -403,7 +403,7 @@ class PredictionViewer(PredictionViewer):
                              f"sample {self.sample.value + 1} of {len(self.order)}; images predicted so far: {self.n_predicted}")
         self.renders += 1
 
-# %% ../nbs/10_viewer.ipynb #36784e88
+# %% ../nbs/10_viewer.ipynb #8496c35a
 def worst_cases(viewer: PredictionViewer, cls: int, k: int = 4, indices: Iterable[int] | None = None) -> list[tuple[int, float]]:
     "The `k` samples with the lowest IoU of class `cls` (where it is defined), as `(index, IoU)`, worst first."
     if not 0 <= cls < viewer.n_classes: raise ValueError(f"worst_cases: class {cls} out of range 0..{viewer.n_classes - 1}")
@@ -415,8 +415,10 @@ def worst_cases(viewer: PredictionViewer, cls: int, k: int = 4, indices: Iterabl
 def worst_cases_grid(viewer: PredictionViewer, k: int = 4, classes: Sequence[int] | None = None,
                      indices: Iterable[int] | None = None, size: float = 2.2) -> Figure:
     "Figure with one row per class showing the error maps of its `k` worst samples."
+    import matplotlib.pyplot as plt        # through pyplot so that Jupyter's inline backend can display the figure
     classes = list(range(1, viewer.n_classes)) if classes is None else list(classes)
-    fig = Figure(figsize=(size * k, (size + 0.5) * len(classes) + 0.4), dpi=72)
+    fig = plt.figure(figsize=(size * k, (size + 0.5) * len(classes) + 0.4), dpi=72)
+    plt.close(fig)                         # shown once, as the returned value, not again when the cell ends
     axes = np.array(fig.subplots(len(classes), k, squeeze=False))
     for row, c in zip(axes, classes):
         cases = worst_cases(viewer, c, k, indices)
