@@ -335,7 +335,7 @@ def write_outputs(res: dict, output_path, overwrite: bool = False) -> dict[str, 
     paths['report'].write_text(format_report(res))
     return paths
 
-# %% ../nbs/08_evaluate.ipynb #9f35de32
+# %% ../nbs/08_evaluate.ipynb #38ef36f5
 def load_model(model_path, device=None, compile: bool = False):
     "A `UNet3Plus` from a `save_pretrained` folder, on `device`, in eval mode (optionally `torch.compile`d)."
     from unet3plus.model import UNet3Plus
@@ -381,9 +381,10 @@ def cli_errors(prog: str, enabled: bool = True):
         raise SystemExit(f"{prog}: error: {e}") from None
 
 def main(argv=None) -> dict:
-    "Entry point of `unet3plus-eval` (from the shell, input errors print one line instead of a traceback)."
+    "Entry point of `unet3plus-eval`; from the shell input errors print one line (status 1), success exits 0."
     a = parse_args(sys.argv[1:] if argv is None else argv)
-    with cli_errors('unet3plus-eval', enabled=argv is None): return run_eval(a)
+    with cli_errors('unet3plus-eval', enabled=argv is None): res = run_eval(a)
+    return None if argv is None else res   # a console script's sys.exit(main()) must get None for status 0
 
 def run_eval(a: argparse.Namespace) -> dict:
     "Evaluate as the parsed command line `a` says and write the outputs."

@@ -244,7 +244,7 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
     return dict(output_dir=out, zip=zip_path, written=written, skipped=[names[i] for i in sorted(done)], report=report,
                 seconds=seconds, images_per_s=len(written) / seconds if written and seconds > 0 else None)
 
-# %% ../nbs/09_inference.ipynb #3759fe89
+# %% ../nbs/09_inference.ipynb #b4266890
 def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-infer` command line."
     p = argparse.ArgumentParser('unet3plus-infer', description='SPARK 2024 stream-1 submission files from a UNet3+ model.')
@@ -272,9 +272,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 def main(argv=None):
-    "Entry point of `unet3plus-infer` (from the shell, input errors print one line instead of a traceback)."
+    "Entry point of `unet3plus-infer`; from the shell input errors print one line (status 1), success exits 0."
     a = parse_args(sys.argv[1:] if argv is None else argv)
-    with cli_errors('unet3plus-infer', enabled=argv is None): return run_infer(a)
+    with cli_errors('unet3plus-infer', enabled=argv is None): res = run_infer(a)
+    return None if argv is None else res   # a console script's sys.exit(main()) must get None for status 0
 
 def run_infer(a: argparse.Namespace):
     "Check or predict as the parsed command line `a` says."
