@@ -2,8 +2,9 @@
 """Check unet3plus's PredictionViewer in a real browser.
 
 Starts JupyterLab on 127.0.0.1 (a free port, a random token, a temporary root holding a small notebook that
-builds a viewer, or a copy of --notebook), opens the notebook in headless Chromium through Selenium, accepts
-the kernel dialog, runs all cells, waits for the viewer's picture, then drags the opacity slider and steps the
+builds a viewer, a confusion explorer and a worst-cases grid, or a copy of --notebook), opens the notebook in
+headless Chromium through Selenium, accepts the kernel dialog, runs all cells, waits for the viewer's picture
+(and, in the demo, checks the grid shows as an image), then drags the opacity slider and steps the
 sample slider with the keyboard, checking each time that the displayed picture changed (its <img> source and
 its pixels), and clicks two cells of the confusion explorer (the cell dropdown must follow). Screenshots go to --out. Exits 1 with a message on any failure; JupyterLab and the browser are
 always shut down. Needs Debian's `chromium` and `chromium-driver` (chromedriver).
@@ -20,13 +21,14 @@ DEMO_CELLS = [
              "from unet3plus.synthetic import write_dataset\n"
              "from unet3plus.data import SparkSegmentation\n"
              "from unet3plus.model import UNet3Plus\n"
-             "from unet3plus.viewer import PredictionViewer, ConfusionExplorer\n"
+             "from unet3plus.viewer import PredictionViewer, ConfusionExplorer, worst_cases_grid\n"
              "root = write_dataset(tempfile.mkdtemp(), n_train=0, n_val=6, n_test=0, size=64, seed=0)\n"
              "ds = SparkSegmentation.from_root(root, 'val')\n"
              "torch.manual_seed(0)\n"
              "model = UNet3Plus('test_convnext', n_classes=3, pretrained=False, cat_channels=16)"),
     ("code", "viewer = PredictionViewer(model, ds)\nviewer"),
     ("code", "explorer = ConfusionExplorer(viewer)\nexplorer"),
+    ("code", "worst_cases_grid(viewer, k=2)"),
 ]
 
 # JupyterLab settings that keep pop-ups (news, update checks) from covering the page
@@ -198,7 +200,7 @@ def readout(driver, cls: str) -> str:
     return driver.find_elements(By.CSS_SELECTOR, f".u3p-viewer .{cls} .widget-readout")[-1].text.strip()
 
 
-def check(driver, url: str, token: str, name: str, out: Path, deadline: float):
+def check(driver, url: str, token: str, name: str, out: Path, deadline: float, expect_grid: bool = False):
     "Open, run, and drive the viewer; save screenshots into `out`."
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.action_chains import ActionChains
@@ -215,6 +217,10 @@ def check(driver, url: str, token: str, name: str, out: Path, deadline: float):
     except CheckFailed:
         driver.save_screenshot(str(out / "failed_render.png")); raise
     wait_until("the kernel to finish running", lambda: driver.execute_script(JS_KERNEL) == "idle", deadline)
+    if expect_grid:      # the demo's last cell returns worst_cases_grid's figure: it must show as a PNG image
+        pngs = driver.find_elements(By.CSS_SELECTOR, '.jp-OutputArea-output[data-mime-type="image/png"] img')
+        if len(pngs) != 1: raise CheckFailed(f"worst_cases_grid should show one PNG image, the page has {len(pngs)}")
+        log("worst_cases_grid shown as an image")
     find_img = lambda: driver.find_elements(By.CSS_SELECTOR, ".u3p-viewer img.u3p-figure")[-1]
     state = image_state(driver, find_img())
     driver.save_screenshot(str(out / "1_rendered.png")); find_img().screenshot(str(out / "1_picture.png"))
@@ -310,7 +316,7 @@ def main(argv=None) -> int:
         wait_for_server(proc, url, token, min(deadline, time.time() + 60), tmp / "jupyterlab.log")
         log("JupyterLab is up; starting headless Chromium")
         driver = start_browser(tmp, chromium, chromedriver)
-        check(driver, url, token, name, out, deadline)
+        check(driver, url, token, name, out, deadline, expect_grid=a.notebook is None)
         log(f"OK in {time.time() - t0:.0f} s; screenshots in {out}")
         return 0
     except CheckFailed as e:
