@@ -4,10 +4,11 @@
 Starts JupyterLab on 127.0.0.1 (a free port, a random token, a temporary root holding a small notebook that
 builds a viewer, a confusion explorer and a worst-cases grid, or a copy of --notebook), opens the notebook in
 headless Chromium through Selenium, accepts the kernel dialog, runs all cells, waits for the viewer's picture
-(and, in the demo, checks the grid shows as an image), then drags the opacity slider and steps the
-sample slider with the keyboard, checking each time that the displayed picture changed (its <img> source and
-its pixels), and clicks two cells of the confusion explorer (the cell dropdown must follow). Screenshots go to --out. Exits 1 with a message on any failure; JupyterLab and the browser are
-always shut down. Needs Debian's `chromium` and `chromium-driver` (chromedriver).
+(and, in the demo, checks the grid shows as an image), then drags the opacity slider and steps the sample
+slider with the keyboard, checking each time that the displayed picture changed (its <img> source and its
+pixels), clicks confusion-explorer cells (the cell dropdown must follow) and sends a listed image to the viewer
+with 'show in viewer' (the viewer must then name it). Screenshots go to --out. Exits 1 with a message on any
+failure; JupyterLab and the browser are always shut down. Needs Debian's `chromium` and `chromium-driver`.
 
     python .ci/viewer_browser.py --out /tmp/viewer_shots
 """
