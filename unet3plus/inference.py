@@ -209,11 +209,15 @@ def make_zip(folder, zip_path=None) -> Path:
             for p in files: zf.write(p, arcname=p.name)
     return atomic_write(zip_path, write)
 
-# %% ../nbs/09_inference.ipynb #23ca9539
+# %% ../nbs/09_inference.ipynb #bf5fbe78
 def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0, tta: bool = False,
                    fp16: bool = False, overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
-                   device=None, model_path=None, writers: int = 4, progress: bool = True) -> dict:
+                   device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True) -> dict:
     "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
+    k, n_shards = shard
+    if not 0 <= k < n_shards: raise ValueError(f"--shard {k}/{n_shards}: need 0 <= K < N")
+    if n_shards > 1 and overwrite: raise ValueError("--overwrite cannot be combined with --shard (it would delete the other shards' files); "
+                                                   "empty the output folder once before starting the shards")
     if model_n_classes(model) != len(CLASSES):
         raise ValueError(f"the SPARK submission needs a {len(CLASSES)}-class model ({', '.join(CLASSES)}), this one predicts {model_n_classes(model)}")
     ds = SparkTestImages(data_path, target_size)
@@ -222,7 +226,7 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
     names = [npz_name(p.name) for p in ds.files]
     done = {i for i, n in enumerate(names) if (out / n).exists() and valid_npz(out / n, sizes[n])}
     broken = [n for i, n in enumerate(names) if i not in done and (out / n).exists()]
-    todo = [i for i in range(len(names)) if i not in done]
+    todo = [i for i in range(len(names)) if i not in done and i % n_shards == k]
     log.info("%d test images: %d already done, %d to predict%s", len(names), len(done), len(todo),
              f" ({len(broken)} existing files unreadable or wrong, redone)" if broken else '')
     device = resolve_device(device); model = model.to(device).eval()
@@ -238,13 +242,18 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
             while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)): written.append(pending.popleft().result())
         while pending: written.append(pending.popleft().result())
     seconds = time.perf_counter() - t0
-    zip_path = make_zip(out) if zip else None
-    report = check_submission(zip_path or out, ds.folder)                 # raises, listing every problem
-    log.info("%s", report)
+    present = sum((out / n).exists() for n in names)
+    if n_shards > 1 and present < len(names):
+        log.info("shard %d/%d done; %d of %d files present: the shard that completes the set writes the zip", k, n_shards, present, len(names))
+        zip_path = report = None
+    else:
+        zip_path = make_zip(out) if zip else None
+        report = check_submission(zip_path or out, ds.folder)             # raises, listing every problem
+        log.info("%s", report)
     return dict(output_dir=out, zip=zip_path, written=written, skipped=[names[i] for i in sorted(done)], report=report,
                 seconds=seconds, images_per_s=len(written) / seconds if written and seconds > 0 else None)
 
-# %% ../nbs/09_inference.ipynb #b4266890
+# %% ../nbs/09_inference.ipynb #e8956965
 def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-infer` command line."
     p = argparse.ArgumentParser('unet3plus-infer', description='SPARK 2024 stream-1 submission files from a UNet3+ model.')
@@ -261,6 +270,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no_zip', dest='zip', action='store_false')
     p.add_argument('--overwrite', action='store_true', help='redo every file even if output_dir holds results')
     p.add_argument('--save_visualizations', action='store_true', help='also save overlay PNGs under OUTPUT/visualizations')
+    p.add_argument('--shard', default='0/1', metavar='K/N', help='predict only images i with i %% N == K (e.g. one SLURM array task each)')
     p.add_argument('--check', metavar='PATH', help='only check a submission folder or zip (against --data_path if given)')
     p.add_argument('--device', default=None)
     a = p.parse_args(argv)
@@ -269,6 +279,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         if missing: p.error(f"missing {', '.join(missing)} (or use --check PATH)")
     if a.batch_size < 1: p.error(f'--batch_size must be >= 1, got {a.batch_size}')
     if a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
+    m = re.fullmatch(r'(\d+)/(\d+)', a.shard)
+    if not m or not int(m.group(1)) < int(m.group(2)): p.error(f"--shard must be K/N with 0 <= K < N, got {a.shard!r}")
+    a.shard = (int(m.group(1)), int(m.group(2)))
     return a
 
 def main(argv=None):
@@ -288,8 +301,8 @@ def run_infer(a: argparse.Namespace):
     model = load_model(a.model_path, device)
     r = predict_folder(model, a.data_path, a.output_dir, target_size=a.target_size or None, batch_size=a.batch_size,
                        num_workers=a.num_workers, tta=a.tta, fp16=a.fp16, overwrite=a.overwrite,
-                       save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path, writers=a.writers)
-    print(r['report']); return r
+                       save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path, writers=a.writers, shard=a.shard)
+    print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r
 
 # %% ../nbs/09_inference.ipynb #3453596a
 def infer_once(model, x: torch.Tensor, tta: bool, orig=(1024, 1024), fp16: bool = False) -> list[bytes]:
