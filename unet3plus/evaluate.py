@@ -147,7 +147,7 @@ def summarize(cm: ConfusionMatrix, class_names) -> dict:
                  for i, n in enumerate(class_names)}
     return dict(overall=overall, per_class=per_class, confusion_matrix=cm.matrix.tolist())
 
-# %% ../nbs/08_evaluate.ipynb #61f50970
+# %% ../nbs/08_evaluate.ipynb #90311615
 def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers: int = 0, device=None, fp16: bool = False,
              tta: bool = False, eval_size: str = 'original', class_names=None, boundary: bool = True, progress: bool = True) -> dict:
     "Metrics of `model` on a labelled `dataset`: overall, per class, per spacecraft class and per image."
@@ -155,6 +155,7 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     n = check_class_counts(model, dataset)
     warn_about_dataset(dataset, eval_size)
     class_names = list(class_names or (CLASSES if n == len(CLASSES) else [f'class_{i}' for i in range(n)]))
+    if len(class_names) != n: raise ValueError(f"{len(class_names)} class_names {class_names} for a {n}-class model")
     device = resolve_device(device); model = model.to(device).eval()
     loader = DataLoader(ResizedInputs(dataset, target_size), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_eval)
     total, groups, rows, t0 = ConfusionMatrix(n), {}, [], time.perf_counter()
