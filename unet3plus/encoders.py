@@ -93,7 +93,7 @@ class PlainEncoder(EncoderBase):
             feats.append(x)
         return feats
 
-# %% ../nbs/02_encoders.ipynb #2df4945e
+# %% ../nbs/02_encoders.ipynb #44280b9a
 WEIGHT_SUFFIXES = ('.safetensors', '.pth', '.pt', '.bin', '.ckpt')
 
 def read_state_dict(path) -> dict[str, torch.Tensor]:
@@ -106,7 +106,7 @@ def read_state_dict(path) -> dict[str, torch.Tensor]:
         from safetensors.torch import load_file
         sd = load_file(str(path))
     else: sd = torch.load(path, map_location='cpu', weights_only=True)
-    for k in ('state_dict_ema', 'state_dict', 'model_state', 'model'):
+    for k in ('state_dict', 'model', 'model_state', 'state_dict_ema'):   # timm's own default order: not EMA
         if isinstance(sd, dict) and isinstance(sd.get(k), dict): sd = sd[k]; break
     if not isinstance(sd, dict) or not all(torch.is_tensor(v) for v in sd.values()):
         raise ValueError(f"pretrained_path: {path} does not hold a state dict of tensors")
