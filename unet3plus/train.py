@@ -411,7 +411,7 @@ def prepare_save_path(cfg: TrainConfig):
     barrier()
     p.mkdir(parents=True, exist_ok=True)
 
-# %% ../nbs/07_train.ipynb #a5a0d60e
+# %% ../nbs/07_train.ipynb #9cdc6ef2
 class NonFiniteLoss(RuntimeError):
     "Training stopped because the loss became NaN or infinite."
 
@@ -438,15 +438,16 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
     for batch in loader:
         x = batch['image'].to(dev, dt, non_blocking=True); y = batch['mask'].to(dev, non_blocking=True)
         loss, parts = loss_fn(engine(x), y)
-        stat = _sum_over_ranks(torch.tensor([loss.item() if math.isfinite(loss.item()) else 0.0,
-                                              0.0 if math.isfinite(loss.item()) else 1.0, float(len(x))], dtype=torch.float64))
+        lv = loss.item(); ok = math.isfinite(lv)
+        stat = [lv if ok else 0.0, 0.0 if ok else 1.0, float(len(x))]
+        if ws > 1: stat = _sum_over_ranks(torch.tensor(stat, dtype=torch.float64)).tolist()
         if stat[1] > 0:
-            raise NonFiniteLoss(f"non-finite loss ({loss.item()}) at epoch {state['epoch'] + 1}, step {state['step'] + 1}"
-                                f"{'' if math.isfinite(loss.item()) else ' on this rank'}; stopped before the update. "
+            raise NonFiniteLoss(f"non-finite loss ({lv if not ok else 'on another rank'}) at epoch {state['epoch'] + 1}, "
+                                f"step {state['step'] + 1}; stopped before the update. "
                                 f"Try a lower --lr or --precision fp32; the last checkpoint is intact.")
         engine.backward(loss); engine.step()
-        images += int(stat[2].item())
-        state['epoch_loss'] += stat[0].item() / ws; state['epoch_batches'] += 1
+        images += int(stat[2])
+        state['epoch_loss'] += stat[0] / ws; state['epoch_batches'] += 1
         state['step'] = int(engine.global_steps)
         if progress is not None:
             progress.update(1); progress.set_postfix(loss=f"{state['epoch_loss'] / state['epoch_batches']:.4f}", lr=f"{engine.get_lr()[0]:.2e}")
