@@ -113,7 +113,7 @@ def check_config(cfg: TrainConfig):
     if cfg.ds_config is not None and not Path(cfg.ds_config).is_file():
         raise FileNotFoundError(f"--ds_config {cfg.ds_config}: file not found")
 
-# %% ../nbs/07_train.ipynb #577720b9
+# %% ../nbs/07_train.ipynb #045edb79
 def deep_merge(base: dict, override: dict) -> dict:
     "A copy of `base` with `override` merged in: nested dicts merge key by key, other values replace."
     out = copy.deepcopy(base)
@@ -153,6 +153,7 @@ def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | Non
                 optimizer=dict(type='AdamW', params=dict(lr=cfg.lr, betas=[0.9, 0.999], eps=1e-8, weight_decay=cfg.weight_decay)),
                 scheduler=sched, gradient_clipping=float(cfg.grad_clip), zero_optimization=dict(stage=cfg.zero_stage),
                 steps_per_print=10**9, wall_clock_breakdown=False)
+    if not cuda: conf['optimizer']['params']['torch_adam'] = True    # no JIT-compiled fused Adam on the CPU
     prec = resolve_precision(cfg.precision, cuda, bf16_ok)
     if prec == 'fp16': conf['fp16'] = dict(enabled=True, loss_scale=0, initial_scale_power=16)
     if prec == 'bf16': conf['bf16'] = dict(enabled=True)
