@@ -44,7 +44,7 @@ def print_table(rows: list[dict], title: str = "") -> str:
     print(text)
     return text
 
-# %% ../nbs/11_bench.ipynb #a6a10450
+# %% ../nbs/11_bench.ipynb #4eec3010
 BENCHES = {'data': 'unet3plus.data:bench_data', 'synth': 'unet3plus.synthetic:bench_synth', 'model': 'unet3plus.model:bench_model',
            'metrics': 'unet3plus.metrics:bench_metrics', 'train': 'unet3plus.train:bench_train',
            'infer': 'unet3plus.inference:bench_infer'}
@@ -57,10 +57,12 @@ def get_bench(name: str) -> Callable:
 
 def run_bench(argv: list[str]) -> dict:
     "Run the benchmark named by `argv[0]` with the rest of `argv` as its options; return its figures."
-    p = argparse.ArgumentParser('unet3plus-bench', description='Speed and memory against peers, in one process.')
+    p = argparse.ArgumentParser('unet3plus-bench', description='Speed and memory against peers, in one process. '
+                                '`unet3plus-bench NAME --help` lists the options of benchmark NAME.')
     p.add_argument('bench', choices=list(BENCHES), help='which benchmark to run')
-    args, rest = p.parse_known_args(argv)
-    return get_bench(args.bench)(rest)
+    if not argv or argv[0].startswith('-'): p.parse_args(argv)   # --help, or a missing name: argparse explains and exits
+    args = p.parse_args(argv[:1])
+    return get_bench(args.bench)(argv[1:])
 
 def main(argv: list[str] | None = None) -> None:
     "Entry point of `unet3plus-bench`: the benchmark prints its own tables; exit status 0."
