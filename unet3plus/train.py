@@ -21,7 +21,7 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'log', 'TrainCo
            'ResumableSampler', 'ShardSampler', 'resolve_data_root', 'build_datasets', 'build_model', 'as_outputs',
            'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'atomic_write_text', 'replace_dir', 'rng_state',
            'set_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint',
-           'save_model', 'previous_run', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate',
+           'save_model', 'previous_run', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate', 'init_engine',
            'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main',
            'loop_speed', 'bench_train']
 
@@ -481,6 +481,14 @@ def validate(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False)
     m['val_loss'] = tot[0].item() / max(tot[1].item(), 1)
     return m
 
+# %% ../nbs/07_train.ipynb #e5630c04
+def init_engine(model: nn.Module, cfg: TrainConfig, conf: dict):
+    "The DeepSpeed engine for `model` with AdamW groups from `cfg` and DeepSpeed config `conf`."
+    import deepspeed
+    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=conf)
+    if not (dist.is_initialized() and dist.get_world_size() > 1): engine.enable_backward_allreduce = False
+    return engine
+
 # %% ../nbs/07_train.ipynb #082ba2fe
 log = logging.getLogger('unet3plus.train')
 
@@ -539,7 +547,7 @@ def training_report(cfg: TrainConfig, history: list[dict], best: dict, env: dict
         lines += [f"{n:<14}{i:>8.4f}{d:>8.4f}" for n, i, d in zip(names, h['iou'], h['dice'])]
     return '\n'.join(lines) + '\n'
 
-# %% ../nbs/07_train.ipynb #69e8ecf5
+# %% ../nbs/07_train.ipynb #21dc6756
 def _is_better(score: float, best: float | None, monitor: str) -> bool:
     "Whether `score` improves on `best` (lower is better for the validation loss, higher otherwise)."
     if best is None: return True
@@ -575,8 +583,7 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 10**12)
     conf = ds_config(cfg, total_steps=total_steps, cuda=env['device'].type == 'cuda')
     model = model_fn() if model_fn is not None else build_model(cfg)
-    import deepspeed
-    engine, _, _, _ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=conf)
+    engine = init_engine(model, cfg, conf)
     loss_fn = TrainLoss(cfg.loss, cfg.n_classes, cfg.deep_supervision, cfg.cgm_weight)
     class_names = None
     try:
@@ -731,7 +738,7 @@ def main(argv: Sequence[str] | None = None):
         sys.exit(2)
     return 0
 
-# %% ../nbs/07_train.ipynb #a4d8ee03
+# %% ../nbs/07_train.ipynb #0bc180c8
 def _bench_batches(n: int, batch: int, size: int, n_classes: int = 3, seed: int = 0) -> list[dict]:
     "`n` random batches of images and class maps (the same for every caller with the same seed)."
     g = torch.Generator().manual_seed(seed)
@@ -745,14 +752,13 @@ def _bench_model(backbone: str):
 
 def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 8, n_batches: int = 4, repeats: int = 3) -> float:
     "Global images/s of `train_epoch` in this process group (each rank its share of every global batch)."
-    import deepspeed
     env = setup_distributed(); rank, world = env['rank'], env['world_size']
     if global_batch % world: raise ValueError(f"global batch {global_batch} does not split over {world} processes")
     bs = global_batch // world
     batches = [{k: v[rank * bs:(rank + 1) * bs] for k, v in b.items()} for b in _bench_batches(n_batches, global_batch, size)]
     torch.manual_seed(0); model = _bench_model(backbone)
     cfg = TrainConfig(backbone=backbone, batch_size=bs, loss='ce_dice', progress=False)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=ds_config(cfg, 1000))
+    engine = init_engine(model, cfg, ds_config(cfg, 1000))
     loss_fn, times = TrainLoss('ce_dice'), []
     for r in range(repeats + 1):
         barrier(); t0 = time.perf_counter()
@@ -764,7 +770,6 @@ def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 
 def bench_train(argv: Sequence[str] | None = None) -> dict:
     "`unet3plus-bench train`: loop vs bare model images/s in one process, then the loop in 1 vs 2 processes."
     from .bench import measure, print_table, ratio
-    import deepspeed
     p = argparse.ArgumentParser('unet3plus-bench train')
     p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=int, default=128)
     p.add_argument('--batch_size', type=int, default=8); p.add_argument('--batches', type=int, default=4)
@@ -776,7 +781,7 @@ def bench_train(argv: Sequence[str] | None = None) -> dict:
     torch.manual_seed(0); bare = _bench_model(a.backbone)
     torch.manual_seed(0); model = _bench_model(a.backbone)
     cfg = TrainConfig(backbone=a.backbone, batch_size=a.batch_size, loss='ce_dice', progress=False)
-    engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=ds_config(cfg, 1000))
+    engine = init_engine(model, cfg, ds_config(cfg, 1000))
     opt = torch.optim.AdamW(param_groups(bare, cfg.weight_decay), lr=cfg.lr)
     loss_fn = TrainLoss('ce_dice')
     def bare_epoch():
