@@ -481,12 +481,13 @@ def validate(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False)
     m['val_loss'] = tot[0].item() / max(tot[1].item(), 1)
     return m
 
-# %% ../nbs/07_train.ipynb #e5630c04
+# %% ../nbs/07_train.ipynb #799b6645
 def init_engine(model: nn.Module, cfg: TrainConfig, conf: dict):
     "The DeepSpeed engine for `model` with AdamW groups from `cfg` and DeepSpeed config `conf`."
     import deepspeed
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=conf)
-    if not (dist.is_initialized() and dist.get_world_size() > 1): engine.enable_backward_allreduce = False
+    lone = not (dist.is_initialized() and dist.get_world_size() > 1)
+    if lone and engine.zero_optimization_stage() == 0: engine.enable_backward_allreduce = False   # ZeRO 1-3 need the reduce
     return engine
 
 # %% ../nbs/07_train.ipynb #082ba2fe
