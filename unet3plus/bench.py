@@ -44,8 +44,9 @@ def print_table(rows: list[dict], title: str = "") -> str:
     print(text)
     return text
 
-# %% ../nbs/11_bench.ipynb #4eec3010
-BENCHES = {'data': 'unet3plus.data:bench_data', 'synth': 'unet3plus.synthetic:bench_synth', 'model': 'unet3plus.model:bench_model',
+# %% ../nbs/11_bench.ipynb #6d167f34
+BENCHES = {'data': 'unet3plus.data:bench_data', 'synth': 'unet3plus.synthetic:bench_synth', 'wgrad': 'unet3plus.decoder:bench_wgrad',
+           'model': 'unet3plus.model:bench_model',
            'metrics': 'unet3plus.metrics:bench_metrics', 'train': 'unet3plus.train:bench_train',
            'infer': 'unet3plus.inference:bench_infer'}
 

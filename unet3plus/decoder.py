@@ -8,8 +8,9 @@ import torch, torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['BRANCH_ORDERS', 'pool_to', 'resize_to', 'conv_bn', 'conv_bn_relu', 'UNet3PlusDecoder', 'SegmentationHead',
-           'DeepSupervisionHeads', 'CGM']
+__all__ = ['WEIGHT_GRAD_MODES', 'GEMM_MIN_CHANNELS', 'WGRAD_SHAPES', 'BRANCH_ORDERS', 'pool_to', 'resize_to', 'conv_weight_grad',
+           'FastConv2d', 'set_weight_grad', 'bench_wgrad', 'conv_bn', 'conv_bn_relu', 'UNet3PlusDecoder',
+           'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
 
 # %% ../nbs/03_decoder.ipynb #ca7ac38f
 def _is_pow2(r: int) -> bool: return r >= 1 and (r & (r - 1)) == 0
@@ -32,12 +33,113 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     if h <= H and w <= W: return F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
     raise ValueError(f"resize_to: cannot resize a {h}x{w} map to {H}x{W} (finer in one axis, coarser in the other)")
 
-# %% ../nbs/03_decoder.ipynb #b25e2632
+# %% ../nbs/03_decoder.ipynb #fae68646
+WEIGHT_GRAD_MODES, GEMM_MIN_CHANNELS = ('auto', 'gemm', 'native'), 64
+
+def _padded_rows(t: torch.Tensor, p: int, margin: int = 0) -> torch.Tensor:
+    "`t` [N, C, H, W] zero-padded by `p` as pixel-major rows [margin + N*(H+2p)*(W+2p) + margin, C]."
+    N, C, H, W = t.shape
+    rows = t.new_zeros(2 * margin + N * (H + 2 * p) * (W + 2 * p), C)
+    rows[margin:rows.shape[0] - margin].view(N, H + 2 * p, W + 2 * p, C)[:, p:p + H, p:p + W] = t.permute(0, 2, 3, 1)
+    return rows
+
+def conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    "Weight gradient [O, C, k, k] of a stride-1 conv with 'same' zero padding: one GEMM per kernel tap."
+    k = kernel_size
+    if k % 2 != 1: raise ValueError(f"conv_weight_grad: kernel_size must be odd ('same' padding), got {k}")
+    if x.shape[0] != grad_out.shape[0] or x.shape[-2:] != grad_out.shape[-2:]:
+        raise ValueError(f"conv_weight_grad: x {tuple(x.shape)} and grad_out {tuple(grad_out.shape)} differ in batch or size")
+    p, W = k // 2, x.shape[-1]
+    m = p * (W + 2 * p) + p                                    # the largest row offset of a tap
+    xs, g = _padded_rows(x, p, m), _padded_rows(grad_out, p).t()
+    L, taps = g.shape[1], x.new_empty(k, k, grad_out.shape[1], x.shape[1])
+    for a in range(k):
+        for b in range(k):
+            off = m + (a - p) * (W + 2 * p) + (b - p)
+            torch.mm(g, xs[off:off + L], out=taps[a, b])
+    return taps.permute(2, 3, 0, 1)
+
+class _GemmWeightGradConv(torch.autograd.Function):
+    "conv2d (stride 1, 'same' zero padding): oneDNN forward and input gradient, `conv_weight_grad` for the weight."
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, w = ctx.saved_tensors
+        k, need = w.shape[-1], ctx.needs_input_grad
+        gx = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], 1,
+                                                 [True, False, False])[0] if need[0] else None
+        fmt = torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() else torch.contiguous_format
+        gw = conv_weight_grad(x, g, k).contiguous(memory_format=fmt) if need[1] else None
+        gb = g.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
+        return gx, gw, gb
+
+class FastConv2d(nn.Conv2d):
+    "`nn.Conv2d` whose weight gradient uses `conv_weight_grad` where that is faster (see `weight_grad`)."
+    weight_grad = 'auto'
+
+    def gemm_supported(self) -> bool:
+        "Stride 1, no dilation or groups, odd square kernel with 'same' zero padding."
+        k = self.kernel_size[0]
+        return (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == 'zeros'
+                and self.kernel_size == (k, k) and k % 2 == 1 and self.padding == (k // 2, k // 2))
+
+    def uses_gemm(self, x: torch.Tensor) -> bool:
+        "Whether a forward on `x` now routes the weight gradient through `conv_weight_grad`."
+        if self.weight_grad not in WEIGHT_GRAD_MODES:
+            raise ValueError(f"FastConv2d: weight_grad={self.weight_grad!r}; choose one of {WEIGHT_GRAD_MODES}")
+        if self.weight_grad == 'native' or not (torch.is_grad_enabled() and self.weight.requires_grad and self.gemm_supported()):
+            return False
+        return self.weight_grad == 'gemm' or (x.device.type == 'cpu' and x.dtype == torch.float32
+                                              and min(self.in_channels, self.out_channels) >= GEMM_MIN_CHANNELS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _GemmWeightGradConv.apply(x, self.weight, self.bias) if self.uses_gemm(x) else super().forward(x)
+
+def set_weight_grad(model: nn.Module, mode: str) -> int:
+    "Set `weight_grad` of every `FastConv2d` in `model` to `mode`; return how many there are."
+    if mode not in WEIGHT_GRAD_MODES: raise ValueError(f"set_weight_grad: mode={mode!r}; choose one of {WEIGHT_GRAD_MODES}")
+    convs = [m for m in model.modules() if isinstance(m, FastConv2d)]
+    for m in convs: m.weight_grad = mode
+    return len(convs)
+
+# %% ../nbs/03_decoder.ipynb #91331c7d
+WGRAD_SHAPES = [(256, 256, 128), (80, 80, 256), (256, 64, 128), (256, 192, 64), (96, 64, 128), (768, 192, 16),
+                (256, 16, 128), (80, 3, 256)]
+
+def bench_wgrad(argv: list[str] | None = None) -> dict:
+    "`unet3plus-bench wgrad`: oneDNN's conv weight gradient vs `conv_weight_grad`, GFLOP/s per shape."
+    import argparse
+    from unet3plus.bench import measure, print_table
+    p = argparse.ArgumentParser('unet3plus-bench wgrad', description=bench_wgrad.__doc__)
+    p.add_argument('--batch', type=int, default=2); p.add_argument('--kernel', type=int, default=3)
+    p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
+    a = p.parse_args(argv or [])
+    if a.threads: torch.set_num_threads(a.threads)
+    k, rows, cl = a.kernel, [], torch.channels_last
+    for cin, cout, hw in WGRAD_SHAPES:
+        x, g = (torch.randn(a.batch, c, hw, hw).contiguous(memory_format=cl) for c in (cin, cout))
+        w = torch.randn(cout, cin, k, k).contiguous(memory_format=cl)
+        native = lambda: torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], 1,
+                                                             [False, True, False])
+        t = measure({'oneDNN': native, 'gemm': lambda: conv_weight_grad(x, g, k)}, repeats=a.repeats)
+        gflop = 2 * a.batch * cin * cout * k * k * hw * hw / 1e9
+        rows.append({'in': cin, 'out': cout, 'size': hw, 'oneDNN_GFLOP/s': gflop / t['oneDNN'], 'gemm_GFLOP/s': gflop / t['gemm'],
+                     'gemm_speedup': t['oneDNN'] / t['gemm'], 'auto_uses': 'gemm' if min(cin, cout) >= GEMM_MIN_CHANNELS else 'oneDNN'})
+    print_table(rows, f'conv{k}x{k} weight gradient, batch {a.batch}, channels_last fp32, threads={torch.get_num_threads()}')
+    return {'rows': rows}
+
+# %% ../nbs/03_decoder.ipynb #2eac8a3d
 BRANCH_ORDERS = ('paper', 'conv_first')
 
 def conv_bn(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
-    "conv3x3 -> BatchNorm."
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias), nn.BatchNorm2d(out_ch))
+    "conv3x3 (a `FastConv2d`) -> BatchNorm."
+    return nn.Sequential(FastConv2d(in_ch, out_ch, 3, padding=1, bias=bias), nn.BatchNorm2d(out_ch))
 
 def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
     "conv3x3 -> BatchNorm -> ReLU (in place)."
