@@ -548,7 +548,7 @@ def training_report(cfg: TrainConfig, history: list[dict], best: dict, env: dict
         lines += [f"{n:<14}{i:>8.4f}{d:>8.4f}" for n, i, d in zip(names, h['iou'], h['dice'])]
     return '\n'.join(lines) + '\n'
 
-# %% ../nbs/07_train.ipynb #21dc6756
+# %% ../nbs/07_train.ipynb #9b74d674
 def _is_better(score: float, best: float | None, monitor: str) -> bool:
     "Whether `score` improves on `best` (lower is better for the validation loss, higher otherwise)."
     if best is None: return True
@@ -600,7 +600,7 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
     if is_main():
         atomic_write_text(save / 'train_config.json', json.dumps(asdict(cfg), indent=2))
         atomic_write_text(save / 'ds_config.json', json.dumps(conf, indent=2))
-    n_params = sum(p.numel() for p in engine.module.parameters())
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())   # ZeRO-3 partitions: ds_numel is the full size
     log.info(f"{world} process(es), {env['backend']} on {env['device']}; {len(train_ds)} train / {len(val_ds)} val images; "
              f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all")
 
