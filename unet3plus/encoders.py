@@ -21,7 +21,7 @@ class ConvBNReLU(nn.Sequential):
     def __init__(self, cin: int, cout: int, stride: int = 1, bias: bool = False):
         super().__init__(nn.Conv2d(cin, cout, 3, stride, 1, bias=bias), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
-# %% ../nbs/02_encoders.ipynb #4356f1da
+# %% ../nbs/02_encoders.ipynb #7a9207e4
 class EncoderBase(nn.Module):
     "What every encoder offers: `channels`, `strides`, `mean`/`std`, `normalize`, `freeze`/`unfreeze`."
     frozen = False
@@ -42,19 +42,20 @@ class EncoderBase(nn.Module):
         "The modules `freeze` affects (the pretrained backbone; the whole encoder for the plain one)."
         return [self]
 
+    def _set_frozen(self, frozen: bool):
+        "Turn the frozen modules' gradients off (`frozen`) or on, and reapply the train/eval mode."
+        self.frozen = frozen
+        for m in self.frozen_modules():
+            for p in m.parameters(): p.requires_grad_(not frozen)
+        return self.train(self.training)
+
     def freeze(self):
         "Stop training the backbone: no gradients, batch norm statistics fixed (eval mode) until `unfreeze`."
-        self.frozen = True
-        for m in self.frozen_modules():
-            for p in m.parameters(): p.requires_grad_(False)
-        return self.train(self.training)
+        return self._set_frozen(True)
 
     def unfreeze(self):
         "Undo `freeze`: gradients on, batch norm follows the encoder's train/eval mode again."
-        self.frozen = False
-        for m in self.frozen_modules():
-            for p in m.parameters(): p.requires_grad_(True)
-        return self.train(self.training)
+        return self._set_frozen(False)
 
     def train(self, mode: bool = True):
         "Like `nn.Module.train`, but frozen modules stay in eval mode."
