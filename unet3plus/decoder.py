@@ -145,11 +145,11 @@ def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
     "conv3x3 -> BatchNorm -> ReLU (in place)."
     return nn.Sequential(*conv_bn(in_ch, out_ch, bias), nn.ReLU(inplace=True))
 
-# %% ../nbs/03_decoder.ipynb #16baefb4
+# %% ../nbs/03_decoder.ipynb #bafbdd72
 class UNet3PlusDecoder(nn.Module):
     "UNet 3+ full-scale decoder over encoder levels `enc_channels` (finest first)."
     def __init__(self, enc_channels: list[int], cat_channels: int = 64, branch_order: str = 'paper',
-                 conv_bias: bool = True, light_levels: int = 0, light_channels: int = 16):
+                 conv_bias: bool = True, light_levels: int = 0, light_channels: int = 8):
         super().__init__()
         enc_channels, n = [int(c) for c in enc_channels], len(enc_channels)
         if n < 2: raise ValueError(f"UNet3PlusDecoder: needs >= 2 encoder levels, got enc_channels={enc_channels}")

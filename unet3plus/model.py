@@ -19,7 +19,7 @@ __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CO
            'summary', 'export_onnx', 'check_onnx', 'conv_peak', 'build_peer', 'make_steps', 'step_gflops',
            'train_peak_mb', 'bench_model']
 
-# %% ../nbs/04_model.ipynb #5a99aa92
+# %% ../nbs/04_model.ipynb #706ea4ec
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
                'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs')
 STRUCTURAL = ('backbone', 'n_classes', 'cat_channels', 'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias',
@@ -30,7 +30,7 @@ class UNet3Plus(nn.Module):
     def __init__(self, backbone: str = 'convnext_tiny', n_classes: int = 3, pretrained: bool = True,
                  pretrained_path=None, cat_channels: int = 64, deep_supervision: bool = False, cgm: bool = False,
                  freeze_backbone: bool = False, branch_order: str = 'conv_first', fine_levels='auto',
-                 light_stride='auto', light_channels: int = 16, conv_bias: bool = True, cgm_dropout: float = 0.5, encoder_kwargs: dict | None = None):
+                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5, encoder_kwargs: dict | None = None):
         super().__init__()
         if n_classes < 1: raise ValueError(f"UNet3Plus: n_classes must be >= 1, got {n_classes}")
         if cgm and n_classes < 2: raise ValueError(f"UNet3Plus: cgm=True needs n_classes >= 2, got {n_classes}")
