@@ -33,14 +33,17 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     if h <= H and w <= W: return F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
     raise ValueError(f"resize_to: cannot resize a {h}x{w} map to {H}x{W} (finer in one axis, coarser in the other)")
 
-# %% ../nbs/03_decoder.ipynb #fae68646
-WEIGHT_GRAD_MODES, GEMM_MIN_CHANNELS = ('auto', 'gemm', 'native'), 64
+# %% ../nbs/03_decoder.ipynb #2cf8d244
+WEIGHT_GRAD_MODES, GEMM_MIN_CHANNELS = ('auto', 'gemm', 'native'), 32
 
 def _padded_rows(t: torch.Tensor, p: int, margin: int = 0) -> torch.Tensor:
     "`t` [N, C, H, W] zero-padded by `p` as pixel-major rows [margin + N*(H+2p)*(W+2p) + margin, C]."
     N, C, H, W = t.shape
-    rows = t.new_zeros(2 * margin + N * (H + 2 * p) * (W + 2 * p), C)
-    rows[margin:rows.shape[0] - margin].view(N, H + 2 * p, W + 2 * p, C)[:, p:p + H, p:p + W] = t.permute(0, 2, 3, 1)
+    rows = t.new_empty(2 * margin + N * (H + 2 * p) * (W + 2 * p), C)
+    grid = rows[margin:rows.shape[0] - margin].view(N, H + 2 * p, W + 2 * p, C)
+    grid[:, p:p + H, p:p + W] = t.permute(0, 2, 3, 1)
+    for border in (rows[:margin], rows[rows.shape[0] - margin:], grid[:, :p], grid[:, p + H:], grid[:, p:p + H, :p], grid[:, p:p + H, p + W:]):
+        border.zero_()                                        # only the padding is zeroed, not the whole buffer
     return rows
 
 def conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int) -> torch.Tensor:
@@ -108,9 +111,9 @@ def set_weight_grad(model: nn.Module, mode: str) -> int:
     for m in convs: m.weight_grad = mode
     return len(convs)
 
-# %% ../nbs/03_decoder.ipynb #91331c7d
-WGRAD_SHAPES = [(256, 256, 128), (80, 80, 256), (256, 64, 128), (256, 192, 64), (96, 64, 128), (768, 192, 16),
-                (256, 16, 128), (80, 3, 256)]
+# %% ../nbs/03_decoder.ipynb #8040be55
+WGRAD_SHAPES = [(256, 256, 128), (256, 256, 64), (96, 64, 128), (256, 136, 32), (40, 40, 256), (32, 32, 256),
+                (256, 8, 128), (16, 8, 256), (40, 3, 256)]
 
 def bench_wgrad(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench wgrad`: oneDNN's conv weight gradient vs `conv_weight_grad`, GFLOP/s per shape."
