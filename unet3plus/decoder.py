@@ -33,7 +33,7 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     if h <= H and w <= W: return F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
     raise ValueError(f"resize_to: cannot resize a {h}x{w} map to {H}x{W} (finer in one axis, coarser in the other)")
 
-# %% ../nbs/03_decoder.ipynb #2cf8d244
+# %% ../nbs/03_decoder.ipynb #e46f6db4
 WEIGHT_GRAD_MODES, GEMM_MIN_CHANNELS = ('auto', 'gemm', 'native'), 32
 
 def _padded_rows(t: torch.Tensor, p: int, margin: int = 0) -> torch.Tensor:
@@ -98,6 +98,7 @@ class FastConv2d(nn.Conv2d):
             raise ValueError(f"FastConv2d: weight_grad={self.weight_grad!r}; choose one of {WEIGHT_GRAD_MODES}")
         if self.weight_grad == 'native' or not (torch.is_grad_enabled() and self.weight.requires_grad and self.gemm_supported()):
             return False
+        if torch.is_autocast_enabled(x.device.type): return False    # mixed precision: the conv's own dtype rules apply
         return self.weight_grad == 'gemm' or (x.device.type == 'cpu' and x.dtype == torch.float32
                                               and min(self.in_channels, self.out_channels) >= GEMM_MIN_CHANNELS)
 
