@@ -8,9 +8,9 @@ import torch, torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['WEIGHT_GRAD_MODES', 'GEMM_MIN_CHANNELS', 'WGRAD_SHAPES', 'BRANCH_ORDERS', 'pool_to', 'resize_to', 'conv_weight_grad',
-           'FastConv2d', 'set_weight_grad', 'bench_wgrad', 'conv_bn', 'conv_bn_relu', 'UNet3PlusDecoder',
-           'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
+__all__ = ['WEIGHT_GRAD_MODES', 'GEMM_MIN_CHANNELS', 'WGRAD_SHAPES', 'BRANCH_ORDERS', 'pool_to', 'resize_to', 'gemm_is_faster',
+           'native_conv_grads', 'conv_weight_grad', 'FastConv2d', 'set_weight_grad', 'bench_wgrad', 'conv_bn',
+           'conv_bn_relu', 'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
 
 # %% ../nbs/03_decoder.ipynb #ca7ac38f
 def _is_pow2(r: int) -> bool: return r >= 1 and (r & (r - 1)) == 0
@@ -33,8 +33,19 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     if h <= H and w <= W: return F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
     raise ValueError(f"resize_to: cannot resize a {h}x{w} map to {H}x{W} (finer in one axis, coarser in the other)")
 
-# %% ../nbs/03_decoder.ipynb #e46f6db4
+# %% ../nbs/03_decoder.ipynb #41d711e2
 WEIGHT_GRAD_MODES, GEMM_MIN_CHANNELS = ('auto', 'gemm', 'native'), 32
+
+def gemm_is_faster(in_ch: int, out_ch: int) -> bool:
+    "Whether 'auto' uses `conv_weight_grad` for a conv with these channel counts (measured: from 32 in and out)."
+    return min(in_ch, out_ch) >= GEMM_MIN_CHANNELS
+
+def native_conv_grads(g, x, w, input_grad: bool = True, weight_grad: bool = False):
+    "oneDNN's (input, weight) gradients of a stride-1, 'same'-padded conv2d; None where not asked for."
+    k = w.shape[-1]
+    gx, gw, _ = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], 1,
+                                                    [input_grad, weight_grad, False])
+    return gx, gw
 
 def _padded_rows(t: torch.Tensor, p: int, margin: int = 0) -> torch.Tensor:
     "`t` [N, C, H, W] zero-padded by `p` as pixel-major rows [margin + N*(H+2p)*(W+2p) + margin, C]."
@@ -74,11 +85,9 @@ class _GemmWeightGradConv(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         x, w = ctx.saved_tensors
-        k, need = w.shape[-1], ctx.needs_input_grad
-        gx = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], 1,
-                                                 [True, False, False])[0] if need[0] else None
-        fmt = torch.channels_last if w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous() else torch.contiguous_format
-        gw = conv_weight_grad(x, g, k).contiguous(memory_format=fmt) if need[1] else None
+        need = ctx.needs_input_grad
+        gx = native_conv_grads(g, x, w)[0] if need[0] else None
+        gw = conv_weight_grad(x, g, w.shape[-1]) if need[1] else None   # autograd lays it out like the weight
         gb = g.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
         return gx, gw, gb
 
@@ -100,7 +109,7 @@ class FastConv2d(nn.Conv2d):
             return False
         if torch.is_autocast_enabled(x.device.type): return False    # mixed precision: the conv's own dtype rules apply
         return self.weight_grad == 'gemm' or (x.device.type == 'cpu' and x.dtype == torch.float32
-                                              and min(self.in_channels, self.out_channels) >= GEMM_MIN_CHANNELS)
+                                              and gemm_is_faster(self.in_channels, self.out_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _GemmWeightGradConv.apply(x, self.weight, self.bias) if self.uses_gemm(x) else super().forward(x)
@@ -112,7 +121,7 @@ def set_weight_grad(model: nn.Module, mode: str) -> int:
     for m in convs: m.weight_grad = mode
     return len(convs)
 
-# %% ../nbs/03_decoder.ipynb #8040be55
+# %% ../nbs/03_decoder.ipynb #fcfbf053
 WGRAD_SHAPES = [(256, 256, 128), (256, 256, 64), (96, 64, 128), (256, 136, 32), (40, 40, 256), (32, 32, 256),
                 (256, 8, 128), (16, 8, 256), (40, 3, 256)]
 
@@ -129,12 +138,11 @@ def bench_wgrad(argv: list[str] | None = None) -> dict:
     for cin, cout, hw in WGRAD_SHAPES:
         x, g = (torch.randn(a.batch, c, hw, hw).contiguous(memory_format=cl) for c in (cin, cout))
         w = torch.randn(cout, cin, k, k).contiguous(memory_format=cl)
-        native = lambda: torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], 1,
-                                                             [False, True, False])
-        t = measure({'oneDNN': native, 'gemm': lambda: conv_weight_grad(x, g, k)}, repeats=a.repeats)
+        t = measure({'oneDNN': lambda: native_conv_grads(g, x, w, input_grad=False, weight_grad=True),
+                     'gemm': lambda: conv_weight_grad(x, g, k)}, repeats=a.repeats)
         gflop = 2 * a.batch * cin * cout * k * k * hw * hw / 1e9
         rows.append({'in': cin, 'out': cout, 'size': hw, 'oneDNN_GFLOP/s': gflop / t['oneDNN'], 'gemm_GFLOP/s': gflop / t['gemm'],
-                     'gemm_speedup': t['oneDNN'] / t['gemm'], 'auto_uses': 'gemm' if min(cin, cout) >= GEMM_MIN_CHANNELS else 'oneDNN'})
+                     'gemm_speedup': t['oneDNN'] / t['gemm'], 'auto_uses': 'gemm' if gemm_is_faster(cin, cout) else 'oneDNN'})
     print_table(rows, f'conv{k}x{k} weight gradient, batch {a.batch}, channels_last fp32, threads={torch.get_num_threads()}')
     return {'rows': rows}
 
