@@ -23,7 +23,7 @@ __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'r
            'draw_tiny_sample', 'make_tiny_spark', 'open_image', 'decode_rgb', 'image_to_tensor', 'load_image',
            'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment',
            'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate',
-           'atomic_write', 'atomic_write_text', 'prepare_output_dir', 'naive_load', 'bench_data']
+           'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -434,7 +434,7 @@ def validate(data, split: str | None = None, max_far: float = 0.5, workers: int 
     if raise_on_error and not report.ok: raise ValueError(str(report))
     return report
 
-# %% ../nbs/00_data.ipynb #cdb97f30
+# %% ../nbs/00_data.ipynb #63869a32
 def atomic_write(path, write: Callable) -> Path:
     "Call `write(binary_file)` on a hidden temporary file next to `path`, flush it to disk, rename it to `path`."
     path = Path(path)
@@ -446,6 +446,15 @@ def atomic_write(path, write: Callable) -> Path:
     finally:
         if tmp.exists(): tmp.unlink()
     return path
+
+def remove_stale_temps(folder, max_age: float = 3600.0) -> int:
+    "Delete `atomic_write` temporaries in `folder` older than `max_age` seconds (left by killed writers); return how many."
+    n = 0
+    for t in Path(folder).glob('.*.tmp'):
+        try:
+            if time.time() - t.stat().st_mtime > max_age: t.unlink(); n += 1
+        except FileNotFoundError: pass                         # its writer finished meanwhile
+    return n
 
 def atomic_write_text(path, text: str) -> Path:
     "Write `text` (UTF-8) to `path` atomically."
