@@ -590,7 +590,7 @@ def show_samples(names=SPACECRAFT, per_type: int = 2, size: int = 160, seed: int
     fig.tight_layout()
     return fig
 
-# %% ../nbs/01_synthetic.ipynb #08a23df1
+# %% ../nbs/01_synthetic.ipynb #db250900
 RENDER_VERSION = 7      # bump whenever the renderer's output changes: cached sets are then regenerated
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
 IMAGE_QUALITY, MASK_QUALITY = 92, 85
@@ -675,7 +675,7 @@ def _check_counts(**kw):
 def write_dataset(out, n_train: int = 2000, n_val: int = 400, n_test: int = 200, size: int = 256, seed: int = 0,
                   workers: int = 1, progress: bool = False) -> Path:
     "Render a synthetic SPARK 2024 stream-1 data set into `out` (the exact real layout); return `out`."
-    _check_counts(n_train=n_train, n_val=n_val, n_test=n_test, size=size, workers=max(workers, 0), seed=seed)
+    _check_counts(n_train=n_train, n_val=n_val, n_test=n_test, size=size, workers=workers, seed=seed)
     out, params = Path(out), dataset_params(n_train, n_val, n_test, size, seed)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"write_dataset: {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
