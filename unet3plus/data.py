@@ -19,11 +19,12 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'rgb_to_classes', 'rgb_to_classes_exact',
-           'classes_to_rgb', 'palette_distance2', 'far_fraction', 'jpeg_roundtrip', 'parse_bbox', 'read_csv',
-           'draw_tiny_sample', 'make_tiny_spark', 'open_image', 'decode_rgb', 'image_to_tensor', 'load_image',
-           'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment',
-           'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate',
-           'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'naive_load', 'bench_data']
+           'classes_to_rgb', 'palette_distance2', 'far_fraction', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox',
+           'mask_bbox', 'read_csv', 'draw_tiny_sample', 'make_tiny_spark', 'open_image', 'decode_rgb',
+           'image_to_tensor', 'load_image', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
+           'RandomRot90', 'SegAugment', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport',
+           'check_sample', 'validate', 'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir',
+           'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -84,7 +85,7 @@ def jpeg_roundtrip(rgb: np.ndarray, quality: int = 75) -> np.ndarray:
     buf = io.BytesIO(); Image.fromarray(_as_rgb(rgb)).save(buf, 'JPEG', quality=quality); buf.seek(0)
     return np.asarray(Image.open(buf).convert('RGB'))
 
-# %% ../nbs/00_data.ipynb #f512cb12
+# %% ../nbs/00_data.ipynb #88600b07
 _NUM = re.compile(r'-?\d+(?:\.\d+)?')
 
 def parse_bbox(s) -> tuple[int, int, int, int]:
@@ -93,6 +94,15 @@ def parse_bbox(s) -> tuple[int, int, int, int]:
     if not re.fullmatch(r'\s*[\(\[]?\s*[-\d.]+\s*(,\s*[-\d.]+\s*){3}[\)\]]?\s*', text):
         raise ValueError(f"bounding box {text!r} is not of the form '(x1, y1, x2, y2)'")
     return tuple(int(round(float(v))) for v in _NUM.findall(text))
+
+def format_bbox(bbox) -> str:
+    "A box as the CSV string of the real data: `(x1, y1, x2, y2)`."
+    return '({}, {}, {}, {})'.format(*(int(v) for v in bbox))
+
+def mask_bbox(classes: np.ndarray) -> tuple[int, int, int, int]:
+    "The tight box (x1, y1, x2, y2) of a class map's foreground, corners inclusive; (0, 0, 0, 0) when there is none."
+    ys, xs = np.nonzero(classes)
+    return (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())) if len(xs) else (0, 0, 0, 0)
 
 def read_csv(path) -> pd.DataFrame:
     "Read a SPARK CSV: check the four columns and empty fields, parse `Bounding box` into a `bbox` column."
@@ -115,7 +125,7 @@ def read_csv(path) -> pd.DataFrame:
     df['bbox'] = boxes
     return df
 
-# %% ../nbs/00_data.ipynb #0db3f3d3
+# %% ../nbs/00_data.ipynb #842c570f
 def draw_tiny_sample(size, rng: np.random.Generator, noise: float = 4.0):
     "A toy spacecraft on a starry background: (image uint8 [H,W,3], exact classes uint8 [H,W], bbox x1,y1,x2,y2)."
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -137,9 +147,7 @@ def draw_tiny_sample(size, rng: np.random.Generator, noise: float = 4.0):
     stars = rng.random((h, w)) < 0.002
     img[stars & (classes == 0)] = 230
     img += rng.normal(0, noise, img.shape)
-    ys, xs = np.nonzero(classes)
-    bbox = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if len(xs) else (0, 0, 0, 0)
-    return np.clip(img, 0, 255).astype(np.uint8), classes, bbox
+    return np.clip(img, 0, 255).astype(np.uint8), classes, mask_bbox(classes)
 
 def make_tiny_spark(root, classes: Sequence[str] = ('Cheops', 'XMM Newton'), n_train: int = 3, n_val: int = 2,
                     n_test: int = 2, size=64, seed: int = 0, noise: float = 4.0, return_maps: bool = False):
@@ -155,7 +163,7 @@ def make_tiny_spark(root, classes: Sequence[str] = ('Cheops', 'XMM Newton'), n_t
                 name, mname = f'image_{k:05d}_img.jpg', f'image_{k:05d}_layer.jpg'
                 Image.fromarray(img).save(root / 'images' / c / split / name, quality=90)
                 Image.fromarray(classes_to_rgb(cls)).save(root / 'mask' / c / split / mname, quality=75)
-                rows.append((name, mname, c, '({}, {}, {}, {})'.format(*bbox)))
+                rows.append((name, mname, c, format_bbox(bbox)))
                 maps[(c, split, name)] = cls
         pd.DataFrame(rows, columns=CSV_COLUMNS).to_csv(root / f'{split}.csv', index=False)
     test_dir = root / 'stream-1-test'; test_dir.mkdir(parents=True, exist_ok=True)
