@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'rgb_to_classes', 'rgb_to_classes_exact',
            'classes_to_rgb', 'palette_distance2', 'far_fraction', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox',
-           'mask_bbox', 'read_csv', 'draw_tiny_sample', 'make_tiny_spark', 'open_image', 'decode_rgb',
+           'mask_bbox', 'read_csv', 'draw_tiny_sample', 'make_tiny_spark', 'as_hw', 'open_image', 'decode_rgb',
            'image_to_tensor', 'load_image', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
            'RandomRot90', 'SegAugment', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport',
            'check_sample', 'validate', 'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir',
@@ -173,13 +173,14 @@ def make_tiny_spark(root, classes: Sequence[str] = ('Cheops', 'XMM Newton'), n_t
         Image.fromarray(img).save(test_dir / f'test_{k:05d}_img.jpg', quality=90)
     return (root, maps) if return_maps else root
 
-# %% ../nbs/00_data.ipynb #9c093110
-def _hw(size) -> tuple[int, int] | None:
-    "`size` (None, int or (H, W)) as an (H, W) tuple."
+# %% ../nbs/00_data.ipynb #10271d7f
+def as_hw(size) -> tuple[int, int] | None:
+    "`size` (None, int or (H, W)) as an (H, W) tuple of positive ints."
     if size is None: return None
-    h, w = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    if int(h) < 1 or int(w) < 1: raise ValueError(f"target_size must be positive, got {size!r}")
-    return int(h), int(w)
+    hw = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(hw) != 2: raise ValueError(f"size must be an int or (H, W), got {size!r}")
+    if int(hw[0]) < 1 or int(hw[1]) < 1: raise ValueError(f"target_size must be positive, got {size!r}")
+    return int(hw[0]), int(hw[1])
 
 def open_image(path, what: str = 'image', where: str = '') -> Image.Image:
     "Open an image file lazily (header only), with errors naming the file."
@@ -203,7 +204,7 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
 def load_image(path, size=None, draft: bool = True, where: str = '') -> tuple[torch.Tensor, tuple[int, int]]:
     "Image file -> (float tensor [3,H,W] in [0,1] at `size` or original size, original (H, W))."
     img = open_image(path, 'image', where)
-    orig, size = img.size[::-1], _hw(size)
+    orig, size = img.size[::-1], as_hw(size)
     img = decode_rgb(img, path, size, draft, 'image', where)
     if size is not None and img.size != size[::-1]: img = img.resize(size[::-1], Image.BILINEAR)
     return image_to_tensor(img), orig
@@ -221,7 +222,7 @@ def mask_to_classes(img: Image.Image, path, size=None, draft: bool = True, max_f
 
 def load_mask(path, size=None, draft: bool = True, max_far: float = 0.5, where: str = '') -> torch.Tensor:
     "Colour-mask file -> long class tensor [H,W] at `size` (or the original size)."
-    return torch.from_numpy(mask_to_classes(open_image(path, 'mask', where), path, _hw(size), draft, max_far, where).astype(np.int64))
+    return torch.from_numpy(mask_to_classes(open_image(path, 'mask', where), path, as_hw(size), draft, max_far, where).astype(np.int64))
 
 # %% ../nbs/00_data.ipynb #1e66d07a
 def stratified_subset(labels: Sequence[str], n, seed: int = 0) -> np.ndarray:
@@ -239,13 +240,13 @@ def stratified_subset(labels: Sequence[str], n, seed: int = 0) -> np.ndarray:
     idx = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(names, take)]
     return np.sort(np.concatenate(idx)).astype(int)
 
-# %% ../nbs/00_data.ipynb #f863fca2
+# %% ../nbs/00_data.ipynb #c6947b2b
 class SparkSegmentation(Dataset):
     "SPARK 2024 stream-1 segmentation samples keyed by (Class, Image name): dicts of image, mask, class_name, image_name, bbox."
     def __init__(self, csv_path, image_root, mask_root, split: str, target_size=None, augment=False,
                  subset=None, seed: int = 0, draft: bool = True, max_far: float = 0.5):
         self.csv_path, self.image_root, self.mask_root, self.split = Path(csv_path), Path(image_root), Path(mask_root), split
-        self.target_size, self.draft, self.max_far, self.seed = _hw(target_size), draft, max_far, seed
+        self.target_size, self.draft, self.max_far, self.seed = as_hw(target_size), draft, max_far, seed
         df = read_csv(self.csv_path)
         df['line'] = np.arange(len(df)) + 2
         if subset is not None: df = df.iloc[stratified_subset(df['Class'].tolist(), subset, seed)]
@@ -326,7 +327,7 @@ class SegAugment:
 
     def __repr__(self): return f"SegAugment({self.transforms})"
 
-# %% ../nbs/00_data.ipynb #7fec47fa
+# %% ../nbs/00_data.ipynb #e08777a4
 _TEST_NAME = re.compile(r'test_\d+_img\.jpe?g', re.IGNORECASE)
 
 class SparkTestImages(Dataset):
@@ -335,7 +336,7 @@ class SparkTestImages(Dataset):
         folder = Path(folder)
         if not folder.is_dir(): raise FileNotFoundError(f"test image folder not found: {folder}")
         if (folder / 'stream-1-test').is_dir(): folder = folder / 'stream-1-test'
-        self.folder, self.target_size, self.draft = folder, _hw(target_size), draft
+        self.folder, self.target_size, self.draft = folder, as_hw(target_size), draft
         self.files = sorted(p for p in folder.iterdir() if _TEST_NAME.fullmatch(p.name))
         if not self.files: raise FileNotFoundError(f"no test_XXXXX_img.jpg files in {folder}")
 
@@ -476,10 +477,10 @@ def prepare_output_dir(path, overwrite: bool = False, what: str = 'output path',
     path.mkdir(parents=True, exist_ok=True)
     return path
 
-# %% ../nbs/00_data.ipynb #c2fe2917
+# %% ../nbs/00_data.ipynb #af92bcff
 def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]:
     "The straightforward loader the benchmark compares with: full decode, PIL resize, brute-force nearest colour."
-    h, w = _hw(size)
+    h, w = as_hw(size)
     img = Image.open(image_path).convert('RGB').resize((w, h), Image.BILINEAR)
     cls = rgb_to_classes_exact(np.asarray(Image.open(mask_path).convert('RGB')))
     cls = np.asarray(Image.fromarray(cls).resize((w, h), Image.NEAREST))
