@@ -15,15 +15,16 @@ from .data import PALETTE, SPACECRAFT, CSV_COLUMNS, classes_to_rgb, format_bbox,
 
 # %% auto #0
 __all__ = ['GOLD', 'SILVER', 'WHITE', 'GREY', 'DARK', 'CELLS', 'BUILDERS', 'RENDER_VERSION', 'SPLITS', 'IMAGE_QUALITY',
-           'MASK_QUALITY', 'Face', 'face_normal', 'basis', 'outward', 'box', 'prism', 'dish', 'panel', 'wing',
-           'make_cheops', 'make_lisa', 'make_obs', 'make_proba2', 'make_proba3', 'make_proba3ocs', 'make_smart1',
-           'make_soho', 'make_venus', 'make_xmm', 'face_area', 'appendages', 'build_model', 'random_rotation', 'Camera',
-           'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample', 'earth_layer', 'earth',
-           'sun_glare', 'pack', 'shade', 'sun_buffer', 'cast_shadows', 'class_codes', 'coverage_to_classes',
-           'draw_model', 'render_sample', 'overlay', 'show_samples', 'sample_rng', 'sample_spec', 'dataset_params',
-           'is_synthetic_set', 'write_dataset', 'cache_base', 'synthetic_root', 'parse_args', 'main', 'bench_synth']
+           'MASK_QUALITY', 'Face', 'area_vector2', 'face_normal', 'basis', 'outward', 'box', 'prism', 'dish', 'panel',
+           'wing', 'make_cheops', 'make_lisa', 'make_obs', 'make_proba2', 'make_proba3', 'make_proba3ocs',
+           'make_smart1', 'make_soho', 'make_venus', 'make_xmm', 'face_area', 'appendages', 'build_model',
+           'random_rotation', 'Camera', 'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample',
+           'earth_layer', 'earth', 'sun_glare', 'pack', 'shade', 'sun_buffer', 'cast_shadows', 'class_codes',
+           'coverage_to_classes', 'draw_model', 'render_sample', 'overlay', 'show_samples', 'sample_rng', 'sample_spec',
+           'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base', 'synthetic_root', 'parse_args', 'main',
+           'bench_synth']
 
-# %% ../nbs/01_synthetic.ipynb #13f1f155
+# %% ../nbs/01_synthetic.ipynb #cbc4b01b
 @dataclass
 class Face:
     "One planar polygon of a model: `verts` (k, 3), class id, RGB albedo in [0, 1] and material flags."
@@ -35,11 +36,15 @@ class Face:
     shine: float = 0.0
     back: tuple | None = None
 
-def face_normal(verts: np.ndarray) -> np.ndarray:
-    "Unit normal of a planar polygon: the sum of cross(v_i, v_i+1) is twice its area vector (right-hand rule)."
+def area_vector2(verts: np.ndarray) -> np.ndarray:
+    "Twice the area vector of a planar polygon: the sum of cross(v_i, v_i+1) (right-hand rule)."
     v = np.asarray(verts, float); w = np.concatenate([v[1:], v[:1]])
-    n = np.array([(v[:, 1] * w[:, 2] - v[:, 2] * w[:, 1]).sum(), (v[:, 2] * w[:, 0] - v[:, 0] * w[:, 2]).sum(),
-                  (v[:, 0] * w[:, 1] - v[:, 1] * w[:, 0]).sum()])
+    return np.array([(v[:, 1] * w[:, 2] - v[:, 2] * w[:, 1]).sum(), (v[:, 2] * w[:, 0] - v[:, 0] * w[:, 2]).sum(),
+                     (v[:, 0] * w[:, 1] - v[:, 1] * w[:, 0]).sum()])
+
+def face_normal(verts: np.ndarray) -> np.ndarray:
+    "Unit normal of a planar polygon (right-hand rule)."
+    n = area_vector2(verts)
     return n / math.sqrt(n @ n + 1e-24)
 
 def basis(axis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,7 +114,7 @@ def wing(root, direction, normal, n_seg, seg_len, width, cells, boom=0.3, gap=0.
         faces += panel(c, d * seg_len, side * width, albedo, grid=cells)
     return faces
 
-# %% ../nbs/01_synthetic.ipynb #4a3f2e53
+# %% ../nbs/01_synthetic.ipynb #1a59b8dc
 GOLD, SILVER, WHITE, GREY, DARK = (0.85, 0.62, 0.22), (0.78, 0.78, 0.8), (0.9, 0.9, 0.88), (0.5, 0.5, 0.52), (0.16, 0.16, 0.17)
 CELLS = [(0.06, 0.1, 0.32), (0.04, 0.05, 0.14), (0.12, 0.09, 0.3), (0.05, 0.14, 0.3)]
 
@@ -243,10 +248,8 @@ BUILDERS = dict(zip(SPACECRAFT, [make_cheops, make_lisa, make_obs, make_proba2, 
                                  make_smart1, make_soho, make_venus, make_xmm]))
 
 def face_area(verts: np.ndarray) -> float:
-    "Area of a planar polygon (half the norm of the summed vertex cross products)."
-    v = np.asarray(verts, float); w = np.concatenate([v[1:], v[:1]])
-    n = np.array([(v[:, 1] * w[:, 2] - v[:, 2] * w[:, 1]).sum(), (v[:, 2] * w[:, 0] - v[:, 0] * w[:, 2]).sum(),
-                  (v[:, 0] * w[:, 1] - v[:, 1] * w[:, 0]).sum()])
+    "Area of a planar polygon (half the norm of `area_vector2`)."
+    n = area_vector2(verts)
     return 0.5 * math.sqrt(n @ n)
 
 def appendages(faces: list[Face], rng: np.random.Generator, max_n: int = 3) -> list[Face]:
