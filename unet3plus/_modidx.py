@@ -594,7 +594,6 @@ d = { 'settings': { 'branch': 'main',
                                   'unet3plus.viewer.image_confusion': ('viewer.html#image_confusion', 'unet3plus/viewer.py'),
                                   'unet3plus.viewer.iou_from_confusion': ('viewer.html#iou_from_confusion', 'unet3plus/viewer.py'),
                                   'unet3plus.viewer.overlay': ('viewer.html#overlay', 'unet3plus/viewer.py'),
-                                  'unet3plus.viewer.row_normalise': ('viewer.html#row_normalise', 'unet3plus/viewer.py'),
                                   'unet3plus.viewer.to_rgb_uint8': ('viewer.html#to_rgb_uint8', 'unet3plus/viewer.py'),
                                   'unet3plus.viewer.worst_cases': ('viewer.html#worst_cases', 'unet3plus/viewer.py'),
                                   'unet3plus.viewer.worst_cases_grid': ('viewer.html#worst_cases_grid', 'unet3plus/viewer.py')}}}

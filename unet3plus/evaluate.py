@@ -13,12 +13,13 @@ from .data import CLASSES, PALETTE, SparkSegmentation, as_hw, load_image, load_m
 from .metrics import BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_iou
 
 # %% auto #0
-__all__ = ['log', 'TTA_FLIPS', 'ERROR_COLORS', 'OVERWRITE_HINT', 'resolve_device', 'amp_context', 'model_n_classes', 'uses_cgm',
-           'predict_scores', 'upsample_scores', 'resize_image', 'reads_files', 'ResizedInputs', 'collate_eval',
-           'data_n_classes', 'check_class_counts', 'sample_prediction', 'warn_about_dataset', 'summarize', 'evaluate',
-           'nanmean', 'row_normalize', 'plot_confusion', 'plot_per_spacecraft', 'text_table', 'format_report',
-           'error_map', 'to_uint8_image', 'example_figure', 'worst_images', 'save_examples', 'json_safe',
-           'write_outputs', 'load_model', 'parse_args', 'cli_errors', 'main', 'run_eval']
+__all__ = ['log', 'TTA_FLIPS', 'TN', 'TP', 'FP', 'FN', 'ERROR_NAMES', 'ERROR_COLORS', 'OVERWRITE_HINT', 'resolve_device',
+           'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores', 'resize_image',
+           'reads_files', 'ResizedInputs', 'collate_eval', 'data_n_classes', 'check_class_counts', 'sample_prediction',
+           'warn_about_dataset', 'summarize', 'evaluate', 'nanmean', 'row_normalize', 'plot_confusion',
+           'plot_per_spacecraft', 'text_table', 'format_report', 'error_map', 'to_uint8_image', 'example_figure',
+           'worst_images', 'save_examples', 'json_safe', 'write_outputs', 'load_model', 'parse_args', 'cli_errors',
+           'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -250,14 +251,16 @@ def format_report(res: dict) -> str:
             text_table(['true \\ pred'] + names, [[c] + [int(v) for v in row] for c, row in zip(names, res['confusion_matrix'])])]
     return '\n'.join(out) + '\n'
 
-# %% ../nbs/08_evaluate.ipynb #3fe7b1b2
-ERROR_COLORS = dict(tn=(0, 0, 0), tp=(0, 170, 0), fp=(255, 140, 0), fn=(230, 0, 230))
+# %% ../nbs/08_evaluate.ipynb #bc003981
+TN, TP, FP, FN = 0, 1, 2, 3
+ERROR_NAMES = ['true negative', 'true positive', 'false positive', 'false negative']
+ERROR_COLORS = np.array([[0, 0, 0], [200, 200, 200], [255, 0, 255], [255, 200, 0]], np.uint8)   # indexed by TN, TP, FP, FN
 
 def error_map(pred, target, cls: int) -> np.ndarray:
     "RGB uint8 map of class `cls`: TP green, FP orange, FN magenta, TN black."
     p, t = np.asarray(pred) == cls, np.asarray(target) == cls
     out = np.zeros(p.shape + (3,), np.uint8)
-    for key, sel in (('tp', p & t), ('fp', p & ~t), ('fn', ~p & t)): out[sel] = ERROR_COLORS[key]
+    for code, sel in ((TP, p & t), (FP, p & ~t), (FN, ~p & t)): out[sel] = ERROR_COLORS[code]
     return out
 
 def to_uint8_image(img) -> np.ndarray:
@@ -275,7 +278,7 @@ def example_figure(image, target, pred, class_names=CLASSES, title: str = ''):
     for ax, (name, arr) in zip(fig.subplots(1, len(panels)), panels):
         ax.imshow(arr, interpolation='nearest'); ax.set_title(name, fontsize=10); ax.axis('off')
     if title: fig.suptitle(title, fontsize=10)
-    if len(panels) > 3: fig.text(0.99, 0.01, 'errors: true positive green, false positive orange, false negative magenta', ha='right', fontsize=8)
+    if len(panels) > 3: fig.text(0.99, 0.01, 'errors: true positive light grey, false positive magenta, false negative amber', ha='right', fontsize=8)
     return fig
 
 # %% ../nbs/08_evaluate.ipynb #74be1188
