@@ -17,15 +17,15 @@ from .evaluate import (resolve_device, amp_context, predict_scores, upsample_sco
                                 load_model, model_n_classes, cli_errors)
 
 # %% auto #0
-__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'npz_name', 'classes_to_layers', 'layers_to_classes', 'write_npz', 'read_npz',
-           'SubmissionReport', 'test_image_sizes', 'submission_entries', 'check_array', 'check_submission', 'overlay',
-           'valid_npz', 'run_settings', 'prepare_run', 'save_prediction', 'make_zip', 'predict_folder', 'parse_args',
-           'main', 'run_infer', 'infer_once', 'bench_infer']
+__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'npz_name', 'classes_to_layers', 'scores_to_classes', 'layers_to_classes', 'write_npz',
+           'read_npz', 'SubmissionReport', 'test_image_sizes', 'submission_entries', 'check_array', 'check_submission',
+           'overlay', 'valid_npz', 'run_settings', 'prepare_run', 'save_prediction', 'make_zip', 'predict_folder',
+           'parse_args', 'main', 'run_infer', 'infer_once', 'bench_infer']
 
 # %% ../nbs/09_inference.ipynb #26ea51f7
 log = logging.getLogger('unet3plus.inference')
 
-# %% ../nbs/09_inference.ipynb #643ae356
+# %% ../nbs/09_inference.ipynb #648914a7
 IMAGE_RE = re.compile(r'test_(\d{5})_img\.jpg')
 NPZ_RE = re.compile(r'test_(\d{5})_layer\.npz')
 
@@ -42,6 +42,10 @@ def classes_to_layers(classes) -> np.ndarray:
     out = np.zeros(c.shape + (3,), dtype=bool)
     out[..., 0], out[..., 2] = c == 1, c == 2
     return out
+
+def scores_to_classes(scores: torch.Tensor, size) -> np.ndarray:
+    "Class map uint8 [H, W] at the original image `size` from one image's scores [C, h, w] (bilinear, then arg-max)."
+    return upsample_scores(scores[None], size)[0].argmax(0).byte().cpu().numpy()
 
 def layers_to_classes(arr) -> np.ndarray:
     "Submission layers [H,W,3] (bool or uint8 0/255) -> class map uint8 [H,W]."
@@ -199,7 +203,7 @@ def make_zip(folder, zip_path=None) -> Path:
             for p in files: zf.write(p, arcname=p.name)
     return atomic_write(zip_path, write)
 
-# %% ../nbs/09_inference.ipynb #e548c422
+# %% ../nbs/09_inference.ipynb #988f8c8a
 def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0, tta: bool = False,
                    fp16: bool = False, overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
                    device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True) -> dict:
@@ -228,7 +232,7 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
         for batch in tqdm(loader, desc='predict', disable=not progress or not todo):
             with amp_context(device, fp16): scores = predict_scores(model, batch['image'].to(device), tta=tta).float()
             for j, name in enumerate(batch['image_name']):
-                classes = upsample_scores(scores[j:j + 1], batch['orig_size'][j])[0].argmax(0).byte().cpu().numpy()
+                classes = scores_to_classes(scores[j], batch['orig_size'][j])
                 pending.append(pool.submit(save_prediction, out, ds.folder / name, classes, save_visualizations))
             while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)): written.append(pending.popleft().result())
         while pending: written.append(pending.popleft().result())
@@ -295,13 +299,13 @@ def run_infer(a: argparse.Namespace):
                        save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path, writers=a.writers, shard=a.shard)
     print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r
 
-# %% ../nbs/09_inference.ipynb #3453596a
+# %% ../nbs/09_inference.ipynb #36efff9d
 def infer_once(model, x: torch.Tensor, tta: bool, orig=(1024, 1024), fp16: bool = False) -> list[bytes]:
     "The submission path for a batch: scores, upsampling to `orig`, arg-max, layers, compressed npz bytes."
     with amp_context(x.device, fp16): scores = predict_scores(model, x, tta=tta).float()
     out = []
     for s in scores:
-        classes = upsample_scores(s[None], orig)[0].argmax(0).byte().cpu().numpy()
+        classes = scores_to_classes(s, orig)
         b = io.BytesIO(); np.savez_compressed(b, data=classes_to_layers(classes)); out.append(b.getvalue())
     return out
 
