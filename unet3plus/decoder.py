@@ -33,7 +33,7 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     if h <= H and w <= W: return F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
     raise ValueError(f"resize_to: cannot resize a {h}x{w} map to {H}x{W} (finer in one axis, coarser in the other)")
 
-# %% ../nbs/03_decoder.ipynb #41d711e2
+# %% ../nbs/03_decoder.ipynb #2f3fdb0c
 WEIGHT_GRAD_MODES, GEMM_MIN_CHANNELS = ('auto', 'gemm', 'native'), 32
 
 def gemm_is_faster(in_ch: int, out_ch: int) -> bool:
@@ -91,6 +91,11 @@ class _GemmWeightGradConv(torch.autograd.Function):
         gb = g.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
         return gx, gw, gb
 
+def _autocast_on(device_type: str) -> bool:
+    "Whether autocast is enabled for `device_type` (False for devices without autocast, such as 'meta')."
+    try: return torch.is_autocast_enabled(device_type)
+    except RuntimeError: return False
+
 class FastConv2d(nn.Conv2d):
     "`nn.Conv2d` whose weight gradient uses `conv_weight_grad` where that is faster (see `weight_grad`)."
     weight_grad = 'auto'
@@ -107,7 +112,7 @@ class FastConv2d(nn.Conv2d):
             raise ValueError(f"FastConv2d: weight_grad={self.weight_grad!r}; choose one of {WEIGHT_GRAD_MODES}")
         if self.weight_grad == 'native' or not (torch.is_grad_enabled() and self.weight.requires_grad and self.gemm_supported()):
             return False
-        if torch.is_autocast_enabled(x.device.type): return False    # mixed precision: the conv's own dtype rules apply
+        if _autocast_on(x.device.type): return False                  # mixed precision: the conv's own dtype rules apply
         return self.weight_grad == 'gemm' or (x.device.type == 'cpu' and x.dtype == torch.float32
                                               and gemm_is_faster(self.in_channels, self.out_channels))
 
