@@ -162,7 +162,7 @@ def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
     "conv3x3 -> BatchNorm -> ReLU (in place)."
     return nn.Sequential(*conv_bn(in_ch, out_ch, bias), nn.ReLU(inplace=True))
 
-# %% ../nbs/03_decoder.ipynb #bafbdd72
+# %% ../nbs/03_decoder.ipynb #b4155144
 class UNet3PlusDecoder(nn.Module):
     "UNet 3+ full-scale decoder over encoder levels `enc_channels` (finest first)."
     def __init__(self, enc_channels: list[int], cat_channels: int = 64, branch_order: str = 'paper',
@@ -192,10 +192,11 @@ class UNet3PlusDecoder(nn.Module):
     def _node(self, i: int, feats: list, nodes: list, ups: dict) -> torch.Tensor:
         "Decoder node `i` from encoder features `feats`, coarser `nodes` and, for conv_first, their convs `ups`."
         size, br, srcs = feats[i].shape[-2:], self.branches[i], self.sources[i]
-        xs = [b(resize_to(feats[s], size)) for b, s in zip(br, [s for s in srcs if s <= i])]
-        if self.branch_order == 'paper': xs += [b(resize_to(nodes[s], size)) for b, s in zip(br[len(xs):], [s for s in srcs if s > i])]
-        else: xs += [resize_to(ups[s][i], size) for s in srcs if s > i]
-        return self.fuse[i](torch.relu_(torch.cat(xs, 1)))
+        xs = [torch.relu_(b(resize_to(feats[s], size))) for b, s in zip(br, [s for s in srcs if s <= i])]
+        if self.branch_order == 'paper':
+            xs += [torch.relu_(b(resize_to(nodes[s], size))) for b, s in zip(br[len(xs):], [s for s in srcs if s > i])]
+        else: xs += [resize_to(ups[s][i], size) for s in srcs if s > i]       # ReLU'd at the source; upsampling keeps them >= 0
+        return self.fuse[i](torch.cat(xs, 1))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         "Decoder nodes, finest first; the last one is the bottleneck `features[-1]`."
