@@ -8,11 +8,12 @@ import argparse, importlib, resource, statistics, sys, time
 from typing import Callable
 
 # %% auto #0
-__all__ = ['BENCHES', 'measure', 'peak_rss_mb', 'ratio', 'print_table', 'get_bench', 'run_bench', 'main']
+__all__ = ['BENCHES', 'measure_rounds', 'measure', 'round_ratios', 'peak_rss_mb', 'ratio', 'print_table', 'get_bench',
+           'run_bench', 'main']
 
-# %% ../nbs/11_bench.ipynb #13884fdd
-def measure(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, sync: Callable | None = None) -> dict[str, float]:
-    "Median seconds of each callable in `fns`, run alternately `repeats` times after `warmup` rounds."
+# %% ../nbs/11_bench.ipynb #18ddb395
+def measure_rounds(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, sync: Callable | None = None) -> dict[str, list[float]]:
+    "Seconds of each callable in `fns` in every round, run alternately `repeats` times after `warmup` rounds."
     if not fns: raise ValueError("measure: `fns` is empty; pass at least one callable")
     if repeats < 1: raise ValueError(f"measure: repeats must be >= 1, got {repeats}")
     times = {k: [] for k in fns}
@@ -21,7 +22,17 @@ def measure(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, sync: C
             t0 = time.perf_counter(); f()
             if sync is not None: sync()
             if r >= warmup: times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
+
+def measure(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, sync: Callable | None = None) -> dict[str, float]:
+    "Median seconds of each callable in `fns`, run alternately `repeats` times after `warmup` rounds."
+    return {k: statistics.median(v) for k, v in measure_rounds(fns, repeats, warmup, sync).items()}
+
+def round_ratios(times: dict[str, list[float]], key: str, ref: str) -> tuple[float, float, float]:
+    "(lowest, median, highest) of `key`'s time over `ref`'s, round by round, from `measure_rounds`."
+    if len(times[key]) != len(times[ref]): raise ValueError(f"round_ratios: {key!r} and {ref!r} have different numbers of rounds")
+    rs = [a / b for a, b in zip(times[key], times[ref])]
+    return min(rs), statistics.median(rs), max(rs)
 
 # %% ../nbs/11_bench.ipynb #108998c4
 def peak_rss_mb() -> float:
