@@ -11,8 +11,9 @@ import torch.distributed as dist
 
 # %% auto #0
 __all__ = ['fast_argmax', 'as_class_map', 'fast_bincount', 'confusion_counts', 'metrics_from_matrix', 'code_buffer',
-           'ConfusionMatrix', 'all_reduce_sum', 'GroupedConfusion', 'per_image_iou', 'boundary_dilation',
-           'boundary_counts', 'boundary_iou', 'BoundaryIoU', 'bench_metrics']
+           'ConfusionMatrix', 'all_reduce_sum', 'GroupedConfusion', 'per_image_confusion', 'iou_from_confusion',
+           'per_image_iou', 'foreground_miou', 'boundary_dilation', 'boundary_counts', 'boundary_iou', 'BoundaryIoU',
+           'bench_metrics']
 
 # %% ../nbs/06_metrics.ipynb #66f52735
 def fast_argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -150,7 +151,7 @@ def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
     t = t.clone(); dist.all_reduce(t, op=dist.ReduceOp.SUM, group=group)
     return t.to(dev)
 
-# %% ../nbs/06_metrics.ipynb #e36c9122
+# %% ../nbs/06_metrics.ipynb #535074f2
 class GroupedConfusion:
     "One ConfusionMatrix per group (e.g. spacecraft type), updated image by image from a list of group names."
     def __init__(self, n_classes: int, ignore_index: int | None = None, groups=None, class_names=None, validate: bool = True):
@@ -173,6 +174,16 @@ class GroupedConfusion:
             idx = torch.tensor(sel, device=target.device)
             self._get(name).update(pred.index_select(0, idx) if len(sel) < len(groups) else pred,
                                    target.index_select(0, idx) if len(sel) < len(groups) else target)
+        return self
+
+    def add(self, matrices: torch.Tensor, groups: list[str]) -> 'GroupedConfusion':
+        "Add per-image confusion matrices [B, C, C] (`per_image_confusion`) whose image b belongs to group `groups[b]`."
+        if matrices.ndim != 3 or matrices.shape[1:] != (self.n_classes, self.n_classes) or len(groups) != matrices.shape[0]:
+            raise ValueError(f"GroupedConfusion.add: {len(groups)} group names and matrices of shape {tuple(matrices.shape)}; "
+                             f"expected [{len(groups)}, {self.n_classes}, {self.n_classes}]")
+        for b, name in enumerate(groups):
+            cm = self._get(name)
+            cm.matrix = cm.matrix.to(matrices.device) + matrices[b].long()
         return self
 
     def total(self) -> ConfusionMatrix:
@@ -213,22 +224,36 @@ class GroupedConfusion:
         for n, m in zip(union, stacked): self.matrices[n].matrix = m.clone()
         return self
 
-# %% ../nbs/06_metrics.ipynb #f07d624b
-def per_image_iou(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int | None = None) -> torch.Tensor:
-    "IoU of each class in each image, float [B, C], NaN where the class is in neither target nor prediction."
+# %% ../nbs/06_metrics.ipynb #cb92175e
+def per_image_confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int | None = None) -> torch.Tensor:
+    "Confusion matrix of each image, int64 [B, C, C] (rows = target), counted with one bincount."
     C, B = n_classes, target.shape[0]
-    p, _ = as_class_map(pred, target, C, 'per_image_iou')
+    p, _ = as_class_map(pred, target, C, 'per_image_confusion')
     p, t = p.long(), target.long()
     valid = (t >= 0) & (t < C)
     bad = ~valid if ignore_index is None else ~valid & (t != ignore_index)
-    if bad.any(): raise ValueError(f"per_image_iou: target value {t[bad][0].item()} is outside 0..{C - 1} and is not ignore_index ({ignore_index})")
-    if p.numel() and (p.min() < 0 or p.max() >= C): raise ValueError(f"per_image_iou: predicted classes must be in 0..{C - 1}")
+    if bad.any(): raise ValueError(f"per_image_confusion: target value {t[bad][0].item()} is outside 0..{C - 1} and is not ignore_index ({ignore_index})")
+    if p.numel() and (p.min() < 0 or p.max() >= C): raise ValueError(f"per_image_confusion: predicted classes must be in 0..{C - 1}")
     img = torch.arange(B, device=t.device).view(B, *[1] * (t.ndim - 1))
     idx = torch.where(valid, img * C * C + t * C + p, B * C * C)
-    m = fast_bincount(idx, B * C * C + 1)[:-1].view(B, C, C).double()
-    tp = m.diagonal(dim1=1, dim2=2)
-    union = m.sum(1) + m.sum(2) - tp
-    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float('nan'))).float()
+    return fast_bincount(idx, B * C * C + 1)[:-1].view(B, C, C)
+
+def iou_from_confusion(matrix) -> torch.Tensor:
+    "Per-class IoU, float64 [..., C], of confusion matrices [..., C, C]; NaN for a class in neither target nor prediction."
+    m = torch.as_tensor(matrix).double()
+    tp = m.diagonal(dim1=-2, dim2=-1)
+    union = m.sum(-1) + m.sum(-2) - tp
+    return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float('nan')))
+
+def per_image_iou(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int | None = None) -> torch.Tensor:
+    "IoU of each class in each image, float [B, C], NaN where the class is in neither target nor prediction."
+    return iou_from_confusion(per_image_confusion(pred, target, n_classes, ignore_index)).float()
+
+def foreground_miou(iou, bg_index: int = 0) -> float:
+    "Mean of the defined (non-NaN) IoUs of the classes other than `bg_index`; NaN when none is defined."
+    x = torch.as_tensor(iou, dtype=torch.float64).flatten()
+    fg = x[(torch.arange(len(x)) != bg_index) & ~x.isnan()]
+    return float(fg.mean()) if len(fg) else float('nan')
 
 # %% ../nbs/06_metrics.ipynb #1a7fef4a
 def _inner_band(masks: torch.Tensor, d: int) -> torch.Tensor:
