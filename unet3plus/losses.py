@@ -9,11 +9,12 @@ from typing import Sequence
 import torch, torch.nn as nn, torch.nn.functional as F
 
 # %% auto #0
-__all__ = ['MSSSIM_WEIGHTS', 'LOSSES', 'check_inputs', 'valid_and_onehot', 'class_weight_tensor', 'CELoss', 'DiceLoss', 'IoULoss',
-           'FocalLoss', 'CEDiceLoss', 'gaussian_window', 'msssim_levels', 'ms_ssim', 'MSSSIMLoss', 'HybridLoss',
-           'DeepSupervisionLoss', 'cgm_targets', 'CGMLoss', 'build_loss']
+__all__ = ['MSSSIM_WEIGHTS', 'LOSSES', 'check_inputs', 'valid_pixels', 'valid_and_onehot', 'checked_weights',
+           'class_weight_tensor', 'CELoss', 'DiceLoss', 'IoULoss', 'FocalLoss', 'CEDiceLoss', 'gaussian_window',
+           'msssim_levels', 'ms_ssim', 'MSSSIMLoss', 'HybridLoss', 'DeepSupervisionLoss', 'cgm_targets', 'CGMLoss',
+           'build_loss']
 
-# %% ../nbs/05_losses.ipynb #71f6ec5b
+# %% ../nbs/05_losses.ipynb #8ab73ba0
 def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None, name: str = 'loss'):
     "Raise a ValueError naming `name` unless `logits` [B,C,H,W] and `target` [B,H,W] (long, in 0..C-1 or ignored) match."
     if logits.ndim != 4: raise ValueError(f"{name}: logits must be [B, C, H, W], got shape {tuple(logits.shape)}")
@@ -35,45 +36,56 @@ def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int |
 
 _last_checked = threading.local()
 
+def valid_pixels(target: torch.Tensor, ignore_index: int | None = None) -> torch.Tensor:
+    "Boolean map of the pixels a loss counts (all of them unless `ignore_index` is set)."
+    return torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+
 def valid_and_onehot(target: torch.Tensor, n_classes: int, ignore_index: int | None = None):
     "Float mask of counted pixels [B,1,H,W] and one-hot target [B,C,H,W] that is zero on ignored pixels."
-    valid = torch.ones_like(target, dtype=torch.bool) if ignore_index is None else target != ignore_index
+    valid = valid_pixels(target, ignore_index)
     onehot = F.one_hot(target.where(valid, 0).long(), n_classes).permute(0, 3, 1, 2)
     v = valid.unsqueeze(1).float()
     return v, onehot.float() * v
 
-def class_weight_tensor(class_weights, n_classes: int, ref: torch.Tensor, name: str = 'loss'):
-    "`class_weights` as a float tensor on `ref`'s device (None stays None), checked to hold one weight per class."
+def checked_weights(class_weights, name: str = 'loss') -> torch.Tensor | None:
+    "`class_weights` as a CPU float64 tensor (None stays None), checked >= 0; losses call it once, when built."
     if class_weights is None: return None
-    w = torch.as_tensor(class_weights, dtype=ref.dtype, device=ref.device).flatten()
-    if w.numel() != n_classes:
-        raise ValueError(f"{name}: class_weights has {w.numel()} entries but the logits have {n_classes} classes")
-    if (w < 0).any(): raise ValueError(f"{name}: class_weights must be >= 0, got {w.tolist()}")
+    w = torch.as_tensor(class_weights, dtype=torch.float64).detach().cpu().flatten()
+    if (w < 0).any() or w.isnan().any(): raise ValueError(f"{name}: class_weights must be >= 0, got {w.tolist()}")
     return w
 
-# %% ../nbs/05_losses.ipynb #40ee169e
+def class_weight_tensor(class_weights, n_classes: int, ref: torch.Tensor, name: str = 'loss', ones: bool = False):
+    "`class_weights` on `ref`'s device and dtype, one per class; None stays None (all ones if `ones`)."
+    if class_weights is None: return torch.ones(n_classes, dtype=ref.dtype, device=ref.device) if ones else None
+    w = checked_weights(class_weights, name) if not isinstance(class_weights, torch.Tensor) or class_weights.device.type != 'cpu' \
+        or class_weights.dtype != torch.float64 else class_weights                  # already checked: no device sync per step
+    if w.numel() != n_classes:
+        raise ValueError(f"{name}: class_weights has {w.numel()} entries but the logits have {n_classes} classes")
+    return w.to(device=ref.device, dtype=ref.dtype, non_blocking=True)
+
+# %% ../nbs/05_losses.ipynb #2169d3f6
 class CELoss(nn.Module):
     "Cross-entropy over the counted pixels, weighted by class; 0 (not NaN) when every pixel is ignored."
     def __init__(self, class_weights=None, ignore_index: int | None = None, label_smoothing: float = 0.0):
         super().__init__()
-        self.class_weights, self.ignore_index, self.label_smoothing = class_weights, ignore_index, label_smoothing
+        self.class_weights, self.ignore_index, self.label_smoothing = checked_weights(class_weights, 'CELoss'), ignore_index, label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_inputs(logits, target, self.ignore_index, 'CELoss')
         w = class_weight_tensor(self.class_weights, logits.shape[1], logits, 'CELoss')
-        valid = torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
+        valid = valid_pixels(target, self.ignore_index)
         t = target.where(valid, 0).long()
         px = F.cross_entropy(logits, t, weight=w, reduction='none', label_smoothing=self.label_smoothing)
         den = valid.to(logits.dtype) if w is None else w[t] * valid
         return (px * valid).sum() / den.sum().clamp_min(1e-12)
 
-# %% ../nbs/05_losses.ipynb #d1f6fa3c
+# %% ../nbs/05_losses.ipynb #d79aeb0e
 class _SoftOverlapLoss(nn.Module):
     "Shared machinery of the soft Dice and soft IoU losses: per-class sums, class weights, ignore_index."
     def __init__(self, smooth: float = 1.0, include_background: bool = True, class_weights=None,
                  ignore_index: int | None = None, per_image: bool = False, eps: float = 1e-7):
         super().__init__()
-        self.smooth, self.include_background, self.class_weights = smooth, include_background, class_weights
+        self.smooth, self.include_background, self.class_weights = smooth, include_background, checked_weights(class_weights, type(self).__name__)
         self.ignore_index, self.per_image, self.eps = ignore_index, per_image, eps
 
     def score(self, inter, pred_sum, true_sum):
@@ -90,8 +102,7 @@ class _SoftOverlapLoss(nn.Module):
         inter, psum, gsum = (p * g).sum(dims), p.sum(dims), g.sum(dims)
         score = torch.where(psum + gsum > 0, self.score(inter, psum, gsum), torch.ones_like(psum))
         loss = 1 - score                                                       # [C] or [B, C]
-        w = class_weight_tensor(self.class_weights, n, logits, name)
-        w = torch.ones(n, dtype=logits.dtype, device=logits.device) if w is None else w
+        w = class_weight_tensor(self.class_weights, n, logits, name, ones=True)
         if not self.include_background: loss, w = loss[..., 1:], w[1:]
         per = (loss * w).sum(-1) / w.sum().clamp_min(1e-12)
         if not self.per_image: return per
@@ -108,7 +119,7 @@ class IoULoss(_SoftOverlapLoss):
     def score(self, inter, pred_sum, true_sum):
         return (inter + self.smooth) / (pred_sum + true_sum - inter + self.smooth).clamp_min(self.eps)
 
-# %% ../nbs/05_losses.ipynb #24ed05d4
+# %% ../nbs/05_losses.ipynb #2b995a2d
 class FocalLoss(nn.Module):
     "Focal loss (softmax with per-class alpha, or one-vs-rest sigmoid as in RetinaNet) over the counted pixels."
     def __init__(self, gamma: float = 2.0, alpha=None, class_weights=None, ignore_index: int | None = None,
@@ -119,7 +130,8 @@ class FocalLoss(nn.Module):
             raise ValueError(f"FocalLoss: with activation='sigmoid' alpha is one number in [0, 1] (positives vs negatives), got {alpha!r}; "
                              "use class_weights for per-class weights")
         if gamma < 0: raise ValueError(f"FocalLoss: gamma must be >= 0, got {gamma}")
-        self.gamma, self.alpha, self.class_weights = gamma, alpha, class_weights
+        self.gamma, self.class_weights = gamma, checked_weights(class_weights, 'FocalLoss')
+        self.alpha = alpha if alpha is None or isinstance(alpha, (int, float)) else checked_weights(alpha, 'FocalLoss alpha')
         self.ignore_index, self.activation = ignore_index, activation
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -131,7 +143,7 @@ class FocalLoss(nn.Module):
     def _softmax(self, logits, target, w):
         "Softmax focal loss: mean over counted pixels of -alpha_y w_y (1 - p_y)^gamma log p_y."
         n = logits.shape[1]
-        valid = torch.ones_like(target, dtype=torch.bool) if self.ignore_index is None else target != self.ignore_index
+        valid = valid_pixels(target, self.ignore_index)
         t = target.where(valid, 0).long().unsqueeze(1)
         logp = logits.log_softmax(1).gather(1, t).squeeze(1)
         px = -(1 - logp.exp()).pow(self.gamma) * logp
@@ -149,7 +161,7 @@ class FocalLoss(nn.Module):
         px = (1 - torch.exp(-bce)).pow(self.gamma) * bce
         if self.alpha is not None: px = px * (self.alpha * g + (1 - self.alpha) * (1 - g))
         per_class = (px * v).sum((0, 2, 3)) / v.sum().clamp_min(1)
-        w = torch.ones(n, dtype=logits.dtype, device=logits.device) if w is None else w
+        w = class_weight_tensor(None, n, logits, ones=True) if w is None else w
         return (per_class * w).sum() / w.sum().clamp_min(1e-12)
 
 # %% ../nbs/05_losses.ipynb #137554a1
@@ -165,7 +177,7 @@ class CEDiceLoss(nn.Module):
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return self.ce_weight * self.ce(logits, target) + self.dice_weight * self.dice(logits, target)
 
-# %% ../nbs/05_losses.ipynb #2033d105
+# %% ../nbs/05_losses.ipynb #d29b8794
 MSSSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
 
 def gaussian_window(size: int = 11, sigma: float = 1.5, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -238,7 +250,7 @@ class MSSSIMLoss(nn.Module):
         if win_size % 2 != 1: raise ValueError(f"MSSSIMLoss: win_size must be odd, got {win_size}")
         self.normalize = normalize
         self.win_size, self.win_sigma, self.weights, self.K = win_size, win_sigma, tuple(weights), K
-        self.class_weights, self.ignore_index, self.include_background = class_weights, ignore_index, include_background
+        self.class_weights, self.ignore_index, self.include_background = checked_weights(class_weights, 'MSSSIMLoss'), ignore_index, include_background
         self._warned = False
 
     def _warn_scales(self, h, w):
@@ -257,8 +269,7 @@ class MSSSIMLoss(nn.Module):
         self._warn_scales(*logits.shape[-2:])
         v, g = valid_and_onehot(target, n, self.ignore_index)
         s = ms_ssim(logits.softmax(1), g, v, self.win_size, self.win_sigma, self.weights, self.K, normalize=self.normalize)   # [B, C]
-        w = class_weight_tensor(self.class_weights, n, logits, 'MSSSIMLoss')
-        w = torch.ones(n, dtype=logits.dtype, device=logits.device) if w is None else w
+        w = class_weight_tensor(self.class_weights, n, logits, 'MSSSIMLoss', ones=True)
         if not self.include_background: s, w = s[:, 1:], w[1:]
         counted = (v.flatten(1).sum(1) > 0).to(s.dtype)                     # images with a counted pixel
         per_image = 1 - (s * w).sum(1) / w.sum().clamp_min(1e-12)
