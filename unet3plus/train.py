@@ -21,9 +21,9 @@ from .metrics import ConfusionMatrix, all_reduce_sum
 __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'log', 'TrainConfig', 'check_config', 'deep_merge',
            'read_ds_config', 'resolve_precision', 'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier',
            'ResumableSampler', 'ShardSampler', 'resolve_data_root', 'build_datasets', 'build_model', 'as_outputs',
-           'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'replace_dir', 'rng_state', 'set_rng_state',
-           'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'save_model',
-           'previous_run', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate', 'init_engine',
+           'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'fit_in_memory', 'replace_dir', 'rng_state',
+           'set_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint',
+           'save_model', 'previous_run', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate', 'init_engine',
            'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main',
            'loop_speed', 'bench_train']
 
@@ -279,7 +279,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     if not decay and not no_decay: raise ValueError("the model has no trainable parameters (is everything frozen?)")
     return [g for g in (dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)) if g['params']]
 
-# %% ../nbs/07_train.ipynb #fac8df0f
+# %% ../nbs/07_train.ipynb #20433d7b
 class TinySegNet(nn.Module):
     "A small BatchNorm-free segmentation net for tests: conv-GELU, a strided conv, upsampling, a 1x1 head."
     def __init__(self, n_classes=3, width=8):
@@ -298,6 +298,19 @@ class ColourSet(Dataset):
         self.y = self.x.argmax(1)
     def __len__(self): return len(self.x)
     def __getitem__(self, i): return dict(image=self.x[i], mask=self.y[i])
+
+def fit_in_memory(model: nn.Module, dataset, steps: int = 20, batch_size: int = 4, lr: float = 5e-3, class_weights=None) -> nn.Module:
+    "`steps` Adam steps of cross-entropy on `dataset` held in memory, for smoke tests and quick looks (`train` is the real loop)."
+    xs = torch.stack([torch.as_tensor(dataset[i]['image']) for i in range(len(dataset))])
+    ys = torch.stack([torch.as_tensor(dataset[i]['mask']) for i in range(len(dataset))]).long()
+    w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    opt = torch.optim.Adam(model.parameters(), lr)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randperm(len(xs))[:batch_size]
+        loss = nn.functional.cross_entropy(as_outputs(model(xs[idx]))['logits'], ys[idx], weight=w)
+        opt.zero_grad(); loss.backward(); opt.step()
+    return model.eval()
 
 # %% ../nbs/07_train.ipynb #3975f858
 def replace_dir(tmp: Path, final: Path):
