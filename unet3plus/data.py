@@ -22,10 +22,10 @@ __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'S
            'rgb_to_classes_exact', 'classes_to_rgb', 'palette_distance2', 'far_fraction', 'jpeg_roundtrip',
            'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout', 'mask_name', 'write_sample',
            'write_test_image', 'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark', 'as_hw', 'open_image',
-           'decode_rgb', 'image_to_tensor', 'load_image', 'mask_to_classes', 'load_mask', 'stratified_subset',
-           'SparkSegmentation', 'RandomRot90', 'SegAugment', 'SparkTestImages', 'collate', 'make_loader', 'Problem',
-           'ValidationReport', 'check_sample', 'validate', 'atomic_write', 'remove_stale_temps', 'atomic_write_text',
-           'prepare_output_dir', 'naive_load', 'bench_data']
+           'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'mask_to_classes', 'load_mask',
+           'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment', 'SparkTestImages', 'collate',
+           'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate', 'atomic_write',
+           'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -206,7 +206,7 @@ def make_tiny_spark(root, classes: Sequence[str] = ('Cheops', 'XMM Newton'), n_t
         write_test_image(root, f'test_{k:05d}_img.jpg', draw_tiny_sample((base[0] + 8 * k, base[1] + 16 * k), rng, noise)[0])
     return (root, maps) if return_maps else root
 
-# %% ../nbs/00_data.ipynb #10271d7f
+# %% ../nbs/00_data.ipynb #424ba28f
 def as_hw(size) -> tuple[int, int] | None:
     "`size` (None, int or (H, W)) as an (H, W) tuple of positive ints."
     if size is None: return None
@@ -234,13 +234,18 @@ def image_to_tensor(img: Image.Image) -> torch.Tensor:
     "A PIL RGB image as a float tensor [3,H,W] in [0, 1]."
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).contiguous().float().div_(255)
 
+def decode_image(img: Image.Image, path, size=None, draft: bool = True, where: str = '') -> torch.Tensor:
+    "An opened image -> float tensor [3,H,W] in [0,1] at `size` (bilinear) or its own size."
+    size = as_hw(size)
+    img = decode_rgb(img, path, size, draft, 'image', where)
+    if size is not None and img.size != size[::-1]: img = img.resize(size[::-1], Image.BILINEAR)
+    return image_to_tensor(img)
+
 def load_image(path, size=None, draft: bool = True, where: str = '') -> tuple[torch.Tensor, tuple[int, int]]:
     "Image file -> (float tensor [3,H,W] in [0,1] at `size` or original size, original (H, W))."
     img = open_image(path, 'image', where)
-    orig, size = img.size[::-1], as_hw(size)
-    img = decode_rgb(img, path, size, draft, 'image', where)
-    if size is not None and img.size != size[::-1]: img = img.resize(size[::-1], Image.BILINEAR)
-    return image_to_tensor(img), orig
+    orig = img.size[::-1]                                   # before decoding: a JPEG draft shrinks `img.size`
+    return decode_image(img, path, size, draft, where), orig
 
 def mask_to_classes(img: Image.Image, path, size=None, draft: bool = True, max_far: float = 0.5, where: str = '') -> np.ndarray:
     "Decode an opened colour mask to a class map (uint8 [H,W]) at `size` (nearest), checking its colours."
@@ -273,7 +278,7 @@ def stratified_subset(labels: Sequence[str], n, seed: int = 0) -> np.ndarray:
     idx = [rng.choice(np.flatnonzero(labels == c), k, replace=False) for c, k in zip(names, take)]
     return np.sort(np.concatenate(idx)).astype(int)
 
-# %% ../nbs/00_data.ipynb #c6947b2b
+# %% ../nbs/00_data.ipynb #81895e3d
 class SparkSegmentation(Dataset):
     "SPARK 2024 stream-1 segmentation samples keyed by (Class, Image name): dicts of image, mask, class_name, image_name, bbox."
     def __init__(self, csv_path, image_root, mask_root, split: str, target_size=None, augment=False,
@@ -302,17 +307,18 @@ class SparkSegmentation(Dataset):
     def mask_path(self, i: int) -> Path: return self.mask_root / self._cls[i] / self.split / self._msk[i]
     def where(self, i: int) -> str: return f" ({self.csv_path}, line {self._line[i]}: Class {self._cls[i]!r}, Image name {self._img[i]!r})"
 
-    def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-        "Image, mask and original (H, W) of sample `i`, resized but not augmented."
+    def read_pair(self, i: int, image_size=None, mask_size=None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        "Image at `image_size`, mask at `mask_size` (None: as stored) and stored (H, W) of sample `i`; no augmentation."
         ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
         img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
         if img.size != msk.size:
             raise ValueError(f"image {ip} is {img.size[0]}x{img.size[1]} but its mask {mp} is {msk.size[0]}x{msk.size[1]} (W x H){where}")
-        orig, size = img.size[::-1], self.target_size
-        im = decode_rgb(img, ip, size, self.draft, 'image', where)
-        if size is not None and im.size != size[::-1]: im = im.resize(size[::-1], Image.BILINEAR)
-        cls = mask_to_classes(msk, mp, size, self.draft, self.max_far, where)
-        return image_to_tensor(im), torch.from_numpy(cls.astype(np.int64)), orig
+        orig, cls = img.size[::-1], mask_to_classes(msk, mp, as_hw(mask_size), self.draft, self.max_far, where)
+        return decode_image(img, ip, image_size, self.draft, where), torch.from_numpy(cls.astype(np.int64)), orig
+
+    def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+        "Image, mask and original (H, W) of sample `i`, at `target_size` but not augmented."
+        return self.read_pair(i, self.target_size, self.target_size)
 
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self): raise IndexError(f"sample {i} out of range for a data set of {len(self)}")
