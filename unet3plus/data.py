@@ -19,10 +19,10 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'SPLITS', 'TEST_DIR', 'rgb_to_classes',
-           'rgb_to_classes_exact', 'classes_to_rgb', 'palette_distance2', 'far_fraction', 'jpeg_roundtrip',
-           'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout', 'mask_name', 'write_sample',
-           'write_test_image', 'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark', 'as_hw', 'open_image',
-           'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'mask_to_classes', 'load_mask',
+           'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes', 'palette_distance2', 'far_fraction',
+           'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout', 'mask_name',
+           'write_sample', 'write_test_image', 'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark', 'as_hw',
+           'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'mask_to_classes', 'load_mask',
            'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment', 'SparkTestImages', 'collate',
            'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate', 'atomic_write',
            'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'naive_load', 'bench_data']
@@ -35,7 +35,7 @@ SPACECRAFT = ['Cheops', 'LisaPathfinder', 'ObservationSat1', 'Proba2', 'Proba3',
 CSV_COLUMNS = ['Image name', 'Mask name', 'Class', 'Bounding box']
 FAR_DISTANCE = 100  # a mask pixel farther than this (Euclidean, 0..255 units) from every palette colour is "far"
 
-# %% ../nbs/00_data.ipynb #7cd64512
+# %% ../nbs/00_data.ipynb #0ccdd733
 def _nearest_lut() -> np.ndarray:
     "Class of the nearest palette colour for every (red, blue) pair, flattened to 65,536 entries."
     r, b = np.meshgrid(np.arange(256), np.arange(256), indexing='ij')
@@ -68,6 +68,14 @@ def classes_to_rgb(classes) -> np.ndarray:
         bad = c.max() if c.max() >= len(PALETTE) else c.min()
         raise ValueError(f"classes_to_rgb: class value {bad} is not in 0..{len(PALETTE) - 1}")
     return PALETTE[c.astype(np.intp)]
+
+def overlay_classes(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5, visible=None, palette=PALETTE) -> np.ndarray:
+    "RGB uint8 `image` with `palette[c]` blended in (weight `alpha`) at the pixels of every class `c` in `visible` (default: all but 0)."
+    pal, c = np.asarray(palette, np.uint8), np.asarray(classes)
+    on = np.isin(c, list(range(1, len(pal)) if visible is None else visible))
+    out = np.array(image, np.uint8, copy=True)
+    out[on] = np.rint((1 - alpha) * out[on].astype(np.float64) + alpha * pal[c[on]].astype(np.float64)).astype(np.uint8)
+    return out
 
 def palette_distance2(rgb) -> np.ndarray:
     "Squared distance (int32 [H,W]) from every pixel to its nearest palette colour."
