@@ -18,14 +18,14 @@ from .data import CLASSES, atomic_write_text
 from .metrics import ConfusionMatrix, all_reduce_sum
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'log', 'TrainConfig', 'check_config', 'deep_merge',
-           'read_ds_config', 'resolve_precision', 'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier',
-           'ResumableSampler', 'ShardSampler', 'resolve_data_root', 'build_datasets', 'build_model', 'as_outputs',
-           'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'fit_in_memory', 'replace_dir', 'rng_state',
-           'set_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint',
-           'save_model', 'previous_run', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate', 'init_engine',
-           'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main',
-           'loop_speed', 'bench_train']
+__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'log', 'TrainConfig', 'read_ds_config', 'check_data_root',
+           'check_config', 'deep_merge', 'resolve_precision', 'ds_config', 'free_port', 'setup_distributed', 'is_main',
+           'barrier', 'ResumableSampler', 'ShardSampler', 'resolve_data_root', 'build_datasets', 'build_model',
+           'as_outputs', 'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'fit_in_memory', 'replace_dir',
+           'rng_state', 'set_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint',
+           'load_checkpoint', 'save_model', 'previous_run', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch',
+           'validate', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser',
+           'parse_args', 'main', 'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -82,12 +82,29 @@ class TrainConfig:
 
     def __post_init__(self): check_config(self)
 
-# %% ../nbs/07_train.ipynb #473df134
+# %% ../nbs/07_train.ipynb #7ae8aae0
 SCHEDULES = ('cosine', 'linear')
 PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16')
 MONITORS = ('miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'pixel_acc', 'val_loss')
 
 def _flag(name: str) -> str: return '--' + name
+
+def read_ds_config(path) -> dict:
+    "The JSON object in `path`, with an error naming the file when it is missing or not a JSON object."
+    path = Path(path)
+    if not path.is_file(): raise FileNotFoundError(f"--ds_config {path}: file not found")
+    try: obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e: raise ValueError(f"--ds_config {path}: not valid JSON ({e})") from None
+    if not isinstance(obj, dict): raise ValueError(f"--ds_config {path}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+def check_data_root(root) -> Path:
+    "`root` as a Path if it is a folder holding train.csv and val.csv; else an error naming --data_root."
+    root = Path(root)
+    if not root.is_dir(): raise FileNotFoundError(f"--data_root {root}: folder not found")
+    for f in ('train.csv', 'val.csv'):
+        if not (root / f).is_file(): raise FileNotFoundError(f"--data_root {root}: has no {f} (expected the SPARK layout: train.csv, val.csv, images/, mask/)")
+    return root
 
 def check_config(cfg: TrainConfig):
     "Raise a ValueError naming the flag of the first bad value in `cfg`."
@@ -111,26 +128,16 @@ def check_config(cfg: TrainConfig):
     if cfg.resume and cfg.overwrite: raise ValueError("--resume and --overwrite contradict each other: pick one")
     if cfg.pretrained_path is not None and not Path(cfg.pretrained_path).exists():
         raise FileNotFoundError(f"--pretrained_path {cfg.pretrained_path}: file not found")
-    if cfg.data_root is not None and not Path(cfg.data_root).is_dir(): raise FileNotFoundError(f"--data_root {cfg.data_root}: folder not found")
-    if cfg.ds_config is not None and not Path(cfg.ds_config).is_file():
-        raise FileNotFoundError(f"--ds_config {cfg.ds_config}: file not found")
+    if cfg.data_root is not None: check_data_root(cfg.data_root)
+    if cfg.ds_config is not None: read_ds_config(cfg.ds_config)                 # exists and is a JSON object
 
-# %% ../nbs/07_train.ipynb #95409379
+# %% ../nbs/07_train.ipynb #e32199a7
 def deep_merge(base: dict, override: dict) -> dict:
     "A copy of `base` with `override` merged in: nested dicts merge key by key, other values replace."
     out = copy.deepcopy(base)
     for k, v in override.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
-
-def read_ds_config(path) -> dict:
-    "The JSON object in `path`, with an error naming the file when it is missing or not a JSON object."
-    path = Path(path)
-    if not path.is_file(): raise FileNotFoundError(f"--ds_config {path}: file not found")
-    try: obj = json.loads(path.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"--ds_config {path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict): raise ValueError(f"--ds_config {path}: expected a JSON object, got {type(obj).__name__}")
-    return obj
 
 def resolve_precision(precision: str, cuda: bool, bf16_ok: bool = True) -> str:
     "The precision to train in: fp16/bf16 only on CUDA; on CPU fp32 (with a warning when another was asked for)."
@@ -211,15 +218,10 @@ class ShardSampler(Sampler):
     def __iter__(self): return iter(range(self.rank, self.n, self.world))
     def __len__(self): return len(range(self.rank, self.n, self.world))
 
-# %% ../nbs/07_train.ipynb #b8a7d0c1
+# %% ../nbs/07_train.ipynb #54fab380
 def resolve_data_root(cfg: TrainConfig) -> Path:
     "The data folder: `--data_root` (checked), or the cached synthetic set (rendered by rank 0 on first use)."
-    if cfg.data_root is not None:
-        root = Path(cfg.data_root)
-        if not root.is_dir(): raise FileNotFoundError(f"--data_root {root}: folder not found")
-        for f in ('train.csv', 'val.csv'):
-            if not (root / f).is_file(): raise FileNotFoundError(f"--data_root {root}: has no {f} (expected the SPARK layout: train.csv, val.csv, images/, mask/)")
-        return root
+    if cfg.data_root is not None: return check_data_root(cfg.data_root)       # checked again: it may have gone since
     from unet3plus.synthetic import synthetic_root
     kw = dict(n_train=cfg.synthetic_n_train, n_val=cfg.synthetic_n_val, n_test=0, size=cfg.synthetic_size, seed=0)
     if is_main(): synthetic_root(**kw, workers=max(1, min(4, os.cpu_count() or 1)))    # rank 0 renders; the others wait
