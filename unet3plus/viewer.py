@@ -323,7 +323,7 @@ class PredictionViewer(PredictionViewer):
         "Display as the widget."
         return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/10_viewer.ipynb #454736d3
+# %% ../nbs/10_viewer.ipynb #f3492559
 class PredictionViewer(PredictionViewer):
     def visible_classes(self) -> list[int]:
         "Classes drawn now: the focused class, or every class whose toggle is on."
@@ -333,13 +333,19 @@ class PredictionViewer(PredictionViewer):
         "Subsampling step that brings an image of `shape` (H, W, ...) to at most `max_side` pixels a side."
         return max(1, -(-max(shape[:2]) // self.max_side))
 
+    def display_inputs(self, i: int) -> tuple:
+        "Image, truth, prediction and probabilities of sample `i` at display resolution, kept while `i` is on screen."
+        if getattr(self, '_shown', (None, None))[0] != i:
+            item = self.dataset[i]                              # decoded once per sample, not once per redraw
+            img, target = to_rgb_uint8(item['image']), as_classes(item['mask'])
+            pred, probs = self.prediction(i)
+            k = self.display_step(img.shape)
+            self._shown = (i, tuple(np.ascontiguousarray(a) for a in (img[::k, ::k], target[::k, ::k], pred[::k, ::k], probs[:, ::k, ::k])))
+        return self._shown[1]
+
     def draw_panels(self, i: int) -> dict[str, np.ndarray]:
         "The five panels of sample `i` as RGB arrays (every `display_step`-th pixel), with the current controls."
-        item = self.dataset[i]
-        img, target = to_rgb_uint8(item['image']), as_classes(item['mask'])
-        pred, probs = self.prediction(i)
-        k = self.display_step(img.shape)
-        img, target, pred, probs = img[::k, ::k], target[::k, ::k], pred[::k, ::k], probs[:, ::k, ::k]
+        img, target, pred, probs = self.display_inputs(i)
         vis, a, f = self.visible_classes(), self.opacity.value, self.focus.value
         return {'image': img, 'ground truth': overlay(img, target, a, vis, self.palette),
                 'prediction': overlay(img, pred, a, vis, self.palette), 'errors': error_overlay(img, pred, target, vis),
