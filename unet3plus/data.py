@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'SPLITS', 'TEST_DIR', 'rgb_to_classes',
+__all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'rgb_to_classes',
            'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes', 'palette_distance2', 'far_fraction',
            'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout', 'mask_name',
            'write_sample', 'write_test_image', 'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark', 'as_hw',
@@ -35,7 +35,7 @@ SPACECRAFT = ['Cheops', 'LisaPathfinder', 'ObservationSat1', 'Proba2', 'Proba3',
 CSV_COLUMNS = ['Image name', 'Mask name', 'Class', 'Bounding box']
 FAR_DISTANCE = 100  # a mask pixel farther than this (Euclidean, 0..255 units) from every palette colour is "far"
 
-# %% ../nbs/00_data.ipynb #0ccdd733
+# %% ../nbs/00_data.ipynb #6f82f435
 def _nearest_lut() -> np.ndarray:
     "Class of the nearest palette colour for every (red, blue) pair, flattened to 65,536 entries."
     r, b = np.meshgrid(np.arange(256), np.arange(256), indexing='ij')
@@ -71,6 +71,8 @@ def classes_to_rgb(classes) -> np.ndarray:
 
 def overlay_classes(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5, visible=None, palette=PALETTE) -> np.ndarray:
     "RGB uint8 `image` with `palette[c]` blended in (weight `alpha`) at the pixels of every class `c` in `visible` (default: all but 0)."
+    if not 0 <= alpha <= 1: raise ValueError(f"overlay_classes: alpha must be in [0, 1], got {alpha}")
+    if np.asarray(image).dtype != np.uint8: raise ValueError(f"overlay_classes: image must be uint8 [H,W,3], got dtype {np.asarray(image).dtype}")
     pal, c = np.asarray(palette, np.uint8), np.asarray(classes)
     on = np.isin(c, list(range(1, len(pal)) if visible is None else visible))
     out = np.array(image, np.uint8, copy=True)
@@ -134,14 +136,14 @@ def read_csv(path) -> pd.DataFrame:
     df['bbox'] = boxes
     return df
 
-# %% ../nbs/00_data.ipynb #ed73ae41
-SPLITS, TEST_DIR = ('train', 'val'), 'stream-1-test'
+# %% ../nbs/00_data.ipynb #e6e70cb7
+LABELLED_SPLITS, TEST_DIR = ('train', 'val'), 'stream-1-test'
 
 def make_layout(root, spacecraft: Sequence[str]) -> Path:
     "Create the SPARK folders under `root`: images/ and mask/ for every spacecraft and split, and stream-1-test/."
     root = Path(root)
     for c in spacecraft:
-        for split in SPLITS:
+        for split in LABELLED_SPLITS:
             for kind in ('images', 'mask'): (root / kind / c / split).mkdir(parents=True, exist_ok=True)
     (root / TEST_DIR).mkdir(parents=True, exist_ok=True)
     return root
@@ -154,7 +156,7 @@ def mask_name(image_name: str) -> str:
 def write_sample(root, split: str, spacecraft: str, image_name: str, image: np.ndarray, classes: np.ndarray,
                  image_quality: int = 90, mask_quality: int = 75) -> tuple:
     "Save a labelled sample (image uint8 [H,W,3], class map [H,W]) at its SPARK paths; return its CSV row."
-    if split not in SPLITS: raise ValueError(f"write_sample: split must be one of {SPLITS}, got {split!r}")
+    if split not in LABELLED_SPLITS: raise ValueError(f"write_sample: split must be one of {LABELLED_SPLITS}, got {split!r}")
     root, mname = Path(root), mask_name(image_name)
     Image.fromarray(image).save(root / 'images' / spacecraft / split / image_name, quality=image_quality)
     Image.fromarray(classes_to_rgb(classes)).save(root / 'mask' / spacecraft / split / mname, quality=mask_quality)

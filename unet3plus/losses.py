@@ -14,7 +14,7 @@ __all__ = ['MSSSIM_WEIGHTS', 'LOSSES', 'check_inputs', 'valid_pixels', 'valid_an
            'msssim_levels', 'ms_ssim', 'MSSSIMLoss', 'HybridLoss', 'DeepSupervisionLoss', 'cgm_targets', 'CGMLoss',
            'build_loss']
 
-# %% ../nbs/05_losses.ipynb #8ab73ba0
+# %% ../nbs/05_losses.ipynb #c98f2263
 def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None, name: str = 'loss'):
     "Raise a ValueError naming `name` unless `logits` [B,C,H,W] and `target` [B,H,W] (long, in 0..C-1 or ignored) match."
     if logits.ndim != 4: raise ValueError(f"{name}: logits must be [B, C, H, W], got shape {tuple(logits.shape)}")
@@ -57,8 +57,7 @@ def checked_weights(class_weights, name: str = 'loss') -> torch.Tensor | None:
 def class_weight_tensor(class_weights, n_classes: int, ref: torch.Tensor, name: str = 'loss', ones: bool = False):
     "`class_weights` on `ref`'s device and dtype, one per class; None stays None (all ones if `ones`)."
     if class_weights is None: return torch.ones(n_classes, dtype=ref.dtype, device=ref.device) if ones else None
-    w = checked_weights(class_weights, name) if not isinstance(class_weights, torch.Tensor) or class_weights.device.type != 'cpu' \
-        or class_weights.dtype != torch.float64 else class_weights                  # already checked: no device sync per step
+    w = checked_weights(class_weights, name)                   # on the CPU: no device sync per step
     if w.numel() != n_classes:
         raise ValueError(f"{name}: class_weights has {w.numel()} entries but the logits have {n_classes} classes")
     return w.to(device=ref.device, dtype=ref.dtype, non_blocking=True)

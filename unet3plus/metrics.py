@@ -224,7 +224,7 @@ class GroupedConfusion:
         for n, m in zip(union, stacked): self.matrices[n].matrix = m.clone()
         return self
 
-# %% ../nbs/06_metrics.ipynb #cb92175e
+# %% ../nbs/06_metrics.ipynb #1e25062d
 def per_image_confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int | None = None) -> torch.Tensor:
     "Confusion matrix of each image, int64 [B, C, C] (rows = target), counted with one bincount."
     C, B = n_classes, target.shape[0]
@@ -252,7 +252,7 @@ def per_image_iou(pred: torch.Tensor, target: torch.Tensor, n_classes: int, igno
 def foreground_miou(iou, bg_index: int = 0) -> float:
     "Mean of the defined (non-NaN) IoUs of the classes other than `bg_index`; NaN when none is defined."
     x = torch.as_tensor(iou, dtype=torch.float64).flatten()
-    fg = x[(torch.arange(len(x)) != bg_index) & ~x.isnan()]
+    fg = x[(torch.arange(len(x), device=x.device) != bg_index) & ~x.isnan()]
     return float(fg.mean()) if len(fg) else float('nan')
 
 # %% ../nbs/06_metrics.ipynb #1a7fef4a

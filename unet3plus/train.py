@@ -281,7 +281,7 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     if not decay and not no_decay: raise ValueError("the model has no trainable parameters (is everything frozen?)")
     return [g for g in (dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)) if g['params']]
 
-# %% ../nbs/07_train.ipynb #20433d7b
+# %% ../nbs/07_train.ipynb #6a46d775
 class TinySegNet(nn.Module):
     "A small BatchNorm-free segmentation net for tests: conv-GELU, a strided conv, upsampling, a 1x1 head."
     def __init__(self, n_classes=3, width=8):
@@ -303,9 +303,11 @@ class ColourSet(Dataset):
 
 def fit_in_memory(model: nn.Module, dataset, steps: int = 20, batch_size: int = 4, lr: float = 5e-3, class_weights=None) -> nn.Module:
     "`steps` Adam steps of cross-entropy on `dataset` held in memory, for smoke tests and quick looks (`train` is the real loop)."
-    xs = torch.stack([torch.as_tensor(dataset[i]['image']) for i in range(len(dataset))])
-    ys = torch.stack([torch.as_tensor(dataset[i]['mask']) for i in range(len(dataset))]).long()
-    w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32)
+    if len(dataset) == 0: raise ValueError("fit_in_memory: the data set is empty")
+    dev = next(model.parameters()).device
+    xs = torch.stack([torch.as_tensor(dataset[i]['image']) for i in range(len(dataset))]).to(dev)
+    ys = torch.stack([torch.as_tensor(dataset[i]['mask']) for i in range(len(dataset))]).long().to(dev)
+    w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=dev)
     opt = torch.optim.Adam(model.parameters(), lr)
     model.train()
     for _ in range(steps):

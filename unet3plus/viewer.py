@@ -323,7 +323,7 @@ class PredictionViewer(PredictionViewer):
         "Display as the widget."
         return self.widget._repr_mimebundle_(**kw)
 
-# %% ../nbs/10_viewer.ipynb #f3492559
+# %% ../nbs/10_viewer.ipynb #0fd06924
 class PredictionViewer(PredictionViewer):
     def visible_classes(self) -> list[int]:
         "Classes drawn now: the focused class, or every class whose toggle is on."
@@ -335,12 +335,13 @@ class PredictionViewer(PredictionViewer):
 
     def display_inputs(self, i: int) -> tuple:
         "Image, truth, prediction and probabilities of sample `i` at display resolution, kept while `i` is on screen."
-        if getattr(self, '_shown', (None, None))[0] != i:
+        key = (i, self.max_side, id(self.dataset), id(self.model))             # what the cached arrays depend on
+        if getattr(self, '_shown', (None, None))[0] != key:
             item = self.dataset[i]                              # decoded once per sample, not once per redraw
             img, target = to_rgb_uint8(item['image']), as_classes(item['mask'])
             pred, probs = self.prediction(i)
             k = self.display_step(img.shape)
-            self._shown = (i, tuple(np.ascontiguousarray(a) for a in (img[::k, ::k], target[::k, ::k], pred[::k, ::k], probs[:, ::k, ::k])))
+            self._shown = (key, tuple(np.ascontiguousarray(a) for a in (img[::k, ::k], target[::k, ::k], pred[::k, ::k], probs[:, ::k, ::k])))
         return self._shown[1]
 
     def draw_panels(self, i: int) -> dict[str, np.ndarray]:
