@@ -19,12 +19,12 @@ from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'rgb_to_classes',
-           'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes', 'palette_distance2', 'far_fraction',
-           'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout', 'mask_name',
-           'write_sample', 'write_test_image', 'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark', 'as_hw',
-           'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'mask_to_classes', 'load_mask',
-           'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment', 'SparkTestImages', 'collate',
-           'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate', 'atomic_write',
+           'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes', 'as_numpy', 'to_rgb_uint8', 'palette_distance2',
+           'far_fraction', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout',
+           'mask_name', 'write_sample', 'write_test_image', 'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark',
+           'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'mask_to_classes',
+           'load_mask', 'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment', 'SparkTestImages',
+           'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate', 'atomic_write',
            'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
@@ -35,7 +35,7 @@ SPACECRAFT = ['Cheops', 'LisaPathfinder', 'ObservationSat1', 'Proba2', 'Proba3',
 CSV_COLUMNS = ['Image name', 'Mask name', 'Class', 'Bounding box']
 FAR_DISTANCE = 100  # a mask pixel farther than this (Euclidean, 0..255 units) from every palette colour is "far"
 
-# %% ../nbs/00_data.ipynb #6f82f435
+# %% ../nbs/00_data.ipynb #cb248838
 def _nearest_lut() -> np.ndarray:
     "Class of the nearest palette colour for every (red, blue) pair, flattened to 65,536 entries."
     r, b = np.meshgrid(np.arange(256), np.arange(256), indexing='ij')
@@ -78,6 +78,25 @@ def overlay_classes(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5, 
     out = np.array(image, np.uint8, copy=True)
     out[on] = np.rint((1 - alpha) * out[on].astype(np.float64) + alpha * pal[c[on]].astype(np.float64)).astype(np.uint8)
     return out
+
+def as_numpy(x) -> np.ndarray:
+    "`x` as a NumPy array (tensors are detached and moved to the CPU)."
+    return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
+
+def to_rgb_uint8(image) -> np.ndarray:
+    "An image as `uint8 [H,W,3]`: from float `[3,H,W]` / `[H,W]` in [0,1], or uint8 `[H,W,3]` / `[H,W]`."
+    a = as_numpy(image)
+    if a.dtype == np.uint8:
+        if a.ndim == 2: a = a[..., None]
+        if a.ndim != 3 or a.shape[-1] not in (1, 3): raise ValueError(f"uint8 image must be [H,W,3] or [H,W], got shape {a.shape}")
+        return np.ascontiguousarray(np.broadcast_to(a, a.shape[:2] + (3,)))
+    if not np.issubdtype(a.dtype, np.floating): raise ValueError(f"image must be float in [0,1] or uint8, got dtype {a.dtype}")
+    if a.ndim == 2: a = a[None]
+    if a.ndim != 3 or a.shape[0] not in (1, 3): raise ValueError(f"float image must be [3,H,W] or [H,W], got shape {a.shape}")
+    if a.size and (np.nanmin(a) < -1e-6 or np.nanmax(a) > 1 + 1e-6):
+        raise ValueError(f"float image values must be in [0, 1], got {np.nanmin(a):.4g}..{np.nanmax(a):.4g}")
+    a = np.rint(np.clip(a.astype(np.float64), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
+    return np.ascontiguousarray(np.broadcast_to(a, a.shape[:2] + (3,)))
 
 def palette_distance2(rgb) -> np.ndarray:
     "Squared distance (int32 [H,W]) from every pixel to its nearest palette colour."
