@@ -395,7 +395,7 @@ class SegAugment:
 
     def __repr__(self): return f"SegAugment({self.transforms})"
 
-# %% ../nbs/00_data.ipynb #e08777a4
+# %% ../nbs/00_data.ipynb #47ad93bb
 _TEST_NAME = re.compile(r'test_\d+_img\.jpe?g', re.IGNORECASE)
 
 class SparkTestImages(Dataset):
@@ -403,7 +403,7 @@ class SparkTestImages(Dataset):
     def __init__(self, folder, target_size=None, draft: bool = True):
         folder = Path(folder)
         if not folder.is_dir(): raise FileNotFoundError(f"test image folder not found: {folder}")
-        if (folder / 'stream-1-test').is_dir(): folder = folder / 'stream-1-test'
+        if (folder / TEST_DIR).is_dir(): folder = folder / TEST_DIR
         self.folder, self.target_size, self.draft = folder, as_hw(target_size), draft
         self.files = sorted(p for p in folder.iterdir() if _TEST_NAME.fullmatch(p.name))
         if not self.files: raise FileNotFoundError(f"no test_XXXXX_img.jpg files in {folder}")

@@ -9,8 +9,8 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['WEIGHT_GRAD_MODES', 'GEMM_MIN_CHANNELS', 'WGRAD_SHAPES', 'BRANCH_ORDERS', 'pool_to', 'resize_to', 'gemm_is_faster',
-           'native_conv_grads', 'conv_weight_grad', 'FastConv2d', 'set_weight_grad', 'bench_wgrad', 'conv_bn',
-           'conv_bn_relu', 'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
+           'native_conv_grads', 'conv_weight_grad', 'FastConv2d', 'set_weight_grad', 'bench_wgrad', 'conv_bn_relu',
+           'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
 
 # %% ../nbs/03_decoder.ipynb #ca7ac38f
 def _is_pow2(r: int) -> bool: return r >= 1 and (r & (r - 1)) == 0
@@ -151,18 +151,14 @@ def bench_wgrad(argv: list[str] | None = None) -> dict:
     print_table(rows, f'conv{k}x{k} weight gradient, batch {a.batch}, channels_last fp32, threads={torch.get_num_threads()}')
     return {'rows': rows}
 
-# %% ../nbs/03_decoder.ipynb #2eac8a3d
+# %% ../nbs/03_decoder.ipynb #d8f3abad
 BRANCH_ORDERS = ('paper', 'conv_first')
 
-def conv_bn(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
-    "conv3x3 (a `FastConv2d`) -> BatchNorm."
-    return nn.Sequential(FastConv2d(in_ch, out_ch, 3, padding=1, bias=bias), nn.BatchNorm2d(out_ch))
-
 def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
-    "conv3x3 -> BatchNorm -> ReLU (in place)."
-    return nn.Sequential(*conv_bn(in_ch, out_ch, bias), nn.ReLU(inplace=True))
+    "conv3x3 (a `FastConv2d`) -> BatchNorm -> ReLU (in place)."
+    return nn.Sequential(FastConv2d(in_ch, out_ch, 3, padding=1, bias=bias), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
-# %% ../nbs/03_decoder.ipynb #b4155144
+# %% ../nbs/03_decoder.ipynb #743d072e
 class UNet3PlusDecoder(nn.Module):
     "UNet 3+ full-scale decoder over encoder levels `enc_channels` (finest first)."
     def __init__(self, enc_channels: list[int], cat_channels: int = 64, branch_order: str = 'paper',
@@ -181,7 +177,7 @@ class UNet3PlusDecoder(nn.Module):
         self.out_channels = self.node_channels[0]
         in_ch = lambda i, s: enc_channels[s] if s <= i else self.node_channels[s]
         own = lambda i: [s for s in self.sources[i] if branch_order == 'paper' or s <= i]   # branches owned by node i
-        self.branches = nn.ModuleList([nn.ModuleList([conv_bn(in_ch(i, s), self.widths[i], conv_bias) for s in own(i)])
+        self.branches = nn.ModuleList([nn.ModuleList([conv_bn_relu(in_ch(i, s), self.widths[i], conv_bias) for s in own(i)])
                                        for i in range(n - 1)])
         self.fuse = nn.ModuleList([conv_bn_relu(c, c, conv_bias) for c in self.node_channels[:-1]])
         # conv_first: node k (k >= 1) feeds its consumers through one conv with their widths summed
@@ -192,9 +188,8 @@ class UNet3PlusDecoder(nn.Module):
     def _node(self, i: int, feats: list, nodes: list, ups: dict) -> torch.Tensor:
         "Decoder node `i` from encoder features `feats`, coarser `nodes` and, for conv_first, their convs `ups`."
         size, br, srcs = feats[i].shape[-2:], self.branches[i], self.sources[i]
-        xs = [torch.relu_(b(resize_to(feats[s], size))) for b, s in zip(br, [s for s in srcs if s <= i])]
-        if self.branch_order == 'paper':
-            xs += [torch.relu_(b(resize_to(nodes[s], size))) for b, s in zip(br[len(xs):], [s for s in srcs if s > i])]
+        xs = [b(resize_to(feats[s], size)) for b, s in zip(br, [s for s in srcs if s <= i])]
+        if self.branch_order == 'paper': xs += [b(resize_to(nodes[s], size)) for b, s in zip(br[len(xs):], [s for s in srcs if s > i])]
         else: xs += [resize_to(ups[s][i], size) for s in srcs if s > i]       # ReLU'd at the source; upsampling keeps them >= 0
         return self.fuse[i](torch.cat(xs, 1))
 

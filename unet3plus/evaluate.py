@@ -17,8 +17,8 @@ __all__ = ['log', 'TTA_FLIPS', 'TN', 'TP', 'FP', 'FN', 'ERROR_NAMES', 'ERROR_COL
            'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores', 'resize_image',
            'reads_files', 'ResizedInputs', 'collate_eval', 'data_n_classes', 'check_class_counts', 'sample_prediction',
            'warn_about_dataset', 'summarize', 'evaluate', 'row_normalize', 'plot_confusion', 'plot_per_spacecraft',
-           'text_table', 'format_report', 'error_codes', 'error_map', 'example_figure', 'worst_images', 'save_examples',
-           'json_safe', 'write_outputs', 'load_model', 'parse_args', 'cli_errors', 'main', 'run_eval']
+           'text_table', 'format_report', 'error_codes', 'error_map', 'example_figure', 'worst_first', 'worst_images',
+           'save_examples', 'json_safe', 'write_outputs', 'load_model', 'parse_args', 'cli_errors', 'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -274,10 +274,14 @@ def example_figure(image, target, pred, class_names=CLASSES, title: str = ''):
     if len(panels) > 3: fig.text(0.99, 0.01, 'errors: true positive light grey, false positive magenta, false negative amber', ha='right', fontsize=8)
     return fig
 
-# %% ../nbs/08_evaluate.ipynb #74be1188
+# %% ../nbs/08_evaluate.ipynb #99cfc299
+def worst_first(score: float) -> tuple:
+    "Sort key: the lowest score first, undefined (NaN) scores last."
+    return (math.isnan(score), 0.0 if math.isnan(score) else score)
+
 def worst_images(rows: list[dict], k: int) -> list[dict]:
     "The `k` per-image rows with the lowest foreground mIoU (images without foreground last)."
-    return sorted(rows, key=lambda r: (math.isnan(r['fg_miou']), r['fg_miou']))[:k]
+    return sorted(rows, key=lambda r: worst_first(r['fg_miou']))[:k]
 
 def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, device=None, fp16: bool = False,
                   tta: bool = False, class_names=CLASSES) -> list[Path]:
