@@ -402,7 +402,9 @@ def set_rng_state(s: dict):
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
-def rng_file(ckpt: Path, rank: int) -> Path: return Path(ckpt) / f'rng_rank{rank}.safetensors'
+def rng_file(ckpt: Path, rank: int) -> Path:
+    "The RNG state file of `rank` in checkpoint folder `ckpt`."
+    return Path(ckpt) / f'rng_rank{rank}.safetensors'
 
 def save_rng_state(path):
     "Write this process's RNG states to `path` as safetensors: tensors plus JSON metadata, no pickle."
@@ -501,7 +503,9 @@ RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json
                'train_config.json', 'ds_config.json', 'train.log')
 RUN_LEFTOVERS = ('train_config.json', 'ds_config.json', 'train.log')     # written before the first step
 
-def _ours(x: Path) -> bool: return x.name in RUN_OUTPUTS or x.name.startswith('unet3plus_epoch_')
+def _ours(x: Path) -> bool:
+    "Whether `x` has the name of something a run writes."
+    return x.name in RUN_OUTPUTS or x.name.startswith('unet3plus_epoch_')
 
 def _trained(x: Path) -> bool:
     "Whether output `x` shows that a run trained: a checkpoint (not only partial `.tmp-*` ones), weights or metrics."
