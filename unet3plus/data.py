@@ -360,6 +360,20 @@ class SparkSegmentation(Dataset):
         return (f"SparkSegmentation(split={self.split!r}, n={len(self)}, classes={len(set(self._cls))}, "
                 f"target_size={self.target_size}, augment={self.augment is not None})")
 
+# %% ../nbs/00_data.ipynb #90746be8
+from fastcore.basics import patch
+
+@patch
+def missing_files(self: SparkSegmentation) -> list[Path]:
+    "The image and mask files listed in the CSV that do not exist, in CSV order (directory listings only, no decoding)."
+    listed = {}
+    def found(p: Path) -> bool:
+        if p.parent not in listed:
+            try: listed[p.parent] = {e.name for e in os.scandir(p.parent) if e.is_file()}
+            except (FileNotFoundError, NotADirectoryError): listed[p.parent] = set()
+        return p.name in listed[p.parent]
+    return [p for i in range(len(self)) for p in (self.image_path(i), self.mask_path(i)) if not found(p)]
+
 # %% ../nbs/00_data.ipynb #94867436
 class RandomRot90(v2.Transform):
     "Rotate all inputs by the same random multiple of 90 degrees (0 or 180 only when they are not square)."

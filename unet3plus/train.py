@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #024b8ea4
 from __future__ import annotations
-import argparse, copy, json, logging, math, os, random, shutil, socket, subprocess, sys, time, warnings
+import argparse, contextlib, copy, json, logging, math, os, random, shutil, socket, subprocess, sys, time, warnings
 from dataclasses import dataclass, asdict
 from pathlib import Path
 from typing import Callable, Sequence
@@ -18,14 +18,16 @@ from .data import CLASSES, atomic_write_text
 from .metrics import ConfusionMatrix, all_reduce_sum
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'log', 'TrainConfig', 'read_ds_config', 'check_data_root',
-           'check_config', 'deep_merge', 'resolve_precision', 'ds_config', 'free_port', 'setup_distributed', 'is_main',
-           'barrier', 'ResumableSampler', 'ShardSampler', 'resolve_data_root', 'build_datasets', 'build_model',
-           'as_outputs', 'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'fit_in_memory', 'replace_dir',
-           'rng_state', 'set_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint',
-           'load_checkpoint', 'save_model', 'previous_run', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch',
-           'validate', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser',
-           'parse_args', 'main', 'loop_speed', 'bench_train']
+__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'log', 'TrainConfig', 'read_ds_config',
+           'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'resolve_precision',
+           'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'ResumableSampler', 'ShardSampler',
+           'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root', 'check_files',
+           'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet',
+           'fit_in_memory', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state',
+           'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'save_model',
+           'previous_run', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate',
+           'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args',
+           'main', 'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -106,6 +108,30 @@ def check_data_root(root) -> Path:
         if not (root / f).is_file(): raise FileNotFoundError(f"--data_root {root}: has no {f} (expected the SPARK layout: train.csv, val.csv, images/, mask/)")
     return root
 
+_FLOAT_FLAGS = {  # every float field of TrainConfig: (the test its value must pass, what that means)
+    'lr': (lambda v: v > 0, '> 0'), 'weight_decay': (lambda v: v >= 0, '>= 0'),
+    'warmup_ratio': (lambda v: 0 <= v < 1, 'in [0, 1)'), 'grad_clip': (lambda v: v >= 0, '>= 0 (0 disables clipping)'),
+    'cgm_weight': (lambda v: v >= 0, '>= 0')}
+
+def check_floats(cfg: TrainConfig):
+    "Raise a ValueError naming the first float flag of `cfg` that is not a finite number in its range."
+    for k, (ok, what) in _FLOAT_FLAGS.items():
+        v = getattr(cfg, k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
+            raise ValueError(f"{_flag(k)} must be a finite number {what}, got {v!r}")
+
+def check_ds_batch(cfg: TrainConfig, user: dict, world_size: int | None = None):
+    "Raise a ValueError when the `--ds_config` file's batch sizes disagree with the flags (x `world_size` processes)."
+    for key, k in (('train_micro_batch_size_per_gpu', 'batch_size'), ('gradient_accumulation_steps', 'grad_accum')):
+        if key in user and user[key] != getattr(cfg, k):
+            raise ValueError(f"--ds_config {cfg.ds_config} sets {key} {user[key]!r} but {_flag(k)} is "
+                             f"{getattr(cfg, k)}: make them agree (or drop the key from the file)")
+    want = None if world_size is None else cfg.batch_size * cfg.grad_accum * world_size
+    if 'train_batch_size' in user and want is not None and user['train_batch_size'] != want:
+        raise ValueError(f"--ds_config {cfg.ds_config} sets train_batch_size {user['train_batch_size']!r} but "
+                         f"--batch_size {cfg.batch_size} x --grad_accum {cfg.grad_accum} x {world_size} process(es) "
+                         f"is {want}: make them agree (or drop the key from the file)")
+
 def check_config(cfg: TrainConfig):
     "Raise a ValueError naming the flag of the first bad value in `cfg`."
     positive = ('epochs', 'batch_size', 'grad_accum', 'target_size', 'cat_channels', 'validate_every', 'save_every',
@@ -113,14 +139,12 @@ def check_config(cfg: TrainConfig):
     for k in positive:
         v = getattr(cfg, k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{_flag(k)} must be a positive integer, got {v!r}")
-    for k in ('num_workers', 'checkpoint_every'):
+    for k in ('num_workers', 'checkpoint_every', 'patience'):
         if getattr(cfg, k) < 0: raise ValueError(f"{_flag(k)} must be >= 0, got {getattr(cfg, k)!r}")
+    if not 0 <= cfg.seed < 2**32: raise ValueError(f"--seed must be in [0, 2**32), got {cfg.seed}")   # NumPy's range
     if cfg.n_classes < 2: raise ValueError(f"--n_classes must be >= 2, got {cfg.n_classes}")
     if cfg.max_steps is not None and cfg.max_steps < 1: raise ValueError(f"--max_steps must be >= 1, got {cfg.max_steps}")
-    if not (cfg.lr > 0 and math.isfinite(cfg.lr)): raise ValueError(f"--lr must be a positive number, got {cfg.lr}")
-    if cfg.weight_decay < 0: raise ValueError(f"--weight_decay must be >= 0, got {cfg.weight_decay}")
-    if not 0 <= cfg.warmup_ratio < 1: raise ValueError(f"--warmup_ratio must be in [0, 1), got {cfg.warmup_ratio}")
-    if cfg.grad_clip < 0: raise ValueError(f"--grad_clip must be >= 0 (0 disables clipping), got {cfg.grad_clip}")
+    check_floats(cfg)
     if cfg.zero_stage not in (0, 1, 2, 3): raise ValueError(f"--zero_stage must be 0, 1, 2 or 3, got {cfg.zero_stage}")
     if cfg.schedule not in SCHEDULES: raise ValueError(f"--schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if cfg.precision not in PRECISIONS: raise ValueError(f"--precision must be one of {PRECISIONS}, got {cfg.precision!r}")
@@ -129,7 +153,7 @@ def check_config(cfg: TrainConfig):
     if cfg.pretrained_path is not None and not Path(cfg.pretrained_path).exists():
         raise FileNotFoundError(f"--pretrained_path {cfg.pretrained_path}: file not found")
     if cfg.data_root is not None: check_data_root(cfg.data_root)
-    if cfg.ds_config is not None: read_ds_config(cfg.ds_config)                 # exists and is a JSON object
+    if cfg.ds_config is not None: check_ds_batch(cfg, read_ds_config(cfg.ds_config))   # a JSON object; batch keys agree
 
 # %% ../nbs/07_train.ipynb #e32199a7
 def deep_merge(base: dict, override: dict) -> dict:
@@ -147,8 +171,9 @@ def resolve_precision(precision: str, cuda: bool, bf16_ok: bool = True) -> str:
     if precision == 'auto': return 'bf16' if bf16_ok else 'fp16'
     return precision
 
-def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | None = None, bf16_ok: bool | None = None) -> dict:
-    "DeepSpeed's config for `cfg`: AdamW, warmup + cosine/linear decay, clipping, accumulation, ZeRO, precision."
+def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | None = None, bf16_ok: bool | None = None,
+              world_size: int | None = None) -> dict:
+    "DeepSpeed's config for `cfg` on `world_size` processes: AdamW, warmup + decay, clipping, accumulation, ZeRO..."
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if bf16_ok is None: bf16_ok = cuda and torch.cuda.is_bf16_supported()     # V100/T4: 'auto' means fp16
     total = max(int(total_steps or cfg.max_steps or 1000), 1)
@@ -167,7 +192,10 @@ def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | Non
     prec = resolve_precision(cfg.precision, cuda, bf16_ok)
     if prec == 'fp16': conf['fp16'] = dict(enabled=True, loss_scale=0, initial_scale_power=16)
     if prec == 'bf16': conf['bf16'] = dict(enabled=True)
-    if cfg.ds_config: conf = deep_merge(conf, read_ds_config(cfg.ds_config))
+    if cfg.ds_config:
+        user = read_ds_config(cfg.ds_config)
+        check_ds_batch(cfg, user, world_size or (dist.get_world_size() if dist.is_initialized() else 1))
+        conf = deep_merge(conf, user)
     return conf
 
 # %% ../nbs/07_train.ipynb #dae4c6c1
@@ -218,6 +246,35 @@ class ShardSampler(Sampler):
     def __iter__(self): return iter(range(self.rank, self.n, self.world))
     def __len__(self): return len(range(self.rank, self.n, self.world))
 
+# %% ../nbs/07_train.ipynb #7cfce1d3
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    "A 32-bit seed that depends on (seed, epoch, index) alone."
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1)[0])
+
+@contextlib.contextmanager
+def seeded_rngs(seed: int):
+    "Seed Python's, NumPy's and torch's CPU RNGs with `seed` inside the block and restore their states after it."
+    saved = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed); np.random.seed(seed); torch.default_generator.manual_seed(seed)       # not CUDA's generators
+    try: yield
+    finally: random.setstate(saved[0]); np.random.set_state(saved[1]); torch.set_rng_state(saved[2])
+
+class EpochKeys(Sampler):
+    "The indices of `sampler` (a `DistributedSampler`) as `(epoch, index)` keys."
+    def __init__(self, sampler): self.sampler = sampler
+    def __iter__(self):
+        epoch = self.sampler.epoch
+        return ((epoch, i) for i in self.sampler)
+    def __len__(self): return len(self.sampler)
+
+class SeededSamples(Dataset):
+    "Item `(epoch, i)`: `ds[i]` read with the RNGs seeded from (seed, epoch, i), so any worker, any order draws alike."
+    def __init__(self, ds: Dataset, seed: int = 0): self.ds, self.seed = ds, seed
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, key):
+        epoch, i = key
+        with seeded_rngs(sample_seed(self.seed, epoch, i)): return self.ds[i]
+
 # %% ../nbs/07_train.ipynb #54fab380
 def resolve_data_root(cfg: TrainConfig) -> Path:
     "The data folder: `--data_root` (checked), or the cached synthetic set (rendered by rank 0 on first use)."
@@ -228,6 +285,14 @@ def resolve_data_root(cfg: TrainConfig) -> Path:
     barrier()
     return synthetic_root(**kw)
 
+def check_files(ds, shown: int = 3):
+    "Raise a FileNotFoundError with the count of `ds`'s missing image/mask files and the first `shown` of them."
+    missing = ds.missing_files()
+    if not missing: return
+    first = ', '.join(str(p) for p in missing[:shown]) + (', ...' if len(missing) > shown else '')
+    raise FileNotFoundError(f"{ds.csv_path}: {len(missing)} of the {2 * len(ds)} image and mask files it lists are "
+                            f"missing ({first}); nothing was trained")
+
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     "Training (augmented) and validation SPARK data sets for `cfg`."
     from unet3plus.data import SparkSegmentation
@@ -237,6 +302,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     tr = SparkSegmentation.from_root(root, 'train', target_size=cfg.target_size, augment=cfg.augment, subset=sub_tr, seed=cfg.seed)
     va = SparkSegmentation.from_root(root, 'val', target_size=cfg.target_size, augment=False, subset=sub_va, seed=cfg.seed)
     if len(tr) == 0 or len(va) == 0: raise ValueError(f"data set under {root} is empty (train: {len(tr)}, val: {len(va)} samples)")
+    for ds in (tr, va): check_files(ds)
     return tr, va
 
 # %% ../nbs/07_train.ipynb #8a11f410
@@ -336,6 +402,38 @@ def set_rng_state(s: dict):
     random.setstate(s['python']); np.random.set_state(s['numpy']); torch.set_rng_state(s['torch'])
     if 'cuda' in s and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s['cuda'])
 
+def rng_file(ckpt: Path, rank: int) -> Path:
+    "The RNG state file of `rank` in checkpoint folder `ckpt`."
+    return Path(ckpt) / f'rng_rank{rank}.safetensors'
+
+def save_rng_state(path):
+    "Write this process's RNG states to `path` as safetensors: tensors plus JSON metadata, no pickle."
+    s = rng_state()
+    (pv, mt, gauss), (name, keys, pos, has_gauss, cached) = s['python'], s['numpy']
+    cuda = s.get('cuda', [])
+    t = dict(python=torch.tensor(mt, dtype=torch.int64),
+             numpy=torch.from_numpy(keys.astype(np.int64)), torch=s['torch'],
+             **{f'cuda{i}': c for i, c in enumerate(cuda)})
+    meta = dict(python_version=pv, python_gauss=gauss, numpy_name=name, numpy_pos=int(pos),
+                numpy_has_gauss=int(has_gauss), numpy_cached_gaussian=float(cached), n_cuda=len(cuda))
+    from safetensors.torch import save_file
+    save_file(t, str(path), metadata=dict(rng=json.dumps(meta)))
+
+def load_rng_state(path):
+    "Restore the RNG states `save_rng_state` wrote to `path` (never unpickles); a one-line ValueError if it cannot."
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), 'pt') as f:
+            m, t = json.loads(f.metadata()['rng']), {k: f.get_tensor(k) for k in f.keys()}
+        s = dict(python=(m['python_version'], tuple(t['python'].tolist()), m['python_gauss']), torch=t['torch'],
+                 numpy=(m['numpy_name'], t['numpy'].numpy().astype(np.uint32), m['numpy_pos'], m['numpy_has_gauss'],
+                        m['numpy_cached_gaussian']))
+        if m['n_cuda']: s['cuda'] = [t[f'cuda{i}'] for i in range(m['n_cuda'])]
+        set_rng_state(s)
+    except Exception as e:                      # whatever the bytes are, nothing in them runs; say which file is bad
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"--resume: {path} is not an RNG state written by unet3plus-train ({msg})") from None
+
 def latest_tag(ckpt_dir) -> str | None:
     "The tag in `ckpt_dir/latest` if it names an existing checkpoint folder, else None."
     f = Path(ckpt_dir) / 'latest'
@@ -353,7 +451,7 @@ def save_checkpoint(engine, ckpt_dir, tag: str, state: dict, keep: int = 2):
     ckpt_dir = Path(ckpt_dir); ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = f'.tmp-{tag}'
     engine.save_checkpoint(str(ckpt_dir), tag=tmp, client_state=state, save_latest=False)
-    torch.save(rng_state(), ckpt_dir / tmp / f'rng_rank{dist.get_rank() if dist.is_initialized() else 0}.pt')
+    save_rng_state(rng_file(ckpt_dir / tmp, dist.get_rank() if dist.is_initialized() else 0))
     barrier()
     if is_main():
         replace_dir(ckpt_dir / tmp, ckpt_dir / tag)
@@ -370,8 +468,9 @@ def load_checkpoint(engine, ckpt_dir) -> dict:
     path, state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None: raise RuntimeError(f"--resume: DeepSpeed could not load checkpoint {Path(ckpt_dir) / tag}")
     rank = dist.get_rank() if dist.is_initialized() else 0
-    rf = Path(ckpt_dir) / tag / f'rng_rank{rank}.pt'
-    if rf.is_file(): set_rng_state(torch.load(rf, weights_only=False))
+    rf = rng_file(Path(ckpt_dir) / tag, rank)
+    if rf.is_file(): load_rng_state(rf)
+    else: log.warning(f"--resume: {rf} not found (older unet3plus, or another number of processes?): RNG not restored")
     state = dict(state or {}); state['tag'] = tag
     return state
 
@@ -402,24 +501,39 @@ def save_model(engine, out) -> Path:
 # %% ../nbs/07_train.ipynb #ad5e48e1
 RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json', 'training_plots.png', 'training_report.txt',
                'train_config.json', 'ds_config.json', 'train.log')
+RUN_LEFTOVERS = ('train_config.json', 'ds_config.json', 'train.log')     # written before the first step
+
+def _ours(x: Path) -> bool:
+    "Whether `x` has the name of something a run writes."
+    return x.name in RUN_OUTPUTS or x.name.startswith('unet3plus_epoch_')
+
+def _trained(x: Path) -> bool:
+    "Whether output `x` shows that a run trained: a checkpoint (not only partial `.tmp-*` ones), weights or metrics."
+    if x.name == 'checkpoints': return not x.is_dir() or any(not c.name.startswith('.') for c in x.iterdir())
+    return _ours(x) and x.name not in RUN_LEFTOVERS
 
 def previous_run(save_path) -> list[str]:
-    "Names of a previous run's outputs found in `save_path`."
+    "Names of a previous run's outputs in `save_path`: checkpoints, weights, history (not a never-trained run's files)."
     p = Path(save_path)
-    if not p.is_dir(): return []
-    return sorted(x.name for x in p.iterdir() if x.name in RUN_OUTPUTS or x.name.startswith('unet3plus_epoch_'))
+    return sorted(x.name for x in p.iterdir() if _trained(x)) if p.is_dir() else []
 
-def prepare_save_path(cfg: TrainConfig):
-    "Check `save_path` against `--resume`/`--overwrite` and make it; refuse to mix with a previous run."
+def check_save_path(cfg: TrainConfig) -> list[str]:
+    "Raise if `save_path` cannot take this run (writing nothing); else return the names of our outputs to remove first."
     p, found = Path(cfg.save_path), previous_run(cfg.save_path)
     if p.exists() and not p.is_dir(): raise NotADirectoryError(f"--save_path {p} is a file, not a folder")
     if cfg.resume:
         if latest_tag(p / 'checkpoints') is None: raise FileNotFoundError(f"--resume: no checkpoint to resume from in {p / 'checkpoints'}")
-    elif found and not cfg.overwrite:
+        return []
+    if found and not cfg.overwrite:
         raise FileExistsError(f"--save_path {p} already holds a run ({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}); "
                               "pass --resume to continue it or --overwrite to replace it")
-    elif found and is_main():
-        for name in found:
+    return sorted(x.name for x in p.iterdir() if _ours(x)) if p.is_dir() else []   # --overwrite, or leftovers of no run
+
+def prepare_save_path(cfg: TrainConfig):
+    "Make `save_path` for this run: refuse a previous run; remove what `--overwrite` or a never-trained run left."
+    p, old = Path(cfg.save_path), check_save_path(cfg)
+    if is_main():
+        for name in old:
             q = p / name
             shutil.rmtree(q) if q.is_dir() else q.unlink()
     barrier()
@@ -502,6 +616,7 @@ log = logging.getLogger('unet3plus.train')
 
 def setup_logging(save_path=None):
     "Rank 0 logs INFO to stderr (and `save_path/train.log`); other ranks log warnings only."
+    for h in log.handlers: h.close()                  # a previous run's train.log in this process
     log.handlers.clear(); log.propagate = False
     log.setLevel(logging.INFO if is_main() else logging.WARNING)
     fmt = logging.Formatter('%(asctime)s %(levelname)s %(message)s', '%H:%M:%S')
@@ -576,23 +691,28 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
     t_start = time.time()
     env = setup_distributed(cfg.local_rank)
     rank, world = env['rank'], env['world_size']
-    prepare_save_path(cfg)
+    check_save_path(cfg)                       # refusals first: nothing goes into save_path before the engine exists
+    setup_logging()
     save = Path(cfg.save_path); ckdir = save / 'checkpoints'
-    setup_logging(save)
-    if is_main(): clean_partial_checkpoints(ckdir) if ckdir.exists() else None
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
     train_ds, val_ds = datasets if datasets is not None else build_datasets(cfg)
     from unet3plus.data import make_loader
     sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    train_dl = make_loader(train_ds, cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers, pin_memory=env['device'].type == 'cuda')
-    val_dl = make_loader(val_ds, cfg.batch_size, sampler=ShardSampler(len(val_ds), world, rank), num_workers=cfg.num_workers)
+    def own_rng(): return torch.Generator().manual_seed(cfg.seed)    # so iter(loader) draws nothing from the global RNG
+    train_dl = make_loader(SeededSamples(train_ds, cfg.seed), cfg.batch_size, sampler=EpochKeys(sampler),
+                           num_workers=cfg.num_workers, pin_memory=env['device'].type == 'cuda', generator=own_rng())
+    val_dl = make_loader(val_ds, cfg.batch_size, sampler=ShardSampler(len(val_ds), world, rank),
+                         num_workers=cfg.num_workers, generator=own_rng())
     batches_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
     steps_per_epoch = max(batches_per_epoch // cfg.grad_accum, 1)
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 10**12)
-    conf = ds_config(cfg, total_steps=total_steps, cuda=env['device'].type == 'cuda')
+    conf = ds_config(cfg, total_steps=total_steps, cuda=env['device'].type == 'cuda', world_size=world)
     model = model_fn() if model_fn is not None else build_model(cfg)
     engine = init_engine(model, cfg, conf)
     loss_fn = TrainLoss(cfg.loss, cfg.n_classes, cfg.deep_supervision, cfg.cgm_weight)
+    prepare_save_path(cfg)                     # only now: remove old outputs (--overwrite, a never-trained run's files)
+    setup_logging(save)
+    if is_main() and ckdir.exists(): clean_partial_checkpoints(ckdir)
     class_names = CLASSES if len(CLASSES) == cfg.n_classes else None
     state = dict(epoch=0, epoch_batches=0, epoch_loss=0.0, step=0, history=[], best_score=None, best_epoch=None, bad_validations=0)
     if cfg.resume:
