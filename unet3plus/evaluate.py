@@ -344,8 +344,10 @@ def eval_output_dir(output_path, names, overwrite: bool = False) -> tuple[Path, 
     out = prepare_output_dir(output_path, overwrite, hint=OVERWRITE_HINT)
     owned = recorded_outputs(out / EVAL_FILES['metrics'])
     foreign = foreign_files(out, names, owned)
-    if foreign: raise FileExistsError(f"output path {out} holds {shorten(foreign)}, not written by unet3plus-eval (not "
-                                      f"listed in its {EVAL_FILES['metrics']}); move them away or choose another output path")
+    if foreign:
+        rec = EVAL_FILES['metrics']
+        raise FileExistsError(f"output path {out} holds {shorten(foreign)}, not written by unet3plus-eval "
+                              f"(not listed in its {rec}); move them away or choose another --output_path")
     return out, owned
 
 def write_outputs(res: dict, output_path, overwrite: bool = False, examples=()) -> dict[str, Path]:
