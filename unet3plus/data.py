@@ -528,7 +528,9 @@ def atomic_write(path, write: Callable) -> Path:
         with open(tmp, 'xb') as f:
             write(f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e: raise OSError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+    except OSError as e:                          # a full disk, say: name the file, keep the kind and errno
+        err = type(e)(f"cannot write {path}: {e.strerror or e}"); err.errno = e.errno
+        raise err from None
     finally:
         if tmp.exists(): tmp.unlink()
     return path
