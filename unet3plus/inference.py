@@ -178,7 +178,7 @@ def file_fingerprint(path, chunk: int = 4096) -> str:
     return h.hexdigest()
 
 def test_set_identity(files, sizes: dict) -> dict:
-    "Name -> [bytes, H, W, fingerprint] of each test image in `files` (`sizes`: npz name -> (H, W)); a fingerprint of all."
+    "Name -> [bytes, H, W, fingerprint] of each test image in `files` (`sizes`: npz name -> (H, W)), and of all."
     entries = {p.name: [p.stat().st_size, *sizes[npz_name(p.name)], file_fingerprint(p)] for p in files}
     whole = hashlib.blake2b(json.dumps(entries, sort_keys=True).encode(), digest_size=8).hexdigest()
     return dict(n_images=len(entries), fingerprint=whole, files=entries)
