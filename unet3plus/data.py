@@ -18,14 +18,15 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'rgb_to_classes',
-           'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes', 'as_numpy', 'to_rgb_uint8', 'palette_distance2',
-           'far_fraction', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout',
-           'mask_name', 'write_sample', 'write_test_image', 'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark',
-           'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'mask_to_classes',
-           'load_mask', 'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment', 'SparkTestImages',
-           'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate', 'atomic_write',
-           'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'naive_load', 'bench_data']
+__all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'TEMP_PREFIX',
+           'TEMP_RE', 'rgb_to_classes', 'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes', 'as_numpy',
+           'to_rgb_uint8', 'palette_distance2', 'far_fraction', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox',
+           'mask_bbox', 'read_csv', 'make_layout', 'mask_name', 'write_sample', 'write_test_image', 'write_split_csv',
+           'draw_tiny_sample', 'make_tiny_spark', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor',
+           'decode_image', 'load_image', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
+           'RandomRot90', 'SegAugment', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport',
+           'check_sample', 'validate', 'is_temp', 'atomic_write', 'remove_stale_temps', 'atomic_write_text',
+           'prepare_output_dir', 'shorten', 'recorded_outputs', 'foreign_files', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -526,14 +527,24 @@ def validate(data, split: str | None = None, max_far: float = 0.5, workers: int 
     return report
 
 # %% ../nbs/00_data.ipynb #63869a32
+TEMP_PREFIX = '.unet3plus-'
+TEMP_RE = re.compile(re.escape(TEMP_PREFIX) + r'.+\.\d+\.[0-9a-f]{8}\.tmp')
+
+def is_temp(name: str) -> bool:
+    "Whether `name` is an `atomic_write` temporary (`.unet3plus-<name>.<pid>.<random>.tmp`)."
+    return bool(TEMP_RE.fullmatch(name))
+
 def atomic_write(path, write: Callable) -> Path:
     "Call `write(binary_file)` on a hidden temporary file next to `path`, flush it to disk, rename it to `path`."
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
+    tmp = path.with_name(f'{TEMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
     try:
         with open(tmp, 'xb') as f:
             write(f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:                          # a full disk, say: name the file, keep the kind and errno
+        err = type(e)(f"cannot write {path}: {e.strerror or e}"); err.errno = e.errno
+        raise err from None
     finally:
         if tmp.exists(): tmp.unlink()
     return path
@@ -541,9 +552,9 @@ def atomic_write(path, write: Callable) -> Path:
 def remove_stale_temps(folder, max_age: float = 3600.0) -> int:
     "Delete `atomic_write` temporaries in `folder` older than `max_age` seconds (left by killed writers); return how many."
     n = 0
-    for t in Path(folder).glob('.*.tmp'):
+    for t in Path(folder).glob(f'{TEMP_PREFIX}*.tmp'):
         try:
-            if time.time() - t.stat().st_mtime > max_age: t.unlink(); n += 1
+            if is_temp(t.name) and time.time() - t.stat().st_mtime > max_age: t.unlink(); n += 1
         except FileNotFoundError: pass                         # its writer finished meanwhile
     return n
 
@@ -555,9 +566,28 @@ def prepare_output_dir(path, overwrite: bool = False, what: str = 'output path',
     "Create folder `path`; refuse an existing non-empty one unless `overwrite` (errors name `what` and say `hint`)."
     path = Path(path)
     if path.exists() and not path.is_dir(): raise FileExistsError(f"{what} {path} exists and is not a folder")
-    if path.exists() and any(path.iterdir()) and not overwrite: raise FileExistsError(f"{what} {path} is not empty; {hint}")
+    if path.exists() and not overwrite and any(not is_temp(p.name) for p in path.iterdir()):
+        raise FileExistsError(f"{what} {path} is not empty; {hint}")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+def shorten(names, n: int = 5) -> str:
+    "The first `n` of `names`, comma-separated, with how many more there are."
+    names = list(names)
+    return ', '.join(map(str, names[:n])) + (f' and {len(names) - n} more' if len(names) > n else '')
+
+def recorded_outputs(record_path, key: str = 'outputs') -> set[str]:
+    "The relative file names a writer listed under `key` in its JSON record (empty if there is no readable record)."
+    import json
+    try: rec = json.loads(Path(record_path).read_text())
+    except (OSError, ValueError): return set()
+    names = rec.get(key) if isinstance(rec, dict) else None
+    if not isinstance(names, list): return set()
+    return {n for n in names if isinstance(n, str) and n and not Path(n).is_absolute() and '..' not in Path(n).parts}
+
+def foreign_files(folder, names, owned) -> list[str]:
+    "Those of the relative `names` that exist in `folder` but are not in `owned` (this writer must not replace them)."
+    return [n for n in names if n not in owned and (Path(folder) / n).exists()]
 
 # %% ../nbs/00_data.ipynb #af92bcff
 def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,27 +9,39 @@ from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from .data import CLASSES, PALETTE, SparkSegmentation, as_hw, to_rgb_uint8, atomic_write, atomic_write_text, prepare_output_dir
+from .data import (CLASSES, PALETTE, SparkSegmentation, as_hw, to_rgb_uint8, atomic_write, atomic_write_text,
+                            prepare_output_dir, shorten, recorded_outputs, foreign_files)
 from .metrics import BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_confusion, iou_from_confusion, foreground_miou
 
 # %% auto #0
-__all__ = ['log', 'TTA_FLIPS', 'TN', 'TP', 'FP', 'FN', 'ERROR_NAMES', 'ERROR_COLORS', 'OVERWRITE_HINT', 'resolve_device',
-           'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores', 'resize_image',
-           'reads_files', 'ResizedInputs', 'collate_eval', 'data_n_classes', 'check_class_counts', 'sample_prediction',
-           'warn_about_dataset', 'summarize', 'evaluate', 'row_normalize', 'plot_confusion', 'plot_per_spacecraft',
-           'text_table', 'format_report', 'error_codes', 'error_map', 'example_figure', 'worst_first', 'worst_images',
-           'save_examples', 'json_safe', 'write_outputs', 'load_model', 'parse_args', 'cli_errors', 'main', 'run_eval']
+__all__ = ['log', 'TTA_FLIPS', 'TN', 'TP', 'FP', 'FN', 'ERROR_NAMES', 'ERROR_COLORS', 'OVERWRITE_HINT', 'EVAL_FILES',
+           'EXAMPLES_DIR', 'resolve_device', 'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores',
+           'upsample_scores', 'check_finite_scores', 'resize_image', 'reads_files', 'ResizedInputs', 'collate_eval',
+           'data_n_classes', 'check_class_counts', 'sample_prediction', 'warn_about_dataset', 'summarize',
+           'sample_names', 'evaluate', 'row_normalize', 'plot_confusion', 'plot_per_spacecraft', 'text_table',
+           'format_report', 'error_codes', 'error_map', 'example_figure', 'worst_first', 'worst_images', 'example_name',
+           'save_examples', 'json_safe', 'eval_output_dir', 'write_outputs', 'load_model', 'parse_args',
+           'original_message', 'cli_errors', 'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
 
 # %% ../nbs/08_evaluate.ipynb #bc73e3d6
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    "`device` as a `torch.device`; CUDA when available and nothing was asked for."
+    "`device` as a `torch.device` this machine has; CUDA when available and nothing was asked for."
     if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(device)
-    if device.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"device {device} requested but CUDA is not available")
-    return device
+    try: dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from None
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available(): raise ValueError(f"device {dev} requested but CUDA is not available")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {dev} requested but this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == 'meta': raise ValueError("device meta holds no data; choose cpu or cuda")
+    elif dev.type != 'cpu':
+        try: torch.empty(1, device=dev)
+        except Exception: raise ValueError(f"device {dev} requested but it is not available on this machine") from None
+    return dev
 
 _fallback_logged = set()
 
@@ -67,6 +79,13 @@ def upsample_scores(scores: torch.Tensor, size) -> torch.Tensor:
     size = tuple(size)
     if tuple(scores.shape[-2:]) == size: return scores
     return F.interpolate(scores, size=size, mode='bilinear', align_corners=False)
+
+def check_finite_scores(scores: torch.Tensor, names) -> torch.Tensor:
+    "`scores` [B, ...] if all are finite (one check per batch), else a ValueError naming the images that are not."
+    if bool(torch.isfinite(scores).all()): return scores
+    bad = [n for n, s in zip(names, scores) if not bool(torch.isfinite(s).all())]
+    raise ValueError(f"the model's outputs hold NaN or inf for {shorten(bad)}: are its weights finite? "
+                     "(with --fp16, try without)")
 
 # %% ../nbs/08_evaluate.ipynb #803c630e
 def resize_image(img: torch.Tensor, size) -> torch.Tensor:
@@ -136,6 +155,11 @@ def summarize(cm: ConfusionMatrix, class_names) -> dict:
     return dict(overall=overall, per_class=per_class, confusion_matrix=cm.matrix.tolist())
 
 # %% ../nbs/08_evaluate.ipynb #026362ae
+def sample_names(batch: dict) -> list[str]:
+    "The images of a batch as `Class/image name` (just the image name when the batch has no spacecraft classes)."
+    classes = batch.get('class_name') or [''] * len(batch['image_name'])
+    return [f'{c}/{n}' if c else n for c, n in zip(classes, batch['image_name'])]
+
 def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers: int = 0, device=None, fp16: bool = False,
              tta: bool = False, eval_size: str = 'original', class_names=None, boundary: bool = True, progress: bool = True) -> dict:
     "Metrics of `model` on a labelled `dataset`: overall, per class, per spacecraft class and per image."
@@ -150,6 +174,7 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     biou = BoundaryIoU(n) if boundary else None
     for batch in tqdm(loader, desc='evaluate', disable=not progress):
         with amp_context(device, fp16): scores = predict_scores(model, batch['image'].to(device), tta=tta).float()
+        check_finite_scores(scores, sample_names(batch))
         for j in range(len(scores)):
             mask = batch['mask'][j].to(device)
             if int(mask.max()) >= n: raise ValueError(f"mask of {batch['image_name'][j]} holds class {int(mask.max())} but the model has {n} classes")
@@ -283,6 +308,10 @@ def worst_images(rows: list[dict], k: int) -> list[dict]:
     "The `k` per-image rows with the lowest foreground mIoU (images without foreground last)."
     return sorted(rows, key=lambda r: worst_first(r['fg_miou']))[:k]
 
+def example_name(rank: int, row: dict) -> str:
+    "The file name of the `rank`-th example figure: `003_XMM_Newton_image_00012_img.png`."
+    return f"{rank:03d}_{row['class_name'].replace(' ', '_')}_{Path(row['image_name']).stem}.png"
+
 def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, device=None, fp16: bool = False,
                   tta: bool = False, class_names=CLASSES) -> list[Path]:
     "Predict the images of `rows` again and save one example figure each under `out_dir`."
@@ -293,12 +322,15 @@ def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, d
         with amp_context(device, fp16): scores = predict_scores(model, s['image'][None].to(device), tta=tta).float()
         pred = upsample_scores(scores, s['mask'].shape[-2:])[0].argmax(0).cpu()
         title = f"{r['class_name']} / {r['image_name']}: foreground mIoU {r['fg_miou']:.3f}"
-        stem = f"{rank:03d}_{r['class_name'].replace(' ', '_')}_{Path(r['image_name']).stem}"
-        p = out_dir / f'{stem}.png'; example_figure(s['image'], s['mask'].numpy(), pred.numpy(), class_names, title).savefig(p, dpi=80); paths.append(p)
+        fig = example_figure(s['image'], s['mask'].numpy(), pred.numpy(), class_names, title)
+        paths.append(atomic_write(out_dir / example_name(rank, r), lambda f: fig.savefig(f, format='png', dpi=80)))
     return paths
 
 # %% ../nbs/08_evaluate.ipynb #16cc8c72
 OVERWRITE_HINT = 'choose another --output_path or pass --overwrite'
+EVAL_FILES = dict(metrics='metrics.json', per_image='per_image.csv', confusion='confusion_matrix.png',
+                  per_spacecraft='per_spacecraft.png', report='evaluation_report.txt')
+EXAMPLES_DIR = 'examples'
 
 def json_safe(o):
     "`o` with NaN/inf floats replaced by None (strict JSON)."
@@ -307,12 +339,25 @@ def json_safe(o):
     if isinstance(o, (list, tuple)): return [json_safe(v) for v in o]
     return o
 
-def write_outputs(res: dict, output_path, overwrite: bool = False) -> dict[str, Path]:
-    "Write metrics.json, per_image.csv, confusion_matrix.png and evaluation_report.txt into `output_path`."
+def eval_output_dir(output_path, names, overwrite: bool = False) -> tuple[Path, set[str]]:
+    "Create `output_path` for the files `names`; refuse a non-empty one unless `overwrite`, and any file not ours."
     out = prepare_output_dir(output_path, overwrite, hint=OVERWRITE_HINT)
-    paths = dict(metrics=out / 'metrics.json', per_image=out / 'per_image.csv', confusion=out / 'confusion_matrix.png',
-                 per_spacecraft=out / 'per_spacecraft.png', report=out / 'evaluation_report.txt')
-    atomic_write_text(paths['metrics'], json.dumps(json_safe({k: v for k, v in res.items() if k != 'per_image'}), indent=2))
+    owned = recorded_outputs(out / EVAL_FILES['metrics'])
+    foreign = foreign_files(out, names, owned)
+    if foreign:
+        rec = EVAL_FILES['metrics']
+        raise FileExistsError(f"output path {out} holds {shorten(foreign)}, not written by unet3plus-eval "
+                              f"(not listed in its {rec}); move them away or choose another --output_path")
+    return out, owned
+
+def write_outputs(res: dict, output_path, overwrite: bool = False, examples=()) -> dict[str, Path]:
+    "Write metrics.json, per_image.csv, the figures and the report into `output_path`, recording `examples` too."
+    names = list(EVAL_FILES.values()) + [f'{EXAMPLES_DIR}/{n}' for n in examples]
+    out, owned = eval_output_dir(output_path, names, overwrite)
+    for n in sorted(owned - set(names)): (out / n).unlink(missing_ok=True)     # the earlier evaluation's other examples
+    paths = {k: out / n for k, n in EVAL_FILES.items()}
+    metrics = json_safe({k: v for k, v in res.items() if k != 'per_image'}) | {'outputs': names}
+    atomic_write_text(paths['metrics'], json.dumps(metrics, indent=2))          # first: it records what is ours
     table = io.StringIO(newline='')
     w = csv.DictWriter(table, fieldnames=list(res['per_image'][0]) if res['per_image'] else ['index']); w.writeheader(); w.writerows(res['per_image'])
     atomic_write_text(paths['per_image'], table.getvalue())
@@ -358,16 +403,30 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     return a
 
+def original_message(e: BaseException) -> str:
+    "The message of `e`; for one re-raised from a DataLoader worker (`Caught ...`), the worker's own message."
+    msg = str(e)
+    if not (msg.startswith('Caught ') and '\nOriginal Traceback' in msg): return msg
+    lines = msg.splitlines()
+    start = max(i for i, l in enumerate(lines) if 'Traceback (most recent call last)' in l)   # the last of a chain
+    for i in range(start + 1, len(lines)):
+        if lines[i] and not lines[i][0].isspace():                       # the exception line after the indented frames
+            kind, _, first = lines[i].partition(': ')
+            return '\n'.join([first or kind] + lines[i + 1:]).strip()
+    return msg
+
 @contextlib.contextmanager
 def cli_errors(prog: str, enabled: bool = True):
-    "Turn input errors (missing file, bad value, refused overwrite) into a one-line message and exit status 1."
+    "Turn user errors (missing or unreadable file, bad value, refused overwrite) into `PROG: error: MESSAGE`, status 2."
     try: yield
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (OSError, ValueError) as e:
         if not enabled: raise
-        raise SystemExit(f"{prog}: error: {e}") from None
+        one_line = ' '.join(l.strip() for l in original_message(e).splitlines() if l.strip())
+        print(f"{prog}: error: {one_line}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 def main(argv=None) -> dict:
-    "Entry point of `unet3plus-eval`; from the shell input errors print one line (status 1), success exits 0."
+    "Entry point of `unet3plus-eval`; from the shell a user error prints one line, status 2; success exits 0."
     a = parse_args(sys.argv[1:] if argv is None else argv)
     with cli_errors('unet3plus-eval', enabled=argv is None): res = run_eval(a)
     return None if argv is None else res   # a console script's sys.exit(main()) must get None for status 0
@@ -377,17 +436,17 @@ def run_eval(a: argparse.Namespace) -> dict:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     for k in ('val_csv', 'image_root', 'mask_root'):
         if not Path(getattr(a, k)).exists(): raise FileNotFoundError(f"--{k} {getattr(a, k)} does not exist")
-    out = prepare_output_dir(a.output_path, a.overwrite, hint=OVERWRITE_HINT)
     device = resolve_device(a.device)
+    out, _ = eval_output_dir(a.output_path, list(EVAL_FILES.values()), a.overwrite)     # refused before any work
     model = load_model(a.model_path, device, compile=a.compile)
     ds = SparkSegmentation(a.val_csv, a.image_root, a.mask_root, a.split, target_size=None, subset=a.subset)
     size = a.target_size or None
     res = evaluate(model, ds, target_size=size, batch_size=a.batch_size, num_workers=a.num_workers, device=device,
                    fp16=a.fp16, tta=a.tta, eval_size=a.eval_size, boundary=not a.no_boundary)
     res['settings'].update(model_path=str(a.model_path), val_csv=str(a.val_csv), split=a.split)
-    paths = write_outputs(res, out, overwrite=True)
-    if a.save_examples:
-        save_examples(model, ds, worst_images(res['per_image'], a.n_examples), out / 'examples', target_size=size, device=device,
-                      fp16=a.fp16, tta=a.tta, class_names=res['settings']['class_names'])
+    worst = worst_images(res['per_image'], a.n_examples) if a.save_examples else []
+    paths = write_outputs(res, out, overwrite=a.overwrite, examples=[example_name(i, r) for i, r in enumerate(worst)])
+    if worst: save_examples(model, ds, worst, out / EXAMPLES_DIR, target_size=size, device=device, fp16=a.fp16,
+                            tta=a.tta, class_names=res['settings']['class_names'])
     print(format_report(res)); log.info("wrote %s", ', '.join(str(p) for p in paths.values()))
     return res

@@ -14,10 +14,10 @@ from .encoders import create_encoder
 from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, FastConv2d, set_weight_grad
 
 # %% auto #0
-__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CONFIG_NAME', 'CONFIG_ALIASES', 'SEED_BACKBONES',
-           'UNet3Plus', 'probabilities', 'predict', 'save_pretrained', 'read_config', 'read_weights', 'from_pretrained',
-           'summary', 'export_onnx', 'check_onnx', 'conv_peak', 'build_peer', 'make_steps', 'step_gflops',
-           'train_peak_mb', 'bench_model']
+__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CONFIG_NAME', 'CONFIG_ALIASES', 'CONFIG_TYPES',
+           'POSITIVE', 'SEED_BACKBONES', 'UNet3Plus', 'probabilities', 'predict', 'check_config', 'save_pretrained',
+           'read_config', 'check_finite', 'read_weights', 'from_pretrained', 'summary', 'export_onnx', 'check_onnx',
+           'conv_peak', 'build_peer', 'make_steps', 'step_gflops', 'train_peak_mb', 'bench_model']
 
 # %% ../nbs/04_model.ipynb #706ea4ec
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
@@ -113,37 +113,90 @@ UNet3Plus.probabilities, UNet3Plus.predict = probabilities, predict
 # %% ../nbs/04_model.ipynb #8f36103b
 WEIGHTS_NAME, SEED_WEIGHTS_NAME, CONFIG_NAME = 'model.safetensors', 'unet3plus_model.pt', 'config.json'
 CONFIG_ALIASES = {'num_classes': 'n_classes', 'classes': 'n_classes', 'encoder_name': 'backbone', 'encoder': 'backbone'}
+CONFIG_TYPES = dict(backbone=(str,), n_classes=(int,), cat_channels=(int,), deep_supervision=(bool,), cgm=(bool,),
+                    cgm_dropout=(int, float), freeze_backbone=(bool,), branch_order=(str,),
+                    fine_levels=('auto', None, int), light_stride=('auto', None, int), light_channels=(int,),
+                    conv_bias=(bool,), encoder_kwargs=(dict, None))
+POSITIVE = ('n_classes', 'cat_channels')
+
+def _type_ok(v, allowed) -> bool:
+    "Whether `v` is one of `allowed` (types, or the literal values 'auto' and None); a bool is not an int here."
+    for a in allowed:
+        if isinstance(a, type):
+            if isinstance(v, a) and (a is bool or not isinstance(v, bool)): return True
+        elif v == a and type(v) is type(a): return True
+    return False
+
+def check_config(cfg, where) -> dict:
+    "`cfg` if it is a dict whose known keys have the types `UNet3Plus` takes (ints are ints...), else a ValueError."
+    if not isinstance(cfg, dict):
+        raise ValueError(f"from_pretrained: {where} must hold a JSON object, got a {type(cfg).__name__}")
+    for k, allowed in CONFIG_TYPES.items():
+        if k in cfg and not _type_ok(cfg[k], allowed):
+            names = ' or '.join(repr(a) if not isinstance(a, type) else a.__name__ for a in allowed)
+            got = f"{cfg[k]!r} ({type(cfg[k]).__name__})"
+            raise ValueError(f"from_pretrained: {where}: {k!r} must be {names}, got {got}")
+    for k in POSITIVE:
+        if k in cfg and cfg[k] < 1: raise ValueError(f"from_pretrained: {where}: {k!r} must be >= 1, got {cfg[k]}")
+    return cfg
+
+def _is_saved_model(d: Path) -> bool:
+    "Whether folder `d` holds a config.json that `from_pretrained` reads (a model folder of this project)."
+    try: read_config(d); return True
+    except (OSError, ValueError): return False
 
 def save_pretrained(self, save_dir, overwrite: bool = False) -> Path:
     "Write `config.json` and `model.safetensors` to `save_dir` (refuses a non-empty dir unless `overwrite`)."
     from safetensors.torch import save
     d = prepare_output_dir(save_dir, overwrite, what='save_pretrained: folder', hint='pass overwrite=True to replace its model files')
+    ours = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if (d / n).exists()]
+    if ours and not _is_saved_model(d):
+        raise FileExistsError(f"save_pretrained: {d} holds {' and '.join(ours)} that save_pretrained did not write "
+                              f"(no readable UNet3Plus {CONFIG_NAME}); move them away or choose another folder")
     sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+    atomic_write_text(d / CONFIG_NAME, json.dumps(self.config, indent=2))    # first: it marks the folder as a model's
     atomic_write(d / WEIGHTS_NAME, lambda f: f.write(save(sd, metadata={'format': 'pt'})))
-    atomic_write_text(d / CONFIG_NAME, json.dumps(self.config, indent=2))
     return d
 
 def read_config(load_dir) -> dict:
-    "The model config in `load_dir/config.json`, seed aliases (num_classes, encoder_name...) mapped to ours."
+    "The model config in `load_dir/config.json`, seed aliases (num_classes...) mapped to ours, types checked."
     f = Path(load_dir) / CONFIG_NAME
     if not f.is_file(): raise FileNotFoundError(f"from_pretrained: {f} not found (expected {CONFIG_NAME} next to the weights)")
     try: raw = json.loads(f.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"from_pretrained: {f} is not valid JSON: {e}") from None
-    cfg = {CONFIG_ALIASES.get(k, k): v for k, v in raw.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"from_pretrained: {f} is not valid JSON: {e}") from None
+    cfg = check_config({CONFIG_ALIASES.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else raw, f)
     if 'backbone' not in cfg or 'n_classes' not in cfg: raise ValueError(f"from_pretrained: {f} lacks 'backbone' or 'n_classes'")
     return cfg
 
+def check_finite(sd: dict, where) -> dict:
+    "`sd` if every floating-point tensor in it is finite, else a ValueError naming the first bad tensor and `where`."
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"from_pretrained: tensor {k!r} in {where} holds NaN or inf values (a diverged training?)")
+    return sd
+
 def read_weights(load_dir) -> dict:
-    "The state_dict in `load_dir` (model.safetensors, or the seed's unet3plus_model.pt)."
+    "The state_dict in `load_dir` (model.safetensors, or the seed's unet3plus_model.pt), checked to be finite."
     d = Path(load_dir)
     if (d / WEIGHTS_NAME).is_file():
         from safetensors.torch import load_file
-        return load_file(d / WEIGHTS_NAME)
+        f = d / WEIGHTS_NAME
+        try: sd = load_file(f)
+        except Exception as e:          # the parser's own error type; any failure means the file is unreadable
+            raise ValueError(f"from_pretrained: cannot read {f} (empty, truncated or not safetensors?): {e}") from None
+        return check_finite(sd, f)
     if (d / SEED_WEIGHTS_NAME).is_file():
-        sd = torch.load(d / SEED_WEIGHTS_NAME, map_location='cpu', weights_only=True)
+        f = d / SEED_WEIGHTS_NAME
+        try: sd = torch.load(f, map_location='cpu', weights_only=True)
+        except Exception as e:
+            why = str(e) or type(e).__name__
+            raise ValueError(f"from_pretrained: cannot read {f} (empty or truncated?): {why}") from None
         for key in ('model_state_dict', 'state_dict', 'model'):
             if isinstance(sd, dict) and isinstance(sd.get(key), dict): sd = sd[key]
-        return {k.removeprefix('module.'): v for k, v in sd.items()}
+        if not isinstance(sd, dict):
+            raise ValueError(f"from_pretrained: {f} holds a {type(sd).__name__}, not a state_dict")
+        return check_finite({k.removeprefix('module.'): v for k, v in sd.items()}, f)
     raise FileNotFoundError(f"from_pretrained: no {WEIGHTS_NAME} or {SEED_WEIGHTS_NAME} in {d}")
 
 def _check_overrides(cfg: dict, overrides: dict, where):
@@ -163,7 +216,9 @@ def from_pretrained(cls, load_dir, map_location='cpu', **overrides) -> 'UNet3Plu
     cfg = read_config(d)
     _check_overrides(cfg, overrides, d)
     kw = {k: v for k, v in {**cfg, **overrides}.items() if k in CONFIG_KEYS}
-    model = cls(pretrained=False, **kw)
+    try: model = cls(pretrained=False, **kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"from_pretrained: {d / CONFIG_NAME}: cannot build the model: {e}") from None
     sd = read_weights(d)
     drop = [p for p, on in (('aux_heads.', model.aux_heads is not None), ('cgm.', model.cgm is not None)) if not on]
     sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in drop)}
