@@ -18,15 +18,17 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'TEMP_PREFIX',
-           'TEMP_RE', 'rgb_to_classes', 'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes', 'as_numpy',
-           'to_rgb_uint8', 'palette_distance2', 'far_fraction', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox',
-           'mask_bbox', 'read_csv', 'make_layout', 'mask_name', 'write_sample', 'write_test_image', 'write_split_csv',
-           'draw_tiny_sample', 'make_tiny_spark', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor',
-           'decode_image', 'load_image', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
-           'RandomRot90', 'SegAugment', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport',
-           'check_sample', 'validate', 'is_temp', 'atomic_write', 'remove_stale_temps', 'atomic_write_text',
-           'prepare_output_dir', 'shorten', 'recorded_outputs', 'foreign_files', 'naive_load', 'bench_data']
+__all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'CHECK_SIDE',
+           'MAX_FAR', 'MAX_FAR_FOREGROUND', 'MIN_FOREGROUND', 'MIN_GRAY_SHARE', 'MIN_LIT', 'ONE_CHANNEL_MODES',
+           'TEMP_PREFIX', 'TEMP_RE', 'rgb_to_classes', 'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes',
+           'as_numpy', 'to_rgb_uint8', 'palette_distance2', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox',
+           'read_csv', 'make_layout', 'mask_name', 'write_sample', 'write_test_image', 'write_split_csv',
+           'draw_tiny_sample', 'make_tiny_spark', 'check_stride', 'colour_mask_stats', 'colour_mask_problem', 'as_hw',
+           'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'decode_mask', 'mask_problem',
+           'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment',
+           'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate',
+           'is_temp', 'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'shorten',
+           'recorded_outputs', 'foreign_files', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -104,10 +106,6 @@ def palette_distance2(rgb) -> np.ndarray:
     a = _as_rgb(rgb).astype(np.int32)
     r, g, b = a[..., 0], a[..., 1], a[..., 2]
     return g * g + np.minimum(r * r + b * b, np.minimum((255 - r) ** 2 + b * b, r * r + (255 - b) ** 2))
-
-def far_fraction(rgb, max_distance: float = FAR_DISTANCE, stride: int = 1) -> float:
-    "Fraction of pixels (every `stride`-th in each direction) farther than `max_distance` from all palette colours."
-    return float((palette_distance2(np.asarray(rgb)[::stride, ::stride]) > max_distance ** 2).mean())
 
 # %% ../nbs/00_data.ipynb #64c6d2db
 def jpeg_roundtrip(rgb: np.ndarray, quality: int = 75) -> np.ndarray:
@@ -236,6 +234,45 @@ def make_tiny_spark(root, classes: Sequence[str] = ('Cheops', 'XMM Newton'), n_t
         write_test_image(root, f'test_{k:05d}_img.jpg', draw_tiny_sample((base[0] + 8 * k, base[1] + 16 * k), rng, noise)[0])
     return (root, maps) if return_maps else root
 
+# %% ../nbs/00_data.ipynb #db87078a
+CHECK_SIDE = 128   # a decoded mask is checked on about this many pixels along its shorter side
+
+def check_stride(shape) -> int:
+    "Stride at which a mask of `shape` (H, W, ...) is checked: about `CHECK_SIDE` samples along its shorter side."
+    return max(1, min(shape[:2]) // CHECK_SIDE)
+
+def colour_mask_stats(rgb, stride: int = 1) -> dict:
+    "Shares of a colour mask's pixels (every `stride`-th): `far`, `far_fg` of non-black ones, `gray` of lit ones."
+    a = _as_rgb(rgb)[::stride, ::stride]
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]                  # per channel: reducing the last axis is slow
+    n_far = int(np.count_nonzero(palette_distance2(a) > FAR_DISTANCE ** 2))   # far pixels are non-black too
+    r32, g32, b32 = r.astype(np.int32), g.astype(np.int32), b.astype(np.int32)
+    n_fg = int(np.count_nonzero(r32 * r32 + g32 * g32 + b32 * b32 > FAR_DISTANCE ** 2))
+    lit = (r | g | b) > 0
+    n_lit, n_gray = int(np.count_nonzero(lit)), int(np.count_nonzero((r == g) & (g == b) & lit))
+    return dict(far=n_far / max(1, r.size), far_fg=n_far / max(1, n_fg), n_fg=n_fg,
+                gray=n_gray / max(1, n_lit), n_lit=n_lit)
+
+# %% ../nbs/00_data.ipynb #ec5abc58
+MAX_FAR = 0.10                     # off-palette share above which a colour mask is rejected (JPEG noise: <= 6.2 %)
+MAX_FAR_FOREGROUND = 0.8           # the same among its non-black pixels (noise: <= 0.55 with >= MIN_FOREGROUND of them)
+MIN_FOREGROUND = 200               # non-black samples needed to judge that share
+MIN_GRAY_SHARE, MIN_LIT = 0.9, 20  # share of lit pixels exactly gray (noise: <= 7.7 %), judged with >= MIN_LIT of them
+
+def colour_mask_problem(rgb, max_far: float = MAX_FAR) -> str:
+    "Why colour mask pixels `rgb` are not a SPARK mask (judged on a `check_stride` grid), or '' if they look like one."
+    s = colour_mask_stats(rgb, check_stride(np.shape(rgb)))
+    if s['n_lit'] >= MIN_LIT and s['gray'] >= MIN_GRAY_SHARE:
+        return ("its pixels are gray (R = G = B), not black / red / blue: a grayscale copy of a colour mask, "
+                "or class indices saved as RGB? (save class indices as a one-channel PNG)")
+    if s['far'] > max_far:
+        return (f"{s['far']:.1%} of its pixels are farther than {FAR_DISTANCE} from black / red / blue "
+                f"(more than {max_far:.0%}, far above JPEG noise); is it really a SPARK colour mask?")
+    if s['n_fg'] >= MIN_FOREGROUND and s['far_fg'] > MAX_FAR_FOREGROUND:
+        return (f"{s['far_fg']:.1%} of its non-black pixels are farther than {FAR_DISTANCE} from red and blue "
+                f"(more than {MAX_FAR_FOREGROUND:.0%}, far above JPEG noise); are body and panels in other colours?")
+    return ''
+
 # %% ../nbs/00_data.ipynb #424ba28f
 def as_hw(size) -> tuple[int, int] | None:
     "`size` (None, int or (H, W)) as an (H, W) tuple of positive ints."
@@ -277,19 +314,45 @@ def load_image(path, size=None, draft: bool = True, where: str = '') -> tuple[to
     orig = img.size[::-1]                                   # before decoding: a JPEG draft shrinks `img.size`
     return decode_image(img, path, size, draft, where), orig
 
-def mask_to_classes(img: Image.Image, path, size=None, draft: bool = True, max_far: float = 0.5, where: str = '') -> np.ndarray:
-    "Decode an opened colour mask to a class map (uint8 [H,W]) at `size` (nearest), checking its colours."
-    rgb = np.asarray(decode_rgb(img, path, size, draft, 'mask', where))
-    far = far_fraction(rgb, stride=4)
-    if far > max_far:
-        raise ValueError(f"mask {path}{where}: {far:.0%} of its pixels are farther than {FAR_DISTANCE} from black/red/blue; "
-                         f"is it really a SPARK colour mask?")
-    cls = rgb_to_classes(rgb)
+ONE_CHANNEL_MODES = ('1', 'L', 'P', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')   # PIL modes read as class indices
+
+def _palette_classes(img: Image.Image, v: np.ndarray) -> np.ndarray:
+    "Classes of a palette (P) mask: by its colours when all it uses are exactly black, red or blue; else its indices."
+    pal = np.asarray(img.getpalette('RGB') or [], np.uint8).reshape(-1, 3)
+    used = np.flatnonzero(np.bincount(v.ravel(), minlength=256))
+    if not len(used) or used[-1] >= len(pal): return v
+    if not (pal[used][:, None] == PALETTE[None]).all(-1).any(-1).all(): return v
+    lut = np.zeros(256, np.uint8); lut[:len(pal)] = rgb_to_classes(pal[None])[0]
+    return lut[v]
+
+def decode_mask(img: Image.Image, path, size=None, draft: bool = True, where: str = '') -> np.ndarray:
+    "Pixels of an opened mask: values [H,W] of a one-channel (index) mask, else RGB [H,W,3] DCT-scaled for `size`."
+    if img.mode not in ONE_CHANNEL_MODES: return np.asarray(decode_rgb(img, path, size, draft, 'mask', where))
+    try: img.load(); v = np.asarray(img)                # never DCT-scaled: averaging indices 0 and 2 would give 1
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot decode mask {path}{where} (corrupt or truncated?): {e}") from e
+    return _palette_classes(img, v) if img.mode == 'P' else v
+
+def mask_problem(pixels: np.ndarray, max_far: float = MAX_FAR) -> str:
+    "Why decoded mask `pixels` (from `decode_mask`) are not a SPARK mask, or '' when they are one."
+    if pixels.ndim == 3: return colour_mask_problem(pixels, max_far)
+    lo, hi = (int(pixels.min()), int(pixels.max())) if pixels.size else (0, 0)
+    if lo >= 0 and hi < len(CLASSES): return ''
+    return (f"a one-channel image with values {lo}..{hi} is not a class-index mask (values 0..{len(CLASSES) - 1}); "
+            f"a grayscale copy of a colour mask? (SPARK masks are colour: black / red / blue)")
+
+def mask_to_classes(img: Image.Image, path, size=None, draft: bool = True, max_far: float = MAX_FAR,
+                    where: str = '') -> np.ndarray:
+    "Check an opened mask (colour, or one-channel class indices); its classes (uint8 [H,W]) at `size` (nearest)."
+    pixels = decode_mask(img, path, size, draft, where)
+    problem = mask_problem(pixels, max_far)
+    if problem: raise ValueError(f"mask {path}{where}: {problem}")
+    cls = rgb_to_classes(pixels) if pixels.ndim == 3 else pixels.astype(np.uint8)
     if size is not None and cls.shape != size: cls = np.asarray(Image.fromarray(cls).resize(size[::-1], Image.NEAREST))
     return cls
 
-def load_mask(path, size=None, draft: bool = True, max_far: float = 0.5, where: str = '') -> torch.Tensor:
-    "Colour-mask file -> long class tensor [H,W] at `size` (or the original size)."
+def load_mask(path, size=None, draft: bool = True, max_far: float = MAX_FAR, where: str = '') -> torch.Tensor:
+    "Mask file (colour, or one-channel class indices) -> long class tensor [H,W] at `size` (or the original size)."
     return torch.from_numpy(mask_to_classes(open_image(path, 'mask', where), path, as_hw(size), draft, max_far, where).astype(np.int64))
 
 # %% ../nbs/00_data.ipynb #1e66d07a
@@ -312,7 +375,7 @@ def stratified_subset(labels: Sequence[str], n, seed: int = 0) -> np.ndarray:
 class SparkSegmentation(Dataset):
     "SPARK 2024 stream-1 segmentation samples keyed by (Class, Image name): dicts of image, mask, class_name, image_name, bbox."
     def __init__(self, csv_path, image_root, mask_root, split: str, target_size=None, augment=False,
-                 subset=None, seed: int = 0, draft: bool = True, max_far: float = 0.5):
+                 subset=None, seed: int = 0, draft: bool = True, max_far: float = MAX_FAR):
         self.csv_path, self.image_root, self.mask_root, self.split = Path(csv_path), Path(image_root), Path(mask_root), split
         self.target_size, self.draft, self.max_far, self.seed = as_hw(target_size), draft, max_far, seed
         df = read_csv(self.csv_path)
@@ -474,24 +537,29 @@ class ValidationReport:
         return '\n'.join([head] + [f"  [{p.kind}] {p.message}" for p in self.problems])
     __repr__ = __str__
 
-def check_sample(ds: SparkSegmentation, i: int, max_far: float = 0.5) -> list[Problem]:
-    "The problems of sample `i` of `ds` (files, decoding at 1/8 scale, sizes, mask colours)."
+def _check_side(n: int) -> int:
+    "Side at which `validate` decodes a mask side of `n` px: 1/8, but at least `CHECK_SIDE` (or `n`) px to judge it by."
+    return min(n, max(n // 8, CHECK_SIDE))
+
+def check_sample(ds: SparkSegmentation, i: int, max_far: float = MAX_FAR) -> list[Problem]:
+    "The problems of sample `i` of `ds` (files, decoded at 1/8 scale, sizes, mask contents)."
     info = dict(split=ds.split, class_name=ds._cls[i], image_name=ds._img[i])
     where, opened = ds.where(i), {}
     for what, path in (('image', ds.image_path(i)), ('mask', ds.mask_path(i))):
         try:
             img = open_image(path, what, where); w, h = img.size
-            opened[what] = (img.size, decode_rgb(img, path, (max(1, h // 8), max(1, w // 8)), True, what, where))
+            if what == 'image': pixels = decode_rgb(img, path, (max(1, h // 8), max(1, w // 8)), True, what, where)
+            else: pixels = decode_mask(img, path, (_check_side(h), _check_side(w)), True, where)
+            opened[what] = ((w, h), pixels)                 # the stored size: a JPEG draft shrinks img.size
         except FileNotFoundError as e: opened[what] = Problem('missing', str(e), **info)
         except ValueError as e: opened[what] = Problem('corrupt', str(e), **info)
     out = [v for v in opened.values() if isinstance(v, Problem)]
     if out: return out
-    (isz, _), (msz, mrgb) = opened['image'], opened['mask']
+    (isz, _), (msz, pixels) = opened['image'], opened['mask']
     if isz != msz:
         out.append(Problem('size', f"image {ds.image_path(i)} is {isz[0]}x{isz[1]} but its mask is {msz[0]}x{msz[1]} (W x H){where}", **info))
-    far = far_fraction(np.asarray(mrgb))
-    if far > max_far:
-        out.append(Problem('palette', f"mask {ds.mask_path(i)}: {far:.0%} of its pixels are farther than {FAR_DISTANCE} from black/red/blue{where}", **info))
+    problem = mask_problem(pixels, max_far)
+    if problem: out.append(Problem('palette', f"mask {ds.mask_path(i)}{where}: {problem}", **info))
     return out
 
 def _duplicates(ds: SparkSegmentation) -> list[Problem]:
@@ -500,7 +568,7 @@ def _duplicates(ds: SparkSegmentation) -> list[Problem]:
     return [Problem('duplicate', f"{ds.csv_path}: key (Class {c!r}, Image name {n!r}) appears on lines {g['line'].tolist()}",
                     ds.split, c, n) for (c, n), g in d.groupby(['Class', 'Image name'], sort=False)]
 
-def validate(data, split: str | None = None, max_far: float = 0.5, workers: int = 0,
+def validate(data, split: str | None = None, max_far: float = MAX_FAR, workers: int = 0,
              raise_on_error: bool = False, progress: bool = True) -> ValidationReport:
     "Scan a `SparkSegmentation` or a SPARK root folder and report every problem at once."
     problems, datasets = [], []

@@ -73,9 +73,25 @@ class UNet3Plus(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.mean.shape[1]:
             raise ValueError(f"UNet3Plus: expected images [B, {self.mean.shape[1]}, H, W] in [0, 1], got shape {tuple(x.shape)}")
 
+    @property
+    def size_multiple(self) -> int:
+        "Inputs are padded to sides that are multiples of this: the encoder's largest feature stride."
+        return max(self.encoder.strides)
+
+    def padded_size(self, h: int, w: int) -> tuple[int, int]:
+        "(H, W) rounded up to multiples of `size_multiple`: the size the encoder sees."
+        m = self.size_multiple
+        return -(-h // m) * m, -(-w // m) * m
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        "`x` padded at the bottom and right to `padded_size`, replicating its edge pixels (unchanged if already there)."
+        (h, w), (ph, pw) = x.shape[-2:], self.padded_size(*x.shape[-2:])
+        return x if (ph, pw) == (h, w) else F.pad(x, (0, pw - w, 0, ph - h), mode='replicate')
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        "Encoder features (finest first) of a [0, 1] image batch."
+        "Encoder features (finest first) of a [0, 1] image batch, padded to `padded_size` first."
         self._check_input(x)
+        x = self.pad_input(x)
         if self.decoder.fuse[0][0].weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)        # keep channels_last end to end
         return self.encoder((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
@@ -83,9 +99,10 @@ class UNet3Plus(nn.Module):
     def forward(self, x: torch.Tensor) -> dict:
         "dict(logits=[B,n_classes,H,W]); `aux` (deep supervision, training) and `cls_logits` (CGM) when enabled."
         nodes = self.decoder(self.features(x))
-        size = x.shape[-2:]
-        out = {'logits': self.head(nodes[0], size)}
-        if self.aux_heads is not None and self.training: out['aux'] = self.aux_heads(nodes[1:], size)
+        (h, w), size = x.shape[-2:], self.padded_size(*x.shape[-2:])
+        crop = (lambda t: t) if size == (h, w) else (lambda t: t[..., :h, :w])
+        out = {'logits': crop(self.head(nodes[0], size))}
+        if self.aux_heads is not None and self.training: out['aux'] = [crop(a) for a in self.aux_heads(nodes[1:], size)]
         if self.cgm is not None: out['cls_logits'] = self.cgm(nodes[-1])
         return out
 
@@ -238,7 +255,7 @@ def _gflops(fn) -> tuple:
     return res, fc.get_total_flops() / 1e9
 
 def summary(self, size=512, batch: int = 1, verbose: bool = True) -> dict:
-    "Parameters (M) and GFLOPs per part (encoder / decoder / heads) for a `batch` of `size` images."
+    "Parameters (M) and GFLOPs per part (encoder / decoder / heads) for a `batch` of `size` images (as padded)."
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     dev = self.mean.device
     x = torch.rand(batch, self.mean.shape[1], h, w, device=dev) if dev.type != 'meta' else torch.empty(batch, self.mean.shape[1], h, w, device=dev)
@@ -248,7 +265,8 @@ def summary(self, size=512, batch: int = 1, verbose: bool = True) -> dict:
         with torch.no_grad():
             feats, g_enc = _gflops(lambda: self.features(x))
             nodes, g_dec = _gflops(lambda: self.decoder(feats))
-            _, g_head = _gflops(lambda: (self.head(nodes[0], (h, w)), self.cgm(nodes[-1]) if self.cgm is not None else None))
+            head = lambda: (self.head(nodes[0], self.padded_size(h, w)), self.cgm(nodes[-1]) if self.cgm is not None else None)
+            _, g_head = _gflops(head)
     finally: self.train(was_training)
     heads = [m for m in (self.head, self.aux_heads, self.cgm) if m is not None]
     p = lambda mods: sum(q.numel() for mod in mods for q in mod.parameters()) / 1e6
