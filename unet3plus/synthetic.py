@@ -17,13 +17,13 @@ from .data import (SPACECRAFT, atomic_write_text, classes_to_rgb, jpeg_roundtrip
 # %% auto #0
 __all__ = ['KINDS', 'BLUE_PANELS', 'GREY_METAL', 'APERTURE', 'STYLES', 'STYLE_TABLE', 'BUILDERS', 'EXTRAS', 'BACKGROUNDS', 'FOIL',
            'METAL', 'CELLS', 'RENDER_VERSION', 'SPLITS', 'IMAGE_QUALITY', 'MASK_QUALITY', 'Material', 'as_material',
-           'PanelLook', 'Face', 'area_vector2', 'face_normal', 'face_area', 'unit', 'cross', 'basis', 'outward', 'box',
-           'prism', 'rod', 'truss', 'dish', 'panel', 'wing_frame', 'wing', 'round_array', 'is_named', 'in_part',
-           'held_out', 'check_style', 'Draws', 'hsv', 'log_uniform', 'body_material', 'panel_look', 'arrays',
-           'make_cheops', 'make_lisa', 'make_obs', 'make_proba2', 'make_proba3', 'make_proba3ocs', 'make_smart1',
-           'make_soho', 'make_venus', 'make_xmm', 'radiator_plate', 'extra_part', 'appendages', 'build_model',
-           'random_rotation', 'Camera', 'random_extent', 'random_camera', 'smooth_noise', 'fractal_noise', 'star_field',
-           'upsample', 'smooth_size', 'earth_layer', 'earth', 'textured', 'background_kind', 'background', 'sun_glare',
+           'PanelLook', 'Face', 'area_vector2', 'face_normal', 'face_area', 'unit', 'cross', 'basis', 'box', 'prism',
+           'rod', 'truss', 'dish', 'panel', 'wing_frame', 'wing', 'round_array', 'is_named', 'in_part', 'held_out',
+           'check_style', 'Draws', 'hsv', 'log_uniform', 'body_material', 'panel_look', 'arrays', 'make_cheops',
+           'make_lisa', 'make_obs', 'make_proba2', 'make_proba3', 'make_proba3ocs', 'make_smart1', 'make_soho',
+           'make_venus', 'make_xmm', 'radiator_plate', 'extra_part', 'appendages', 'build_model', 'random_rotation',
+           'Camera', 'random_extent', 'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample',
+           'smooth_size', 'earth_layer', 'earth', 'textured', 'background_kind', 'background', 'sun_glare',
            'motion_blur', 'vignette', 'sensor_noise', 'tone_curve', 'camera_effects', 'pack', 'shade', 'sun_buffer',
            'in_shadow', 'class_codes', 'coverage_to_classes', 'random_surface', 'cell_index', 'surface_light',
            'draw_model', 'render_sample', 'show_samples', 'show_styles', 'sample_rng', 'sample_spec', 'dataset_params',
@@ -97,10 +97,6 @@ def basis(axis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     helper = (1., 0, 0) if abs(w[0]) < 0.9 else (0., 1, 0)
     u = unit(cross(helper, w))
     return u, cross(w, u), w
-
-def outward(verts: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    "`verts` ordered so that the normal points away from the point `inside`."
-    return verts if face_normal(verts) @ (verts.mean(0) - inside) > 0 else verts[::-1].copy()
 
 # %% ../nbs/01_synthetic.ipynb #cc349d10
 GREY_METAL = Material((0.55, 0.55, 0.57), 'metal', 0.6, 40.0)   # booms, struts, hinges
