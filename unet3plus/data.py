@@ -23,9 +23,10 @@ __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'L
            'far_fraction', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout',
            'mask_name', 'write_sample', 'write_test_image', 'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark',
            'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'mask_to_classes',
-           'load_mask', 'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment', 'SparkTestImages',
-           'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate', 'atomic_write',
-           'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'naive_load', 'bench_data']
+           'load_mask', 'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'RandomGamma', 'jpeg_recompress',
+           'SegAugment', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample',
+           'validate', 'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'naive_load',
+           'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -386,11 +387,32 @@ class RandomRot90(v2.Transform):
         out = torch.rot90(inpt.as_subclass(torch.Tensor), params['k'], dims=(-2, -1))
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
+class RandomGamma(v2.Transform):
+    "Raise the image (in [0, 1]) to a power drawn log-uniformly from `gamma` = (lo, hi); masks pass through."
+    def __init__(self, gamma=(0.7, 1.5)):
+        super().__init__()
+        if not 0 < gamma[0] <= gamma[1]:
+            raise ValueError(f"RandomGamma: gamma must be (lo, hi) with 0 < lo <= hi, got {gamma!r}")
+        self.gamma = (float(gamma[0]), float(gamma[1]))
+
+    def make_params(self, flat_inputs: list) -> dict:
+        lo, hi = np.log(self.gamma)
+        return dict(gamma=float(np.exp(lo + (hi - lo) * torch.rand(()).item())))
+
+    def transform(self, inpt, params: dict):
+        return v2.functional.adjust_gamma(inpt, params['gamma']) if isinstance(inpt, tv_tensors.Image) else inpt
+
+def jpeg_recompress(quality=(40, 95)) -> v2.Compose:
+    "Re-encode a float image as a JPEG of random `quality` in (lo, hi) (`v2.JPEG` on a uint8 copy); masks pass through."
+    return v2.Compose([v2.ToDtype(torch.uint8, scale=True), v2.JPEG(quality), v2.ToDtype(torch.float32, scale=True)])
+
 class SegAugment:
     "Random joint augmentation of an image [3,H,W] in [0,1] and its class mask [H,W] (torchvision v2)."
     def __init__(self, flip: float = 0.5, rot90: bool = True, rotate: float = 45., scale=(0.75, 1.25), translate: float = 0.1,
                  p_affine: float = 0.5, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.2, hue: float = 0.02,
-                 p_color: float = 0.8, blur=(0.1, 1.5), p_blur: float = 0.2, noise: float = 0.03, p_noise: float = 0.3):
+                 p_color: float = 0.8, blur=(0.1, 1.5), p_blur: float = 0.2, noise: float = 0.03, p_noise: float = 0.3,
+                 photometric: bool = True, hue_rotate: float = 0.5, p_hue_rotate: float = 0.2, p_channels: float = 0.1,
+                 p_gray: float = 0.1, gamma=(0.7, 1.5), p_gamma: float = 0.3, jpeg=(40, 95), p_jpeg: float = 0.3):
         t = []
         if flip: t += [v2.RandomHorizontalFlip(flip), v2.RandomVerticalFlip(flip)]
         if rot90: t.append(RandomRot90())
@@ -399,9 +421,15 @@ class SegAugment:
                                                      scale=scale, interpolation=v2.InterpolationMode.BILINEAR, fill=0)], p=p_affine))
         if p_color and (brightness or contrast or saturation or hue):
             t.append(v2.RandomApply([v2.ColorJitter(brightness or None, contrast or None, saturation or None, hue or None)], p=p_color))
+        if photometric:
+            if p_hue_rotate and hue_rotate: t.append(v2.RandomApply([v2.ColorJitter(hue=hue_rotate)], p=p_hue_rotate))
+            if p_channels: t.append(v2.RandomApply([v2.RandomChannelPermutation()], p=p_channels))
+            if p_gray: t.append(v2.RandomGrayscale(p_gray))
+            if p_gamma and gamma: t.append(v2.RandomApply([RandomGamma(gamma)], p=p_gamma))
         if p_blur and blur: t.append(v2.RandomApply([v2.GaussianBlur(5, sigma=blur)], p=p_blur))
         if p_noise and noise: t.append(v2.RandomApply([v2.GaussianNoise(sigma=noise, clip=True)], p=p_noise))
-        self.transforms = v2.Compose(t)
+        if photometric and p_jpeg and jpeg: t.append(v2.RandomApply([jpeg_recompress(jpeg)], p=p_jpeg))
+        self.transforms = v2.Compose(t or [v2.Identity()])                  # everything off: no change
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img, m = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
