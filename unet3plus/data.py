@@ -20,15 +20,16 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'CHECK_SIDE',
            'MAX_FAR', 'MAX_FAR_FOREGROUND', 'MIN_FOREGROUND', 'MIN_GRAY_SHARE', 'MIN_LIT', 'ONE_CHANNEL_MODES',
-           'TEMP_PREFIX', 'TEMP_RE', 'rgb_to_classes', 'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes',
-           'as_numpy', 'to_rgb_uint8', 'palette_distance2', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox',
-           'read_csv', 'make_layout', 'mask_name', 'write_sample', 'write_test_image', 'write_split_csv',
-           'draw_tiny_sample', 'make_tiny_spark', 'check_stride', 'colour_mask_stats', 'colour_mask_problem', 'as_hw',
-           'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'decode_mask', 'mask_problem',
-           'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment',
-           'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate',
-           'is_temp', 'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'shorten',
-           'recorded_outputs', 'foreign_files', 'naive_load', 'bench_data']
+           'MIN_CROP', 'TEMP_PREFIX', 'TEMP_RE', 'rgb_to_classes', 'rgb_to_classes_exact', 'classes_to_rgb',
+           'overlay_classes', 'as_numpy', 'to_rgb_uint8', 'palette_distance2', 'jpeg_roundtrip', 'parse_bbox',
+           'format_bbox', 'mask_bbox', 'read_csv', 'make_layout', 'mask_name', 'write_sample', 'write_test_image',
+           'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark', 'check_stride', 'colour_mask_stats',
+           'colour_mask_problem', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image',
+           'decode_mask', 'mask_problem', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
+           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'clip_box', 'crop_window', 'crop_read_size',
+           'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample',
+           'validate', 'is_temp', 'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir',
+           'shorten', 'recorded_outputs', 'foreign_files', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -134,7 +135,7 @@ def mask_bbox(classes: np.ndarray) -> tuple[int, int, int, int]:
     return (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())) if len(xs) else (0, 0, 0, 0)
 
 def read_csv(path) -> pd.DataFrame:
-    "Read a SPARK CSV: check the four columns and empty fields, parse `Bounding box` into a `bbox` column."
+    "Read a SPARK CSV: check the columns and empty fields, parse `Bounding box` into a `bbox` column (empty: None)."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"CSV file not found: {path}")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -146,6 +147,7 @@ def read_csv(path) -> pd.DataFrame:
         if len(empty): raise ValueError(f"{path}: column {c!r} is empty on {len(empty)} line(s), first on line {empty[0] + 2}")
     boxes, bad = [], []
     for i, s in enumerate(df['Bounding box']):
+        if not s.strip(): boxes.append(None); continue                # missing: object crops take it from the mask
         try: boxes.append(parse_bbox(s))
         except ValueError: boxes.append(None); bad.append(i)
     if bad:
@@ -375,7 +377,8 @@ def stratified_subset(labels: Sequence[str], n, seed: int = 0) -> np.ndarray:
 class SparkSegmentation(Dataset):
     "SPARK 2024 stream-1 segmentation samples keyed by (Class, Image name): dicts of image, mask, class_name, image_name, bbox."
     def __init__(self, csv_path, image_root, mask_root, split: str, target_size=None, augment=False,
-                 subset=None, seed: int = 0, draft: bool = True, max_far: float = MAX_FAR):
+                 subset=None, seed: int = 0, draft: bool = True, max_far: float = MAX_FAR, object_crop: float = 0.0,
+                 crop_margin=(1.1, 1.8)):
         self.csv_path, self.image_root, self.mask_root, self.split = Path(csv_path), Path(image_root), Path(mask_root), split
         self.target_size, self.draft, self.max_far, self.seed = as_hw(target_size), draft, max_far, seed
         df = read_csv(self.csv_path)
@@ -385,6 +388,8 @@ class SparkSegmentation(Dataset):
         self._img, self._msk = self.df['Image name'].tolist(), self.df['Mask name'].tolist()
         self._cls, self._box, self._line = self.df['Class'].tolist(), self.df['bbox'].tolist(), self.df['line'].tolist()
         self.augment = SegAugment() if augment is True else (augment or None)
+        self.object_crop, self.crop_margin = object_crop, tuple(crop_margin)
+        if object_crop: self.check_crops()                                      # see "Object-centred crops"
 
     @classmethod
     def from_root(cls, root, split: str, **kw):
@@ -416,7 +421,8 @@ class SparkSegmentation(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self): raise IndexError(f"sample {i} out of range for a data set of {len(self)}")
         i = i % len(self)
-        image, mask, orig = self.load(i)
+        crop = self.object_crop > 0 and torch.rand(()).item() < self.object_crop     # no draw when object_crop is 0
+        image, mask, orig = self.load_crop(i)[:3] if crop else self.load(i)
         if self.augment is not None: image, mask = self.augment(image, mask)
         return dict(image=image, mask=mask, class_name=self._cls[i], image_name=self._img[i], bbox=self._box[i], orig_size=orig)
 
@@ -450,11 +456,32 @@ class RandomRot90(v2.Transform):
         out = torch.rot90(inpt.as_subclass(torch.Tensor), params['k'], dims=(-2, -1))
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
+class RandomGamma(v2.Transform):
+    "Raise the image (in [0, 1]) to a power drawn log-uniformly from `gamma` = (lo, hi); masks pass through."
+    def __init__(self, gamma=(0.7, 1.5)):
+        super().__init__()
+        if not 0 < gamma[0] <= gamma[1]:
+            raise ValueError(f"RandomGamma: gamma must be (lo, hi) with 0 < lo <= hi, got {gamma!r}")
+        self.gamma = (float(gamma[0]), float(gamma[1]))
+
+    def make_params(self, flat_inputs: list) -> dict:
+        lo, hi = np.log(self.gamma)
+        return dict(gamma=float(np.exp(lo + (hi - lo) * torch.rand(()).item())))
+
+    def transform(self, inpt, params: dict):
+        return v2.functional.adjust_gamma(inpt, params['gamma']) if isinstance(inpt, tv_tensors.Image) else inpt
+
+def jpeg_recompress(quality=(40, 95)) -> v2.Compose:
+    "Re-encode a float image as a JPEG of random `quality` in (lo, hi) (`v2.JPEG` on a uint8 copy); masks pass through."
+    return v2.Compose([v2.ToDtype(torch.uint8, scale=True), v2.JPEG(quality), v2.ToDtype(torch.float32, scale=True)])
+
 class SegAugment:
     "Random joint augmentation of an image [3,H,W] in [0,1] and its class mask [H,W] (torchvision v2)."
     def __init__(self, flip: float = 0.5, rot90: bool = True, rotate: float = 45., scale=(0.75, 1.25), translate: float = 0.1,
                  p_affine: float = 0.5, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.2, hue: float = 0.02,
-                 p_color: float = 0.8, blur=(0.1, 1.5), p_blur: float = 0.2, noise: float = 0.03, p_noise: float = 0.3):
+                 p_color: float = 0.8, blur=(0.1, 1.5), p_blur: float = 0.2, noise: float = 0.03, p_noise: float = 0.3,
+                 photometric: bool = True, hue_rotate: float = 0.5, p_hue_rotate: float = 0.2, p_channels: float = 0.1,
+                 p_gray: float = 0.1, gamma=(0.7, 1.5), p_gamma: float = 0.3, jpeg=(40, 95), p_jpeg: float = 0.3):
         t = []
         if flip: t += [v2.RandomHorizontalFlip(flip), v2.RandomVerticalFlip(flip)]
         if rot90: t.append(RandomRot90())
@@ -463,15 +490,131 @@ class SegAugment:
                                                      scale=scale, interpolation=v2.InterpolationMode.BILINEAR, fill=0)], p=p_affine))
         if p_color and (brightness or contrast or saturation or hue):
             t.append(v2.RandomApply([v2.ColorJitter(brightness or None, contrast or None, saturation or None, hue or None)], p=p_color))
+        if photometric:
+            if p_hue_rotate and hue_rotate: t.append(v2.RandomApply([v2.ColorJitter(hue=hue_rotate)], p=p_hue_rotate))
+            if p_channels: t.append(v2.RandomApply([v2.RandomChannelPermutation()], p=p_channels))
+            if p_gray: t.append(v2.RandomGrayscale(p_gray))
+            if p_gamma and gamma: t.append(v2.RandomApply([RandomGamma(gamma)], p=p_gamma))
         if p_blur and blur: t.append(v2.RandomApply([v2.GaussianBlur(5, sigma=blur)], p=p_blur))
         if p_noise and noise: t.append(v2.RandomApply([v2.GaussianNoise(sigma=noise, clip=True)], p=p_noise))
-        self.transforms = v2.Compose(t)
+        if photometric and p_jpeg and jpeg: t.append(v2.RandomApply([jpeg_recompress(jpeg)], p=p_jpeg))
+        self.transforms = v2.Compose(t or [v2.Identity()])                  # everything off: no change
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img, m = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
         return img.as_subclass(torch.Tensor).clamp(0, 1), m.as_subclass(torch.Tensor)
 
     def __repr__(self): return f"SegAugment({self.transforms})"
+
+# %% ../nbs/00_data.ipynb #4217c778
+import math, warnings
+from PIL import ImageOps
+
+MIN_CROP = 1 / 8     # the smallest object crop's side, as a fraction of the image's shorter side
+
+def clip_box(box, size) -> tuple[int, int, int, int] | None:
+    "`box` (x1, y1, x2, y2, inclusive) clipped to an image of `size` (H, W); None: missing, degenerate or outside."
+    if box is None: return None
+    (h, w), (x1, y1, x2, y2) = size, (int(v) for v in box)
+    if x2 <= x1 or y2 <= y1: return None
+    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w - 1), min(y2, h - 1)
+    return (x1, y1, x2, y2) if x1 <= x2 and y1 <= y2 else None
+
+def crop_window(box, size, margin: float = 1.0, jitter=(0.0, 0.0), min_side: int = 1) -> tuple[int, int, int]:
+    "Square (left, top, side) holding `box` in a `size` (H, W) image: `margin` x its longer side, moved by `jitter`."
+    (h, w), (x1, y1, x2, y2) = size, box
+    if not (0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h):
+        raise ValueError(f"crop_window: box {tuple(box)} is not inside the {w}x{h} image")
+    bw, bh = x2 - x1 + 1, y2 - y1 + 1
+    side = min(max(math.floor(max(bw, bh) * margin + 0.5), min_side, bw, bh), max(h, w))
+    def start(b1: int, n: int, length: int, j: float) -> int:
+        "First column (row): the box centred, moved by `j` of its room; inside the image where the window fits."
+        lo, hi = max(b1 + n - side, min(0, length - side)), min(b1, max(0, length - side))
+        return min(max(math.floor(b1 - (1 - j) * (side - n) / 2 + 0.5), lo), hi)
+    return start(x1, bw, w, jitter[0]), start(y1, bh, h, jitter[1]), side
+
+def crop_read_size(size, side: int, target: int) -> tuple[int, int]:
+    "The size (H, W) to decode a whole image of `size` at, for a `side` px window of it to keep >= `target` px."
+    return tuple(min(n, math.ceil(n * target / side)) for n in size)
+
+# %% ../nbs/00_data.ipynb #f2c621e6
+def resize_window(img: Image.Image, window, stored_width: int, target: int, resample) -> Image.Image:
+    "`window` (stored pixels) of `img`, decoded at a DCT reduction of `stored_width`, resized to `target`; 0 outside."
+    x0, y0, side = window
+    r = 2 ** round(math.log2(stored_width / img.width))                     # draft mode's reduction: 1, 2, 4 or 8
+    box = [x0 / r, y0 / r, (x0 + side) / r, (y0 + side) / r]
+    pad = (max(0, math.ceil(-box[0])), max(0, math.ceil(-box[1])),
+           max(0, math.ceil(box[2] - img.width)), max(0, math.ceil(box[3] - img.height)))
+    if any(pad):
+        img, box = ImageOps.expand(img, pad, fill=0), [b + pad[k % 2] for k, b in enumerate(box)]
+    return img.resize((target, target), resample, box=tuple(box))
+
+@patch
+def open_pair(self: SparkSegmentation, i: int) -> tuple[Image.Image, Image.Image]:
+    "Sample `i`'s image and mask files opened (headers only), checked to have the same size."
+    ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
+    img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
+    if img.size != msk.size:
+        raise ValueError(f"image {ip} is {img.size[0]}x{img.size[1]} but its mask {mp} is "
+                         f"{msk.size[0]}x{msk.size[1]} (W x H){where}")
+    return img, msk
+
+@patch
+def read_crop(self: SparkSegmentation, i: int, window) -> tuple[torch.Tensor, torch.Tensor]:
+    "Image and mask of sample `i` in `window` (left, top, side; stored pixels) at `target_size`; 0 outside the image."
+    (img, msk), where, t = self.open_pair(i), self.where(i), self.target_size[0]
+    w, need = img.width, crop_read_size(img.size[::-1], window[2], t)
+    rgb = decode_rgb(img, self.image_path(i), need, self.draft, 'image', where)
+    if self.draft: msk.draft(None, need[::-1])                               # the same DCT reduction for the mask
+    cls = Image.fromarray(mask_to_classes(msk, self.mask_path(i), None, self.draft, self.max_far, where))
+    image = image_to_tensor(resize_window(rgb, window, w, t, Image.BILINEAR))
+    return image, torch.from_numpy(np.asarray(resize_window(cls, window, w, t, Image.NEAREST)).astype(np.int64))
+
+@patch
+def _warn_box(self: SparkSegmentation, i: int, why: str):
+    "Warn, once per data set, that sample `i`'s CSV box cannot be used (`why`): object crops take boxes from the masks."
+    if getattr(self, '_box_warned', False): return
+    self._box_warned = True
+    warnings.warn(f"{self.csv_path}, line {self._line[i]}: 'Bounding box' {self.df['Bounding box'].iat[i]!r} {why}; "
+                  f"object crops take such boxes from the masks (warned once per data set)", stacklevel=3)
+
+_ANY_SIZE = (2 ** 31, 2 ** 31)    # clip_box against this judges a box without the image's size
+
+@patch
+def check_crops(self: SparkSegmentation):
+    "Check the object-crop options; warn (once) when CSV boxes are missing or degenerate."
+    if not 0 <= self.object_crop <= 1:
+        raise ValueError(f"object_crop must be a probability in [0, 1], got {self.object_crop!r}")
+    if self.target_size is None or self.target_size[0] != self.target_size[1]:
+        raise ValueError(f"object_crop needs a square target_size (an int) to resize the crops to, "
+                         f"got {self.target_size}")
+    if len(self.crop_margin) != 2 or not 1 <= self.crop_margin[0] <= self.crop_margin[1]:
+        raise ValueError(f"crop_margin must be (lo, hi) with 1 <= lo <= hi, got {self.crop_margin}")
+    bad = [k for k, b in enumerate(self._box) if clip_box(b, _ANY_SIZE) is None]
+    if bad:
+        self._warn_box(bad[0], f"is missing, has no area or lies outside the image ({len(bad)} such line(s) in all)")
+
+@patch
+def object_box(self: SparkSegmentation, i: int) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    "Stored (H, W) of sample `i` and its spacecraft's box: the CSV's, else the mask's tight box (None: no spacecraft)."
+    ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
+    with open_image(ip, 'image', where) as img: size = img.size[::-1]         # the header only
+    box = clip_box(self._box[i], size)
+    if box is not None: return size, box
+    outside = clip_box(self._box[i], _ANY_SIZE) is not None
+    self._warn_box(i, f"is outside the {size[1]}x{size[0]} image" if outside else "is missing or has no area")
+    cls = mask_to_classes(open_image(mp, 'mask', where), mp, None, self.draft, self.max_far, where)
+    return size, (mask_bbox(cls) if cls.any() else None)
+
+@patch
+def load_crop(self: SparkSegmentation, i: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple | None]:
+    "A random object crop of sample `i`: image, mask, stored (H, W), window; no spacecraft: the full frame and None."
+    lo, hi = self.crop_margin
+    margin, jitter = lo + (hi - lo) * torch.rand(()).item(), (2 * torch.rand(2) - 1).tolist()
+    size, box = self.object_box(i)
+    if box is None: return (*self.load(i), None)
+    window = crop_window(box, size, margin, jitter, math.ceil(min(size) * MIN_CROP))
+    return (*self.read_crop(i, window), size, window)
 
 # %% ../nbs/00_data.ipynb #47ad93bb
 _TEST_NAME = re.compile(r'test_\d+_img\.jpe?g', re.IGNORECASE)
@@ -667,7 +810,7 @@ def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255, torch.from_numpy(cls.astype(np.int64))
 
 def bench_data(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench data`: samples/s of the fast loader against no-draft and naive loaders, one core."
+    "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
     from unet3plus.bench import measure, print_table
     p = argparse.ArgumentParser('unet3plus-bench data', description='JPEG image+mask loading speed, one core, one process.')
     p.add_argument('--n', type=int, default=8, help='image+mask pairs per timed round')
@@ -682,9 +825,14 @@ def bench_data(argv: list[str] | None = None) -> dict:
             root = make_tiny_spark(Path(d), classes=('Cheops',), n_train=a.n, n_val=0, n_test=0, size=a.size, seed=0, noise=3.0)
             fast = SparkSegmentation.from_root(root, 'train', target_size=a.target)
             nodraft = SparkSegmentation.from_root(root, 'train', target_size=a.target, draft=False)
+            crop = SparkSegmentation.from_root(root, 'train', target_size=a.target, object_crop=1.0)
+            def crops():
+                with torch.random.fork_rng(devices=[]):                    # the same windows every round
+                    torch.manual_seed(0); return [crop[i] for i in range(a.n)]
             kb = np.mean([fast.image_path(i).stat().st_size for i in range(a.n)]) / 1024
             mkb = np.mean([fast.mask_path(i).stat().st_size for i in range(a.n)]) / 1024
-            loaders = {'fast': lambda: [fast[i] for i in range(a.n)], 'no-draft': lambda: [nodraft[i] for i in range(a.n)],
+            loaders = {'fast': lambda: [fast[i] for i in range(a.n)], 'crop': crops,
+                       'no-draft': lambda: [nodraft[i] for i in range(a.n)],
                        'naive': lambda: [naive_load(fast.image_path(i), fast.mask_path(i), a.target) for i in range(a.n)]}
             cpu = {k: [] for k in loaders}
             def cpu_timed(k, f):
@@ -698,4 +846,5 @@ def bench_data(argv: list[str] | None = None) -> dict:
                  vs_naive=f"{res[k] / res['naive']:.2f}x") for k in res]
     print_table(rows, title=f"data: {a.size} px JPEG image ({kb:.0f} KiB) + mask ({mkb:.0f} KiB) -> {a.target} px tensors, 1 thread, "
                             f"{a.n} pairs x {a.repeats} rounds (samples_per_s: wall clock; per_cpu_s: per second of this process's CPU time)")
-    return dict(samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'], image_kib=kb, mask_kib=mkb)
+    return dict(samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'],
+                ratio_crop_vs_fast=res['crop'] / res['fast'], image_kib=kb, mask_kib=mkb)

@@ -47,6 +47,7 @@ class TrainConfig:
     data_root: str | None = None
     target_size: int = 512
     augment: bool = True
+    object_crop: float = 0.0
     downsample: bool = False
     downsample_size: int = 1000
     num_workers: int = 4
@@ -111,7 +112,7 @@ def check_data_root(root) -> Path:
 _FLOAT_FLAGS = {  # every float field of TrainConfig: (the test its value must pass, what that means)
     'lr': (lambda v: v > 0, '> 0'), 'weight_decay': (lambda v: v >= 0, '>= 0'),
     'warmup_ratio': (lambda v: 0 <= v < 1, 'in [0, 1)'), 'grad_clip': (lambda v: v >= 0, '>= 0 (0 disables clipping)'),
-    'cgm_weight': (lambda v: v >= 0, '>= 0')}
+    'cgm_weight': (lambda v: v >= 0, '>= 0'), 'object_crop': (lambda v: 0 <= v <= 1, 'in [0, 1]')}
 
 def check_floats(cfg: TrainConfig):
     "Raise a ValueError naming the first float flag of `cfg` that is not a finite number in its range."
@@ -299,7 +300,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     root = resolve_data_root(cfg)
     sub_tr = cfg.downsample_size if cfg.downsample else None
     sub_va = max(1, cfg.downsample_size // 5) if cfg.downsample else None
-    tr = SparkSegmentation.from_root(root, 'train', target_size=cfg.target_size, augment=cfg.augment, subset=sub_tr, seed=cfg.seed)
+    tr = SparkSegmentation.from_root(root, 'train', target_size=cfg.target_size, augment=cfg.augment, subset=sub_tr,
+                                     seed=cfg.seed, object_crop=cfg.object_crop)
     va = SparkSegmentation.from_root(root, 'val', target_size=cfg.target_size, augment=False, subset=sub_va, seed=cfg.seed)
     if len(tr) == 0 or len(va) == 0: raise ValueError(f"data set under {root} is empty (train: {len(tr)}, val: {len(va)} samples)")
     for ds in (tr, va): check_files(ds)
@@ -809,6 +811,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--data_root', default=d.data_root, help='SPARK root (train.csv, val.csv, images/, mask/); default: built-in synthetic set')
     g.add_argument('--target_size', type=int, default=d.target_size, help='train/validate at this square size')
     g.add_argument('--no_augment', dest='augment', action='store_false', help='no training augmentation')
+    g.add_argument('--object_crop', type=float, default=d.object_crop,
+                   help='probability that a training sample is a square crop around its spacecraft (side x1.1-1.8 '
+                        'of its box, random position, resized to --target_size) instead of the full frame')
     g.add_argument('--downsample', action='store_true', help='train on a class-stratified subset')
     g.add_argument('--downsample_size', type=int, default=d.downsample_size, help='training images in the subset (validation: a fifth)')
     g.add_argument('--num_workers', type=int, default=d.num_workers, help='data loader workers per process')
