@@ -15,20 +15,22 @@ from .data import (SPACECRAFT, atomic_write_text, classes_to_rgb, jpeg_roundtrip
                             make_layout, write_sample, write_test_image, write_split_csv)
 
 # %% auto #0
-__all__ = ['KINDS', 'BLUE_PANELS', 'GREY_METAL', 'APERTURE', 'STYLES', 'STYLE_TABLE', 'BUILDERS', 'EXTRAS', 'BACKGROUNDS', 'FOIL',
-           'METAL', 'CELLS', 'RENDER_VERSION', 'SPLITS', 'IMAGE_QUALITY', 'MASK_QUALITY', 'Material', 'as_material',
-           'PanelLook', 'Face', 'area_vector2', 'face_normal', 'face_area', 'unit', 'cross', 'basis', 'box', 'prism',
-           'rod', 'truss', 'dish', 'panel', 'wing_frame', 'wing', 'round_array', 'is_named', 'in_part', 'held_out',
-           'check_style', 'Draws', 'hsv', 'log_uniform', 'body_material', 'panel_look', 'arrays', 'make_cheops',
-           'make_lisa', 'make_obs', 'make_proba2', 'make_proba3', 'make_proba3ocs', 'make_smart1', 'make_soho',
-           'make_venus', 'make_xmm', 'radiator_plate', 'extra_part', 'appendages', 'build_model', 'random_rotation',
-           'Camera', 'random_extent', 'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample',
-           'smooth_size', 'earth_layer', 'earth', 'textured', 'background_kind', 'background', 'sun_glare',
-           'motion_blur', 'vignette', 'sensor_noise', 'tone_curve', 'camera_effects', 'pack', 'shade', 'sun_buffer',
-           'in_shadow', 'class_codes', 'coverage_to_classes', 'random_surface', 'cell_index', 'surface_light',
-           'draw_model', 'render_sample', 'show_samples', 'show_styles', 'sample_rng', 'sample_spec', 'dataset_params',
-           'is_synthetic_set', 'write_dataset', 'cache_base', 'synthetic_root', 'OneLineParser', 'parse_args', 'main',
-           'bench_synth']
+__all__ = ['KINDS', 'BLUE_PANELS', 'GREY_METAL', 'APERTURE', 'STYLES', 'STYLE_TABLE', 'BUILDERS', 'EXTRAS', 'BACKGROUNDS',
+           'VISIBLE_DELTA', 'RETRY_SHARE', 'TRIES', 'FOIL', 'METAL', 'CELLS', 'RENDER_VERSION', 'SPLITS',
+           'IMAGE_QUALITY', 'MASK_QUALITY', 'Material', 'as_material', 'PanelLook', 'Face', 'area_vector2',
+           'face_normal', 'face_area', 'unit', 'cross', 'basis', 'box', 'prism', 'rod', 'truss', 'dish', 'panel',
+           'wing_frame', 'wing', 'round_array', 'is_named', 'in_part', 'held_out', 'check_style', 'Draws', 'hsv',
+           'log_uniform', 'body_material', 'panel_look', 'arrays', 'make_cheops', 'make_lisa', 'make_obs',
+           'make_proba2', 'make_proba3', 'make_proba3ocs', 'make_smart1', 'make_soho', 'make_venus', 'make_xmm',
+           'radiator_plate', 'extra_part', 'appendages', 'build_model', 'random_rotation', 'Camera', 'random_extent',
+           'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample', 'smooth_size', 'earth_layer',
+           'earth', 'textured', 'background_kind', 'background', 'sun_glare', 'motion_blur', 'vignette', 'sensor_noise',
+           'tone_curve', 'camera_effects', 'luminance', 'integral', 'window_sum', 'block_size', 'check_pair',
+           'block_contrast', 'invisible_pixels', 'invisible_shares', 'visibility_stats', 'take_picture', 'pack',
+           'shade', 'sun_buffer', 'in_shadow', 'class_codes', 'coverage_to_classes', 'random_surface', 'cell_index',
+           'surface_light', 'env_weight', 'draw_model', 'render_sample', 'show_samples', 'show_styles', 'sample_rng',
+           'sample_spec', 'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base', 'synthetic_root',
+           'OneLineParser', 'parse_args', 'main', 'bench_synth']
 
 # %% ../nbs/01_synthetic.ipynb #cbc4b01b
 KINDS = ('paint', 'foil', 'metal', 'cells', 'plate')    # surface textures, see `surface_light`
@@ -698,15 +700,20 @@ def sensor_noise(img: np.ndarray, rng: np.random.Generator, read: float, shot: f
     return img + n * np.sqrt(np.float32(read * read) + np.float32(shot) * np.maximum(img, 0))
 
 def tone_curve(gamma: float, contrast: float, black: float) -> np.ndarray:
-    "The camera's tone curve as a table from 12-bit linear values to uint8: gamma, contrast about 0.5, black level."
+    "The camera's tone curve as a table from 12-bit linear values to uint8: gamma, S-curve contrast, black level."
     x = np.linspace(0, 1, 4096) ** gamma
-    x = ((x - 0.5) * contrast + 0.5) * (1 - black) + black
+    x = x + (contrast - 1) * (x - 0.5) * (1 - np.abs(2 * x - 1))       # about mid-grey; 0 and 1 stay where they are
+    x = x * (1 - black) + black
     return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-def camera_effects(img: np.ndarray, rng: np.random.Generator, meter: float | None = None) -> np.ndarray:
-    "The composited scene (float [S, S, 3]) through random optics and sensor (exposed for `meter`): a uint8 image."
+def camera_effects(img: np.ndarray, rng: np.random.Generator, meter: float | None = None, env=None,
+                   fill: float = 0.0) -> np.ndarray:
+    "The scene (float [S, S, 3]) through random optics and sensor (exposed for `meter`, plus `fill * env`): uint8."
     S = img.shape[0]
-    if rng.random() < 0.3: img = sun_glare(img, rng)
+    auto = 1.0 if meter is None else float(np.clip(rng.uniform(0.25, 0.6) / max(meter, 1e-3), 0.5, 6.0))
+    img = img * np.float32(auto * 2 ** rng.uniform(-0.5, 0.5)) * (1 + rng.normal(0, 0.05, 3)).astype(np.float32)
+    if env is not None and fill: img = img + np.float32(fill) * env          # the fill light, in the picture's units
+    if rng.random() < 0.3: img = sun_glare(img, rng)                        # after the exposure: not multiplied by it
     img = np.clip(img, 0, 1).astype(np.float32)
     u = rng.random()
     if u < 0.5:                                              # defocus
@@ -714,13 +721,125 @@ def camera_effects(img: np.ndarray, rng: np.random.Generator, meter: float | Non
         img = np.asarray(pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5) * S / 256)), np.float32) / 255
     elif u < 0.62: img = motion_blur(img, rng.uniform(1.5, 6) * S / 256, rng.uniform(0, np.pi))
     if rng.random() < 0.4: img = vignette(img, rng.uniform(0.1, 0.5))
-    auto = 1.0 if meter is None else float(np.clip(rng.uniform(0.25, 0.6) / max(meter, 1e-3), 0.5, 6.0))
-    img = img * np.float32(auto * 2 ** rng.uniform(-0.5, 0.5)) * (1 + rng.normal(0, 0.05, 3)).astype(np.float32)
     img = sensor_noise(img, rng, rng.uniform(0, 0.025), rng.uniform(0, 0.003), rng.uniform(0, 1))
     gamma, contrast = 2 ** rng.uniform(-0.35, 0.35), rng.uniform(0.85, 1.2)
     black = rng.uniform(0, 0.05) if rng.random() < 0.25 else 0.0
     image = tone_curve(gamma, contrast, black)[(np.clip(img, 0, 1) * 4095 + 0.5).astype(np.uint16)]
     return jpeg_roundtrip(image, int(rng.integers(30, 96))) if rng.random() < 0.5 else image
+
+# %% ../nbs/01_synthetic.ipynb #93ba595c
+VISIBLE_DELTA = 0.04    # a labelled patch whose mean luminance is within this of the local background's is invisible
+RETRY_SHARE = 0.25      # `take_picture` takes the picture again while more of a class than this is invisible ...
+TRIES = 3               # ... at most this many times in all
+
+def luminance(image) -> np.ndarray:
+    "Mean of R, G and B in [0, 1] of a uint8 image [H, W, 3] (float32 [H, W])."
+    img = np.asarray(image)
+    return (img[..., 0].astype(np.float32) + img[..., 1] + img[..., 2]) * np.float32(1 / 765)
+
+def integral(a) -> np.ndarray:
+    "Summed-area table of `a` [H, W, ...] with a leading zero row and column: float64 [H+1, W+1, ...]."
+    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1) + a.shape[2:])
+    c[1:, 1:] = np.cumsum(a, 0, dtype=np.float64).cumsum(1)
+    return c
+
+def window_sum(c: np.ndarray, ys, xs, r: int) -> np.ndarray:
+    "Sums over the (2r+1)^2 windows centred on cells `(ys, xs)` (cut at the border), from the summed-area table `c`."
+    H, W = c.shape[0] - 1, c.shape[1] - 1
+    y0, y1, x0, x1 = np.clip(ys - r, 0, H), np.clip(ys + r + 1, 0, H), np.clip(xs - r, 0, W), np.clip(xs + r + 1, 0, W)
+    return c[y1, x1] - c[y0, x1] - c[y1, x0] + c[y0, x0]
+
+def block_size(shape) -> int:
+    "Side in pixels of the blocks visibility is judged on: 1/64 of the image's shorter side, at least 1."
+    return max(1, min(shape[:2]) // 64)
+
+def check_pair(image, classes, who: str = 'visibility') -> tuple[np.ndarray, np.ndarray]:
+    "`image` [H, W, 3] and `classes` [H, W] (values 0, 1, 2) as arrays, or a ValueError naming the problem."
+    image, classes = np.asarray(image), np.asarray(classes)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != classes.shape:
+        raise ValueError(f"{who}: need an RGB image [H, W, 3] and a class map [H, W] of the same size; "
+                         f"got {image.shape} and {classes.shape}")
+    if classes.size and (classes.min() < 0 or classes.max() > 2):
+        raise ValueError(f"{who}: class values must be 0, 1 or 2; got {classes.min()}..{classes.max()}")
+    return image, classes.astype(np.int64)
+
+def block_contrast(image, classes) -> tuple[np.ndarray, np.ndarray]:
+    "Per block, body and panels: mean luminance minus the local background's ([h, w, 2], nan if none), pixel counts."
+    image, classes = check_pair(image, classes, 'block_contrast')
+    (H, W), b = classes.shape, block_size(classes.shape)
+    h, w, R = -(-H // b), -(-W // b), max(1, min(H, W) // (16 * b))
+    key = (((np.arange(H) // b) * w)[:, None] + np.arange(W) // b) * 3 + classes      # (block, class) of every pixel
+    n = np.bincount(key.ravel(), minlength=3 * h * w).reshape(h, w, 3)
+    s = np.bincount(key.ravel(), luminance(image).ravel(), minlength=3 * h * w).reshape(h, w, 3)
+    craft, pad = n[..., 1] + n[..., 2] > 0, np.pad(n[..., 1] + n[..., 2] > 0, 1)
+    clear = ~np.any([pad[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], 0)   # not next to the craft
+    if not (clear & (n[..., 0] > 0)).any(): clear = ~craft
+    bg = integral(np.stack([n[..., 0] * clear, s[..., 0] * clear], -1))
+    ys, xs = np.nonzero(craft)
+    back = np.full((h, w), np.nan, np.float32)
+    todo, r = np.arange(len(ys)), R
+    while len(todo) and bg[-1, -1, 0] > 0:                   # widen the window where it holds no background
+        got = window_sum(bg, ys[todo], xs[todo], r)
+        ok = got[:, 0] > 0
+        back[ys[todo[ok]], xs[todo[ok]]] = got[ok, 1] / got[ok, 0]
+        todo, r = todo[~ok], 2 * r
+    with np.errstate(invalid='ignore', divide='ignore'): mean = s[..., 1:] / n[..., 1:]
+    return mean - back[..., None], n[..., 1:]
+
+def invisible_pixels(image, classes, delta: float = VISIBLE_DELTA) -> np.ndarray:
+    "True at the labelled pixels whose class, in their block, is within `delta` of the local background's luminance."
+    classes = np.asarray(classes)
+    d, _ = block_contrast(image, classes)
+    b, inv = block_size(classes.shape), np.abs(d) < delta                   # nan (no background at all): visible
+    big = np.repeat(np.repeat(inv, b, 0), b, 1)[:classes.shape[0], :classes.shape[1]]
+    return np.where(classes == 1, big[..., 0], np.where(classes == 2, big[..., 1], False))
+
+def invisible_shares(image, classes, delta: float = VISIBLE_DELTA) -> tuple[float, float]:
+    "The shares of the body pixels and of the panel pixels that are invisible (0 for a class that isn't there)."
+    d, n = block_contrast(image, classes)
+    bad, tot = (n * (np.abs(d) < delta)).sum((0, 1)), n.sum((0, 1))
+    return tuple(float(bad[c] / tot[c]) if tot[c] else 0.0 for c in (0, 1))
+
+def visibility_stats(samples, delta: float = VISIBLE_DELTA) -> dict:
+    "Visibility over `(image, classes)` pairs: invisible and dark shares per class, the sky, mostly invisible panels."
+    acc, per, bgl = {}, {'body': [], 'panels': []}, []
+    add = lambda k, v: acc.__setitem__(k, acc.get(k, 0) + int(v))
+    for image, classes in samples:
+        image, classes = check_pair(image, classes, 'visibility_stats')
+        lum, inv = luminance(image), invisible_pixels(image, classes, delta)
+        for c, name in ((1, 'body'), (2, 'panels')):
+            m = classes == c
+            add(f'{name}_pixels', m.sum()); add(f'{name}_invisible', inv[m].sum())
+            add(f'{name}_dark04', (lum[m] < 0.04).sum()); add(f'{name}_dark08', (lum[m] < 0.08).sum())
+            if m.any(): per[name].append((inv[m].mean(), (lum[m] < 0.06).mean()))
+        bgl.append(lum[classes == 0])
+    out = {}
+    for name in ('body', 'panels'):
+        n = max(acc.get(f'{name}_pixels', 0), 1)
+        for k in ('invisible', 'dark04', 'dark08'): out[f'{name}_{k}'] = acc.get(f'{name}_{k}', 0) / n
+        p = np.array(per[name]).reshape(-1, 2)
+        out[f'{name}_invisible_per_image'] = float(p[:, 0].mean()) if len(p) else 0.0
+        out[f'{name}_mostly_invisible'] = float((p[:, 0] > 0.5).mean()) if len(p) else 0.0
+        out[f'{name}_mostly_dark06'] = float((p[:, 1] > 0.5).mean()) if len(p) else 0.0
+    sky = np.concatenate(bgl) if bgl else np.zeros(0)
+    out['background_median'] = float(np.median(sky)) if sky.size else float('nan')
+    out['background_dark04'] = float((sky < 0.04).mean()) if sky.size else float('nan')
+    out['images'] = len(bgl)
+    return out
+
+
+# %% ../nbs/01_synthetic.ipynb #29533f90
+def take_picture(scene: np.ndarray, classes: np.ndarray, rng: np.random.Generator, meter: float | None = None,
+                 env=None, fill: float = 0.0, tries: int = TRIES) -> np.ndarray:
+    "`camera_effects`, taken again (new draws, fill light + 0.05) while over `RETRY_SHARE` of a class is invisible."
+    best = None
+    for k in range(tries):
+        image = camera_effects(scene, rng, meter, env, fill + 0.05 * k)
+        worst = max(invisible_shares(image, classes))
+        if best is None or worst < best[0]: best = (worst, image)   # the best picture, the first one on a tie
+        if worst <= RETRY_SHARE: break
+    return best[1]
+
 
 # %% ../nbs/01_synthetic.ipynb #68aaa5f0
 def pack(faces: list[Face]) -> dict:
@@ -833,8 +952,8 @@ def cell_index(P: np.ndarray, f: np.ndarray, m: dict, pc: np.ndarray) -> tuple[n
     nu, nv = m['cells'][f, 0], m['cells'][f, 1]
     return np.clip((s * nu).astype(int), 0, nu - 1), np.clip((t * nv).astype(int), 0, nv - 1)
 
-def surface_light(fg, a, ys, xs, f, P, sunlit, m, sh, pc, cam, sun, gain, surface=None):
-    "Texture (with `surface`) and specular light of pixels `(ys, xs)` showing faces `f` at points `P`, into `fg`."
+def surface_light(fg, a, ys, xs, f, P, sunlit, m, sh, pc, cam, sun, gain, surface=None, env=None):
+    "Texture (with `surface`, also on `env`) and specular light of pixels `(ys, xs)` showing faces `f` at `P`, in `fg`."
     kind = np.where(sh['front'][f] | (m['kind'][f] != CELLS), m['kind'][f], 0)    # a panel's back: plain paint
     if surface is not None:
         field = np.where(kind == FOIL, surface['crinkle'][ys, xs],
@@ -846,6 +965,7 @@ def surface_light(fg, a, ys, xs, f, P, sunlit, m, sh, pc, cam, sun, gain, surfac
             h = (f[q] * 7919 + iu * 104729 + iv * 31) % len(surface['cell_table'])
             tex[q] *= 1 + 2 * surface['cell_jitter'] * (surface['cell_table'][h] - 0.5)
         fg[ys, xs] *= tex[:, None].astype(np.float32)
+        if env is not None: env[ys, xs] *= tex[:, None].astype(np.float32)
     on = np.flatnonzero(sunlit & (m['shine'][f] > 0))
     if not len(on): return fg
     fo, ko = f[on], kind[on]
@@ -860,8 +980,12 @@ def surface_light(fg, a, ys, xs, f, P, sunlit, m, sh, pc, cam, sun, gain, surfac
     fg[ys[on], xs[on]] += (spec[:, None] * col * a[ys[on], xs[on]]).astype(np.float32)
     return fg
 
-def draw_model(m: dict, cam: Camera, sun, ambient, gain: float, ss: int, shadows: bool = True, surface=None):
-    "Rasterise a packed model far to near: (premultiplied RGB [S,S,3] float, coverage [S,S,1], class map uint8)."
+def env_weight(albedo: np.ndarray) -> np.ndarray:
+    "How much of the environment's light surfaces of `albedo` (n, 3) reflect: their hue, at least half of it."
+    return (0.5 + 0.5 * albedo / np.maximum(albedo.max(1, keepdims=True), 1e-3)).astype(np.float32)
+
+def draw_model(m: dict, cam: Camera, sun, ambient, gain: float, ss: int, shadows: bool = True, surface=None, tint=1.0):
+    "Rasterise a packed model far to near: premultiplied RGB [S,S,3], coverage [S,S,1], class map, `env` [S,S,3]."
     S, H = cam.size, cam.size * ss
     rgb, cls, ids = Image.new('RGB', (H, H)), Image.new('L', (H, H)), Image.new('I', (H, H))
     dr, dm, di = ImageDraw.Draw(rgb), ImageDraw.Draw(cls), ImageDraw.Draw(ids)
@@ -902,9 +1026,18 @@ def draw_model(m: dict, cam: Camera, sun, ambient, gain: float, ss: int, shadows
                 sunlit[dark] = False
     fg = np.asarray(Image.fromarray(rgb).reduce(ss) if ss > 1 else rgb, np.float32) / 255
     a, classes = coverage_to_classes(cls, ss)
+    env = np.zeros_like(fg)                                # the environment light reflected, per unit of fill light
     if box_ is not None:
-        surface_light(fg, a, ys + y0 // ss, xs + x0 // ss, f, P, sunlit, m, sh, pc, cam, sun, gain, surface)
-    return fg, a, classes
+        seen = sub.copy()                                  # a face at each pixel: the first subpixel's, else another's
+        for dy, dx in [(dy, dx) for dy in range(ss) for dx in range(ss)][1:]:
+            v = crop[dy::ss, dx::ss]; s_ = seen[:v.shape[0], :v.shape[1]]
+            np.copyto(s_, v, where=s_ == 0)
+        ey, ex = np.nonzero(seen)
+        py, px = ey + y0 // ss, ex + x0 // ss
+        env[py, px] = env_weight(sh['albedo'][seen[ey, ex] - 1]) * tint * a[py, px]      # environment light of `tint`
+        ys, xs = ys + y0 // ss, xs + x0 // ss
+        surface_light(fg, a, ys, xs, f, P, sunlit, m, sh, pc, cam, sun, gain, surface, env)
+    return fg, a, classes, env
 
 def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int = 2, shadows: bool = True,
                   style: str = 'default'):
@@ -916,17 +1049,19 @@ def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int 
     if sun[2] > 0 and rng.random() < 0.85: sun[2] = -sun[2]    # mostly lit from the camera's side
     kind = background_kind(rng)
     tint = np.array([0.8, 0.95, 1.25]) if kind in ('earth', 'full_earth') else np.ones(3)   # earthshine is bluish
-    ambient, gain = log_uniform(rng, 0.03, 0.3) * tint, rng.uniform(0.6, 1.5)
+    ambient, gain = log_uniform(rng, 0.06, 0.3) * tint, rng.uniform(0.6, 1.5)
     m['albedo'] = m['albedo'] * rng.uniform(0.88, 1.12, (len(m['albedo']), 1))   # no two faces quite alike
     surface = random_surface(size, rng)
     partial, extent = rng.random() < 0.1, random_extent(rng)
     for _ in range(50):
         cam = random_camera(radius, size, rng, partial, extent)
-        fg, a, classes = draw_model(m, cam, sun, ambient, gain, ss, shadows, surface)
+        fg, a, classes, env = draw_model(m, cam, sun, ambient, gain, ss, shadows, surface, tint)
         if (classes > 0).sum() >= max(6, size * size // 4000): break
     img = background(size, sun, kind, rng) * (1 - a) + fg
     meter = float(img[classes > 0].mean()) if classes.any() else None     # the camera exposes for the spacecraft
-    return camera_effects(img, rng, meter), classes.copy(), mask_bbox(classes)
+    fill = rng.uniform(0.06, 0.15)                                        # drawn last: poses as in RENDER_VERSION 8
+    image = take_picture(img, classes, rng, meter, env, fill)
+    return image, classes.copy(), mask_bbox(classes)
 
 # %% ../nbs/01_synthetic.ipynb #d9f5f699
 def show_samples(names=SPACECRAFT, per_type: int = 2, size: int = 160, seed: int = 0, style: str = 'default'):
@@ -960,7 +1095,7 @@ def show_styles(names=SPACECRAFT, per_type: int = 2, size: int = 128, seed: int 
     return fig
 
 # %% ../nbs/01_synthetic.ipynb #0a3e3ab1
-RENDER_VERSION = 8      # bump whenever the renderer's output changes: cached sets are then regenerated
+RENDER_VERSION = 9      # bump whenever the renderer's output changes: cached sets are then regenerated
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
 IMAGE_QUALITY, MASK_QUALITY = 92, 85
 
