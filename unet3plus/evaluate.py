@@ -12,7 +12,8 @@ from tqdm.auto import tqdm
 from .data import (CLASSES, PALETTE, SparkSegmentation, as_hw, to_rgb_uint8, atomic_write, atomic_write_text,
                             prepare_output_dir, shorten, recorded_outputs, foreign_files, format_bbox)
 from .predict import (ROI_MODES, resolve_device, amp_context, model_n_classes, predict_scores, upsample_scores,
-                               check_finite_scores, resize_image, load_model, predict_classes, original_image, roi_mode, resolve_roi,
+                               check_finite_scores, resize_image, load_model, predict_classes, original_image, roi_mode,
+                               resolve_roi,
                                training_record, model_input_size)
 from .metrics import BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_confusion, iou_from_confusion, foreground_miou
 
@@ -104,13 +105,14 @@ def evaluation_roi(roi, model, target_size, eval_size: str) -> bool:
     "Whether to evaluate in two stages: `roi` as `resolve_roi`, off for 'auto' when metrics are at the input size."
     on = resolve_roi(roi, model, as_hw(target_size))
     if on and eval_size == 'input':
-        if roi_mode(roi) == 'on': raise ValueError("roi='on' is scored at the original resolution: use eval_size='original'")
+        if roi_mode(roi) == 'on': raise ValueError("roi='on' is scored at the original size: use eval_size='original'")
         return False
     return on
 
 def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers: int = 0, device=None, fp16: bool = False,
-             tta: bool = False, eval_size: str = 'original', class_names=None, boundary: bool = True, progress: bool = True,
-             roi='off') -> dict:
+             tta: bool = False, eval_size: str = 'original', class_names=None, boundary: bool = True,
+             progress: bool = True,
+             roi='auto') -> dict:
     "Metrics of `model` on a labelled `dataset`: overall, per class, per spacecraft class and per image."
     if eval_size not in ('original', 'input'): raise ValueError(f"eval_size must be 'original' or 'input', got {eval_size!r}")
     use_roi = evaluation_roi(roi, model, target_size, eval_size)
@@ -119,22 +121,25 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     class_names = list(class_names or (CLASSES if n == len(CLASSES) else [f'class_{i}' for i in range(n)]))
     if len(class_names) != n: raise ValueError(f"{len(class_names)} class_names {class_names} for a {n}-class model")
     device = resolve_device(device); model = model.to(device).eval()
-    loader = DataLoader(ResizedInputs(dataset, target_size, originals=use_roi), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_eval)
+    loader = DataLoader(ResizedInputs(dataset, target_size, originals=use_roi), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_eval)
     groups, rows, t0 = GroupedConfusion(n), [], time.perf_counter()          # per spacecraft; .total() pools them
     biou = BoundaryIoU(n) if boundary else None
     for batch in tqdm(loader, desc='evaluate', disable=not progress):
         x, names = batch['image'].to(device), sample_names(batch)
         if eval_size == 'input':
-            with amp_context(device, fp16): scores = check_finite_scores(predict_scores(model, x, tta=tta).float(), names)
-        else: preds, windows = predict_classes(model, x, batch['original'] if use_roi else [m.shape[-2:] for m in batch['mask']],
-                                               tta=tta, roi=use_roi, names=names, fp16=fp16)
+            with amp_context(device, fp16): scores = predict_scores(model, x, tta=tta).float()
+            check_finite_scores(scores, names)
+        else:
+            sizes = [m.shape[-2:] for m in batch['mask']]
+            preds, windows = predict_classes(model, x, batch['original'] if use_roi else sizes,
+                                             tta=tta, roi=use_roi, names=names, fp16=fp16)
         for j in range(len(x)):
             mask = batch['mask'][j].to(device)
             if int(mask.max()) >= n: raise ValueError(f"mask of {batch['image_name'][j]} holds class {int(mask.max())} but the model has {n} classes")
             pred, target = sample_prediction(scores[j], mask, 'input') if eval_size == 'input' else (preds[j], mask)
             if pred.shape != target.shape:
-                raise ValueError(f"{names[j]}: the image is {tuple(pred.shape)} but its mask {tuple(target.shape)} (H, W)")
+                raise ValueError(f"{names[j]}: the image is {tuple(pred.shape)}, its mask {tuple(target.shape)} (H, W)")
             name = batch.get('class_name', [''] * len(x))[j]
             cm = per_image_confusion(pred[None], target[None], n)              # counted once: for its group and its own IoU
             groups.add(cm, [name])
@@ -151,7 +156,8 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
         for c, v in zip(class_names, b['boundary_iou']): res['per_class'][c]['boundary_iou'] = float(v)
     res['per_spacecraft'] = {g: dict(n_images=sum(r['class_name'] == g for r in rows), **summarize(cm, class_names)) for g, cm in sorted(groups.matrices.items())}
     res['per_image'] = rows
-    res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, roi=use_roi, roi_mode=roi_mode(roi),
+    res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, roi=use_roi,
+                           roi_mode=roi_mode(roi),
                            fp16=fp16 and device.type == 'cuda',
                            device=str(device), n_images=len(rows), n_classes=n, class_names=class_names,
                            seconds=round(seconds, 3), images_per_s=round(len(rows) / max(seconds, 1e-9), 3))
@@ -281,7 +287,8 @@ def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, d
     inputs = ResizedInputs(dataset, target_size, originals=roi)
     for rank, r in enumerate(rows):
         s = inputs[r['index']]
-        (pred,), _ = predict_classes(model, s['image'][None].to(device), [s['original'] if roi else s['mask'].shape[-2:]],
+        original = s['original'] if roi else s['mask'].shape[-2:]
+        (pred,), _ = predict_classes(model, s['image'][None].to(device), [original],
                                      tta=tta, roi=roi, names=[r['image_name']], fp16=fp16)
         pred = pred.cpu()
         title = f"{r['class_name']} / {r['image_name']}: foreground mIoU {r['fg_miou']:.3f}"
@@ -337,11 +344,13 @@ def synthetic_data_root(root: Path, params: dict) -> Path:
     from unet3plus.synthetic import RENDER_VERSION, is_synthetic_set, synthetic_root
     if root.is_dir() and is_synthetic_set(root, params): return root
     if params.get('render_version') != RENDER_VERSION:
-        raise ValueError(f"the model was trained on the built-in synthetic set of render version {params.get('render_version')}, which "
-                         f"this unet3plus (render version {RENDER_VERSION}) cannot re-create: {DATA_HINT}")
+        raise ValueError(f"the model was trained on the built-in synthetic set of render version "
+                         f"{params.get('render_version')}, which this unet3plus (render version {RENDER_VERSION}) "
+                         f"cannot re-create: {DATA_HINT}")
     try: kw = {k: int(params[k]) for k in ('n_train', 'n_val', 'n_test', 'size', 'seed')}
     except (KeyError, TypeError, ValueError):
-        raise ValueError(f"the model's training record holds incomplete synthetic set parameters {params}: {DATA_HINT}") from None
+        raise ValueError(f"the model's training record holds incomplete synthetic set parameters {params}: "
+                         f"{DATA_HINT}") from None
     if params.get('style') is not None: kw['style'] = params['style']
     log.info("re-creating the synthetic set the model was trained on (%s) in the cache", kw)
     return synthetic_root(**kw, workers=max(1, min(4, os.cpu_count() or 1)))
@@ -349,28 +358,29 @@ def synthetic_data_root(root: Path, params: dict) -> Path:
 def trained_data(model, split: str = 'val') -> dict:
     "The labelled data `model` was trained on, from its training record: root folder, validation subset and its seed."
     rec = training_record(model); data = rec.get('data')
-    if not rec: raise ValueError(f"the model has no training record saying what it was trained on (saved outside unet3plus-train "
-                                 f"or by an older version): {DATA_HINT}")
+    if not rec: raise ValueError(f"the model has no training record saying what it was trained on (saved outside "
+                                 f"unet3plus-train or by an older version): {DATA_HINT}")
     if not isinstance(data, dict) or not data.get('data_root'):
         what = data.get('custom') if isinstance(data, dict) and data.get('custom') else 'data its record does not name'
         raise ValueError(f"the model was trained on {what}: {DATA_HINT}")
     root, syn = Path(data['data_root']), data.get('synthetic')
     if syn: root = synthetic_data_root(root, syn)
-    elif not root.is_dir(): raise FileNotFoundError(f"the model was trained on --data_root {root}, which no longer exists: {DATA_HINT}")
+    elif not root.is_dir():
+        raise FileNotFoundError(f"the model was trained on --data_root {root}, which no longer exists: {DATA_HINT}")
     own = split == data.get('split', 'val')                                  # the subset was drawn from that split only
-    return dict(root=root, subset=data.get('val_subset') if own else None, seed=int(data.get('seed') or 0) if own else 0,
-                synthetic=bool(syn))
+    return dict(root=root, subset=data.get('val_subset') if own else None,
+                seed=int(data.get('seed') or 0) if own else 0, synthetic=bool(syn))
 
 def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-eval` command line."
     p = argparse.ArgumentParser('unet3plus-eval', description='Evaluate a UNet3+ model on a labelled SPARK split.')
     p.add_argument('--model_path', required=True, help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
-    p.add_argument('--data_root', help='SPARK root; shortcut for --val_csv ROOT/<split>.csv --image_root ROOT/images --mask_root ROOT/mask; '
-                                       'no data flags: the data the model was trained on (its training record)')
+    p.add_argument('--data_root', help='SPARK root; shortcut for --val_csv ROOT/<split>.csv --image_root ROOT/images '
+                                       '--mask_root ROOT/mask; no data flags: the data the model was trained on')
     p.add_argument('--val_csv'); p.add_argument('--image_root'); p.add_argument('--mask_root')
     p.add_argument('--split', default='val', help='split folder under images/<Class>/ (default val)')
     p.add_argument('--target_size', type=int, default=None,
-                   help='model input size (square); 0 = original size; default: the size the model was trained at, else 512')
+                   help='model input size (square); 0 = original size; default: the size it was trained at, else 512')
     p.add_argument('--eval_size', choices=['original', 'input'], default='original', help='resolution the metrics are computed at')
     p.add_argument('--batch_size', type=int, default=8); p.add_argument('--num_workers', type=int, default=0)
     p.add_argument('--output_path', default='evaluation_results'); p.add_argument('--overwrite', action='store_true')
@@ -380,7 +390,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
-                   help='two stages: the frame, then a window around the spacecraft (auto: if trained with object crops)')
+                   help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--no_boundary', action='store_true', help='skip the boundary IoU')
     p.add_argument('--subset', type=int, default=None, help='evaluate only the first N images')
     p.add_argument('--device', default=None)
@@ -388,7 +398,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.data_root:
         r = Path(a.data_root); a.val_csv = a.val_csv or str(r / f'{a.split}.csv'); a.image_root = a.image_root or str(r / 'images'); a.mask_root = a.mask_root or str(r / 'mask')
     missing = [f'--{k}' for k in ('val_csv', 'image_root', 'mask_root') if not getattr(a, k)]
-    if missing and len(missing) < 3: p.error(f"missing {', '.join(missing)} (or give --data_root, or no data flags for the model's own)")
+    if missing and len(missing) < 3:
+        p.error(f"missing {', '.join(missing)} (or give --data_root, or no data flags for the model's own)")
     if a.batch_size < 1: p.error(f'--batch_size must be >= 1, got {a.batch_size}')
     if a.target_size is not None and a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     return a
@@ -422,9 +433,10 @@ def main(argv=None) -> dict:
     return None if argv is None else res   # a console script's sys.exit(main()) must get None for status 0
 
 def input_size(requested, model) -> tuple[int | None, str]:
-    "The input size to predict at (None: the original size) and where it came from: the flag, the training record or 512."
+    "The input size to predict at (None: the original size) and its source: the flag, the training record or 512."
     if requested is not None: return requested or None, '--target_size'
-    return model_input_size(model), 'the training record' if training_record(model).get('target_size') else 'the default'
+    recorded = training_record(model).get('target_size')
+    return model_input_size(model), 'the training record' if recorded else 'the default'
 
 def run_eval(a: argparse.Namespace) -> dict:
     "Evaluate as the parsed command line `a` says and write the outputs."
@@ -445,7 +457,8 @@ def run_eval(a: argparse.Namespace) -> dict:
     ds = SparkSegmentation(a.val_csv, a.image_root, a.mask_root, a.split, target_size=None, subset=subset, seed=seed)
     res = evaluate(model, ds, target_size=size, batch_size=a.batch_size, num_workers=a.num_workers, device=device,
                    fp16=a.fp16, tta=a.tta, eval_size=a.eval_size, boundary=not a.no_boundary, roi=a.roi)
-    res['settings'].update(model_path=str(a.model_path), val_csv=str(a.val_csv), split=a.split, target_size_from=size_from,
+    res['settings'].update(model_path=str(a.model_path), val_csv=str(a.val_csv), split=a.split,
+                           target_size_from=size_from,
                            data_from=data_from, subset=subset)
     worst = worst_images(res['per_image'], a.n_examples) if a.save_examples else []
     paths = write_outputs(res, out, overwrite=a.overwrite, examples=[example_name(i, r) for i, r in enumerate(worst)])

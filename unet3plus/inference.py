@@ -286,7 +286,8 @@ class WithOriginals(Dataset):
 
 def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0, tta: bool = False,
                    fp16: bool = False, overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
-                   device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True, roi='auto') -> dict:
+                   device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True,
+                   roi='auto') -> dict:
     "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
     k, n_shards = shard
     if not 0 <= k < n_shards: raise ValueError(f"--shard {k}/{n_shards}: need 0 <= K < N")
@@ -305,20 +306,23 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
     done = {i for i in mine if (out / names[i]).exists() and valid_npz(out / names[i], sizes[names[i]])}
     broken = [names[i] for i in mine if i not in done and (out / names[i]).exists()]
     todo = [i for i in mine if i not in done]
-    how = f"input size {'x'.join(map(str, as_hw(target_size))) if target_size else 'original'}, {'two stages' if use_roi else 'one stage'}"
-    log.info("%d test images, %d in this shard: %d already done, %d to predict (%s%s)%s", len(names), len(mine), len(done), len(todo),
-             how, ', TTA' if tta else '', f" ({len(broken)} existing files unreadable or wrong, redone)" if broken else '')
+    how = (f"input size {'x'.join(map(str, as_hw(target_size))) if target_size else 'original'}, "
+           f"{'two stages' if use_roi else 'one stage'}{', TTA' if tta else ''}")
+    log.info("%d test images, %d in this shard: %d already done, %d to predict (%s)%s", len(names), len(mine),
+             len(done), len(todo), how, f" ({len(broken)} files unreadable or wrong, redone)" if broken else '')
     device = resolve_device(device); model = model.to(device).eval()
     if save_visualizations: (out / VIS_DIR).mkdir(exist_ok=True)
     written, pending, t0 = [], collections.deque(), time.perf_counter()
-    loader = DataLoader(Subset(WithOriginals(ds) if use_roi else ds, todo), batch_size=batch_size, num_workers=num_workers,
-                        collate_fn=collate_eval)
+    loader = DataLoader(Subset(WithOriginals(ds) if use_roi else ds, todo), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_eval)
     with ThreadPoolExecutor(max(1, writers)) as pool:
         for batch in tqdm(loader, desc='predict', disable=not progress or not todo):
-            maps, _ = predict_classes(model, batch['image'].to(device), batch['original'] if use_roi else batch['orig_size'],
-                                      tta=tta, roi=use_roi, names=batch['image_name'], fp16=fp16)   # NaN scores: an error
+            originals = batch['original'] if use_roi else batch['orig_size']
+            maps, _ = predict_classes(model, batch['image'].to(device), originals, tta=tta, roi=use_roi,
+                                      names=batch['image_name'], fp16=fp16)          # NaN scores: an error naming them
             for j, name in enumerate(batch['image_name']):             # (`zip` is a flag here)
-                pending.append(pool.submit(save_prediction, out, ds.folder / name, maps[j].byte().cpu().numpy(), save_visualizations))
+                classes = maps[j].byte().cpu().numpy()
+                pending.append(pool.submit(save_prediction, out, ds.folder / name, classes, save_visualizations))
             while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)): written.append(pending.popleft().result())
         while pending: written.append(pending.popleft().result())
     seconds = time.perf_counter() - t0
@@ -349,7 +353,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--no_fp16', dest='fp16', action='store_false')
     p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
-                   help='two stages: the frame, then a window around the spacecraft (auto: if trained with object crops)')
+                   help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--zip', dest='zip', action='store_true', default=True, help='write submission.zip (default)')
     p.add_argument('--no_zip', dest='zip', action='store_false')
     p.add_argument('--overwrite', action='store_true', help='redo every file even if output_dir holds results')
@@ -384,9 +388,10 @@ def run_infer(a: argparse.Namespace):
     device = resolve_device(a.device)
     model = load_model(a.model_path, device)
     size, _ = input_size(a.target_size, model)
-    r = predict_folder(model, a.data_path, a.output_dir, target_size=size, batch_size=a.batch_size, num_workers=a.num_workers,
-                       tta=a.tta, fp16=a.fp16, overwrite=a.overwrite, save_visualizations=a.save_visualizations, zip=a.zip,
-                       device=device, model_path=a.model_path, writers=a.writers, shard=a.shard, roi=a.roi)
+    r = predict_folder(model, a.data_path, a.output_dir, target_size=size, batch_size=a.batch_size,
+                       num_workers=a.num_workers, tta=a.tta, fp16=a.fp16, overwrite=a.overwrite,
+                       save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,
+                       writers=a.writers, shard=a.shard, roi=a.roi)
     print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r
 
 # %% ../nbs/09_inference.ipynb #36efff9d

@@ -131,8 +131,9 @@ def _data_text(data) -> str:
     s = data.get('synthetic')
     if s:
         style = f", style {s['style']}" if s.get('style') else ''
-        return (f"the built-in synthetic SPARK-like set (render version {s.get('render_version')}{style}, {s.get('n_train')} training "
-                f"and {s.get('n_val')} validation images of {s.get('size')} px, seed {s.get('seed')})")
+        return (f"the built-in synthetic SPARK-like set (render version {s.get('render_version')}{style}, "
+                f"{s.get('n_train')} training and {s.get('n_val')} validation images of {s.get('size')} px, "
+                f"seed {s.get('seed')})")
     sub = f", a class-stratified subset of {data['val_subset']} validation images" if data.get('val_subset') else ''
     return f"the SPARK data set at `{data.get('data_root')}`{sub}"
 
@@ -151,42 +152,49 @@ def model_card(config: dict, training: dict | None = None) -> str:
     classes = ', '.join(f"{c} ({_hex(colors[i])})" if colors and i < len(colors) else c for i, c in enumerate(names))
     extras = [k.replace('_', ' ') for k in ('deep_supervision', 'cgm') if config.get(k)]
     size, crop = t.get('target_size'), float(t.get('object_crop') or 0)
-    trained = (f"Trained at {size} x {size} px" if isinstance(size, int) else f"Trained at {size} px" if size else "Training size not recorded")
-    trained += (f", on full frames and object-centred crops (`object_crop` {crop:g}): `roi='auto'` predicts in two stages."
-                if crop > 0 else ", on full frames.")
+    trained = (f"Trained at {size} x {size} px" if isinstance(size, int) else f"Trained at {size} px" if size
+               else "Training size not recorded")
+    trained += (f", on full frames and object-centred crops (`object_crop` {crop:g}): `roi='auto'` predicts in two "
+                "stages." if crop > 0 else ", on full frames.")
     out = ['---', 'library_name: unet3plus', 'pipeline_tag: image-segmentation',
            'tags: [unet3plus, image-segmentation, semantic-segmentation, spacecraft, spark2024]', '---',
            CARD_MARK + '; saving the model again replaces it -->', '',
            f"# UNet3+ {config['backbone']}: {n}-class segmentation", '',
-           f"A UNet 3+ (full-scale skip connections) with the `{config['backbone']}` encoder, {config.get('cat_channels')} channels per "
-           f"decoder branch{', ' + ' and '.join(extras) if extras else ''}, segmenting {n} classes: {classes}. "
+           f"A UNet 3+ (full-scale skip connections) with the `{config['backbone']}` encoder, "
+           f"{config.get('cat_channels')} channels per decoder branch{', ' + ' and '.join(extras) if extras else ''}, "
+           f"segmenting {n} classes: {classes}. "
            f"It takes RGB images in [0, 1] of any size. {trained}", '',
            '## How to use', '', '```python', 'from unet3plus.model import UNet3Plus',
            'import unet3plus.predict                         # adds model.segment',
            "model = UNet3Plus.from_pretrained('path/to/this/folder')",
-           'classes = model.segment(image)                  # uint8 [H, W, 3] -> class map uint8 [H, W], same size', '```', '',
-           'From the shell: `unet3plus-eval --model_path FOLDER` evaluates it on the validation split it was trained on, '
+           'classes = model.segment(image)          # uint8 [H, W, 3] -> class map uint8 [H, W], same size', '```', '',
+           'From the shell: `unet3plus-eval --model_path FOLDER` evaluates it on the validation split it was trained '
+           'on, '
            '`unet3plus-infer --model_path FOLDER --data_path TEST` writes SPARK submission files; both default to '
            'the input size it was trained at.', '']
     v = t.get('validation')
     out += ['## Validation metrics', '']
     if v:
         out += [f"These weights on the validation split after epoch {v.get('epoch')}, as measured during training "
-                "(at the training input size; `unet3plus-eval` measures at the original resolution):", ''] + _metrics_table(v, names)
-    else: out.append('No validation of these weights is recorded (saved outside `unet3plus-train`, or not validated at this epoch).')
+                "(at the training input size; `unet3plus-eval` measures at the original resolution):", '']
+        out += _metrics_table(v, names)
+    else: out.append('No validation of these weights is recorded (saved outside `unet3plus-train`, or not validated '
+                     'at this epoch).')
     b = t.get('best')
     if b and b.get('epoch') is not None and (not v or b.get('epoch') != v.get('epoch')):
-        out += ['', f"The run's best validation {b.get('monitor')} was {_number(b.get('score'))} at epoch {b.get('epoch')} (`unet3plus_best`)."]
+        out += ['', f"The run's best validation {b.get('monitor')} was {_number(b.get('score'))} at epoch "
+                    f"{b.get('epoch')} (`unet3plus_best`)."]
     out += ['', '## Training', '', f"Data: {_data_text(t.get('data'))}."]
     if t.get('epoch') is not None: out.append(f"Weights after epoch {t['epoch']} (optimizer step {t.get('step')}).")
     if t.get('command'): out += ['', '```bash', t['command'], '```']
     if not t: out.append('No training record: this folder was saved outside `unet3plus-train`.')
     out += ['', '## Intended use and limits', '',
-            '- Research on spacecraft segmentation (SPARK 2024 stream 1: body and solar panels against space); the numbers above hold '
-            'for the data above and nothing else.',
-            '- A model trained on the built-in synthetic set has never seen a real image: measure it on real data before trusting it there.',
-            '- Thin structures (struts, antennas) narrower than a pixel at the input size are lost; small or distant spacecraft are '
-            'segmented worse than large ones.',
+            '- Research on spacecraft segmentation (SPARK 2024 stream 1: body and solar panels against space); the '
+            'numbers above hold for the data above and nothing else.',
+            '- A model trained on the built-in synthetic set has never seen a real image: measure it on real data '
+            'before trusting it there.',
+            '- Thin structures (struts, antennas) narrower than a pixel at the input size are lost; small or distant '
+            'spacecraft are segmented worse than large ones.',
             '- Not validated for operational use (navigation, docking, any safety-critical decision).', '']
     return '\n'.join(out)
 
@@ -228,9 +236,10 @@ def _is_saved_model(d: Path) -> bool:
 def _config_text(config: dict, training) -> str:
     "config.json's text: the constructor keys and, when given, the `training` record (a JSON object)."
     if training is not None and not isinstance(training, dict):
-        raise ValueError(f"save_pretrained: training must be a dict (the training record), got a {type(training).__name__}")
+        raise ValueError(f"save_pretrained: training must be a dict (the record), not {type(training).__name__}")
     try: return json.dumps(config if training is None else dict(config, training=training), indent=2, allow_nan=False)
-    except (TypeError, ValueError) as e: raise ValueError(f"save_pretrained: the training record is not plain JSON: {e}") from None
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save_pretrained: the training record is not plain JSON: {e}") from None
 
 def save_pretrained(self, save_dir, overwrite: bool = False, training: dict | None = None) -> Path:
     "Write `config.json` (with the `training` record), `model.safetensors` and a model card `README.md` to `save_dir`."

@@ -144,7 +144,7 @@ def dilate(mask, r: int) -> np.ndarray:
 
 # %% ../nbs/13_predict.ipynb #197c46cf
 def foreground_box(classes, near: float = 0.03) -> tuple[int, int, int, int] | None:
-    "Box (x1, y1, x2, y2, inclusive) of the largest foreground component of a class map and those near it; None if none."
+    "Box (x1, y1, x2, y2, inclusive) of a class map's largest foreground component and those near it (None: none)."
     if not near >= 0: raise ValueError(f"foreground_box: near must be >= 0, got {near}")
     labels, n = label_components(as_numpy(classes) > 0)
     if n == 0: return None
@@ -163,7 +163,9 @@ class Window(NamedTuple):
     top: int
     side: int
     @property
-    def box(self) -> tuple[int, int, int, int]: return (self.left, self.top, self.left + self.side - 1, self.top + self.side - 1)
+    def box(self) -> tuple[int, int, int, int]:
+        "The window as (x1, y1, x2, y2), corners inclusive (the SPARK box format)."
+        return (self.left, self.top, self.left + self.side - 1, self.top + self.side - 1)
 
 def scale_box(box, from_hw, to_hw) -> tuple[float, float, float, float]:
     "A box (x1, y1, x2, y2 inclusive) of a `from_hw` map in `to_hw` coordinates (x1, y1, x2, y2 exclusive, floats)."
@@ -177,7 +179,7 @@ def _place(centre: float, side: int, n: int) -> int:
     return min(max(start, 0), n - side) if side <= n else min(max(start, n - side), 0)
 
 def square_window(box, image_hw, margin: float = 1.2, min_side: float = 1) -> Window:
-    "The square window around `box` (x1, y1, x2, y2 exclusive, original px): `margin` times its longer side, >= `min_side`."
+    "The square window around `box` (x1, y1, x2, y2 exclusive, original px): `margin` x its longer side, >= `min_side`."
     (H, W), (x1, y1, x2, y2) = as_hw(image_hw), (float(v) for v in box)
     if not margin >= 1: raise ValueError(f"square_window: margin must be >= 1 (the window holds the box), got {margin}")
     if not (x2 > x1 and y2 > y1): raise ValueError(f"square_window: empty box {tuple(box)}")
@@ -187,13 +189,14 @@ def square_window(box, image_hw, margin: float = 1.2, min_side: float = 1) -> Wi
 
 # %% ../nbs/13_predict.ipynb #c5d63188
 def crop_window(image: torch.Tensor, win: Window, size=None) -> torch.Tensor:
-    "Window `win` of a [3,H,W] image (uint8 or float in [0,1]) as float [3,side,side], black outside, resized to `size`."
+    "Window `win` of a [3,H,W] image (uint8, or float in [0,1]) as float, black outside the image, resized to `size`."
     H, W = image.shape[-2:]
     out = torch.zeros(image.shape[0], win.side, win.side)
     y0, y1, x0, x1 = max(win.top, 0), min(win.top + win.side, H), max(win.left, 0), min(win.left + win.side, W)
     if y1 > y0 and x1 > x0:
         part = image[:, y0:y1, x0:x1].cpu()
-        out[:, y0 - win.top:y1 - win.top, x0 - win.left:x1 - win.left] = part.float() / 255 if part.dtype == torch.uint8 else part
+        part = part.float() / 255 if part.dtype == torch.uint8 else part
+        out[:, y0 - win.top:y1 - win.top, x0 - win.left:x1 - win.left] = part
     return resize_image(out, size)
 
 def paste_window(scores: torch.Tensor, win: Window, image_hw) -> torch.Tensor:
@@ -217,8 +220,9 @@ def _image_hw(o) -> tuple[int, int]:
     "(H, W) of an image tensor [3,H,W] or of a size."
     return tuple(o.shape[-2:]) if isinstance(o, torch.Tensor) and o.ndim == 3 else as_hw(tuple(int(v) for v in o))
 
-def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: bool = False, names=None, fp16: bool = False,
-                    margin: float = ROI_MARGIN, near: float = ROI_NEAR, max_zoom: float = ROI_MAX_ZOOM):
+def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: bool = False, names=None,
+                    fp16: bool = False, margin: float = ROI_MARGIN, near: float = ROI_NEAR,
+                    max_zoom: float = ROI_MAX_ZOOM):
     "Class maps (long [H,W]) at the original sizes and the stage-2 windows: one stage, or two with `roi` (see above)."
     names = list(names) if names is not None else [f'image {i}' for i in range(len(x))]
     if len(originals) != len(x): raise ValueError(f"predict_classes: {len(originals)} originals for {len(x)} images")
@@ -227,19 +231,21 @@ def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: b
     windows = [None] * len(x)
     if roi:
         side = x.shape[-1]
-        if x.shape[-2] != side: raise ValueError(f"two-stage (ROI) prediction needs a square input size, got {tuple(x.shape[-2:])}")
+        if x.shape[-2] != side:
+            raise ValueError(f"two-stage (ROI) prediction needs a square input size, got {tuple(x.shape[-2:])}")
         if not max_zoom > 0: raise ValueError(f"predict_classes: max_zoom must be > 0, got {max_zoom}")
         for j, (s, hw) in enumerate(zip(s1, sizes)):
             box = foreground_box(s.argmax(0), near)
             if box is None: continue
             if not isinstance(originals[j], torch.Tensor) or originals[j].ndim != 3:
-                raise ValueError(f"two-stage (ROI) prediction needs {names[j]} at its original resolution, not only its size")
+                raise ValueError(f"two-stage (ROI) prediction needs {names[j]} at its original resolution")
             windows[j] = square_window(scale_box(box, s.shape[-2:], hw), hw, margin, side / max_zoom)
     todo = [j for j, w in enumerate(windows) if w is not None]
     classes = [None if windows[j] else upsample_scores(s1[j][None], hw)[0].argmax(0) for j, hw in enumerate(sizes)]
     if todo:
         crops = torch.stack([crop_window(originals[j], windows[j], x.shape[-2:]) for j in todo]).to(x.device, x.dtype)
-        with amp_context(x.device, fp16): s2 = check_finite_scores(predict_scores(model, crops, tta=tta).float(), [names[j] for j in todo])
+        with amp_context(x.device, fp16): s2 = predict_scores(model, crops, tta=tta).float()
+        check_finite_scores(s2, [names[j] for j in todo])
         for k, j in enumerate(todo): classes[j] = paste_window(s2[k], windows[j], sizes[j])
     return classes, windows
 
@@ -249,7 +255,8 @@ ROI_MODES = ('auto', 'on', 'off')
 def roi_mode(roi) -> str:
     "`roi` as one of 'auto', 'on', 'off' (True and False mean 'on' and 'off')."
     mode = {True: 'on', False: 'off'}.get(roi, roi) if isinstance(roi, bool) else roi
-    if mode not in ROI_MODES: raise ValueError(f"roi must be one of {', '.join(ROI_MODES)} (or True/False), got {roi!r}")
+    if mode not in ROI_MODES:
+        raise ValueError(f"roi must be one of {', '.join(ROI_MODES)} (or True/False), got {roi!r}")
     return mode
 
 def trained_with_crops(model) -> bool:
@@ -258,10 +265,12 @@ def trained_with_crops(model) -> bool:
 
 def resolve_roi(roi, model, size=DEFAULT_INPUT_SIZE) -> bool:
     "Whether to predict in two stages: `roi` 'on', 'off', or 'auto' (on for a model trained with object crops)."
-    mode = roi_mode(roi)
+    mode, hw = roi_mode(roi), as_hw(size)
     on = mode == 'on' or (mode == 'auto' and trained_with_crops(model))
-    if on and size is None:
-        if mode == 'on': raise ValueError("--roi on needs a model input size; --target_size 0 (the original size) has none")
+    why = ('a model input size; --target_size 0 (the original size) has none' if hw is None else
+           f'a square model input size, not {hw[0]}x{hw[1]}' if hw[0] != hw[1] else '')
+    if on and why:
+        if mode == 'on': raise ValueError(f"--roi on needs {why}")
         return False
     return on
 
@@ -269,14 +278,18 @@ def resolve_roi(roi, model, size=DEFAULT_INPUT_SIZE) -> bool:
 def image_tensor(image) -> torch.Tensor:
     "One image as float [3,H,W] in [0, 1]: from uint8 [H,W,3] (NumPy, tensor or PIL) or float [3,H,W] in [0, 1]."
     if isinstance(image, Image.Image): image = image.convert('RGB')
-    t = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))      # a copy: never the caller's buffer
+    t = image if isinstance(image, torch.Tensor) else torch.from_numpy(np.array(image))    # a copy, not the caller's
     if t.dtype == torch.uint8:
-        if t.ndim != 3 or t.shape[-1] != 3: raise ValueError(f"segment: a uint8 image must be [H, W, 3], got shape {tuple(t.shape)}")
+        if t.ndim != 3 or t.shape[-1] != 3:
+            raise ValueError(f"segment: a uint8 image must be [H, W, 3], got shape {tuple(t.shape)}")
         return t.permute(2, 0, 1).float().div(255)
-    if not t.is_floating_point(): raise ValueError(f"segment: image must be uint8 [H, W, 3] or float [3, H, W], got dtype {t.dtype}")
-    if t.ndim != 3 or t.shape[0] != 3: raise ValueError(f"segment: a float image must be [3, H, W] in [0, 1], got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise ValueError(f"segment: image must be uint8 [H, W, 3] or float [3, H, W], got dtype {t.dtype}")
+    if t.ndim != 3 or t.shape[0] != 3:
+        raise ValueError(f"segment: a float image must be [3, H, W] in [0, 1], got shape {tuple(t.shape)}")
     if not bool(torch.isfinite(t).all()) or t.min() < 0 or t.max() > 1:
-        raise ValueError(f"segment: float image values must be finite and in [0, 1], got {t.min().item():.4g}..{t.max().item():.4g}")
+        lo, hi = t.min().item(), t.max().item()
+        raise ValueError(f"segment: float image values must be finite and in [0, 1], got {lo:.4g}..{hi:.4g}")
     return t.float()
 
 @patch
