@@ -17,7 +17,7 @@ from .model import UNet3Plus
 __all__ = ['log', 'TTA_FLIPS', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 'ROI_NEAR', 'ROI_MAX_ZOOM', 'ROI_MODES', 'resolve_device',
            'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores', 'check_finite_scores',
            'resize_image', 'load_model', 'training_record', 'model_input_size', 'label_components', 'dilate',
-           'foreground_box', 'Window', 'scale_box', 'square_window', 'crop_window', 'paste_window', 'original_image',
+           'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window', 'paste_window', 'original_image',
            'predict_classes', 'roi_mode', 'trained_with_crops', 'resolve_roi', 'image_tensor']
 
 # %% ../nbs/13_predict.ipynb #d055a1f1
@@ -188,7 +188,7 @@ def square_window(box, image_hw, margin: float = 1.2, min_side: float = 1) -> Wi
     return Window(_place((x1 + x2) / 2, side, W), _place((y1 + y2) / 2, side, H), side)
 
 # %% ../nbs/13_predict.ipynb #c5d63188
-def crop_window(image: torch.Tensor, win: Window, size=None) -> torch.Tensor:
+def cut_window(image: torch.Tensor, win: Window, size=None) -> torch.Tensor:
     "Window `win` of a [3,H,W] image (uint8, or float in [0,1]) as float, black outside the image, resized to `size`."
     H, W = image.shape[-2:]
     out = torch.zeros(image.shape[0], win.side, win.side)
@@ -243,7 +243,7 @@ def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: b
     todo = [j for j, w in enumerate(windows) if w is not None]
     classes = [None if windows[j] else upsample_scores(s1[j][None], hw)[0].argmax(0) for j, hw in enumerate(sizes)]
     if todo:
-        crops = torch.stack([crop_window(originals[j], windows[j], x.shape[-2:]) for j in todo]).to(x.device, x.dtype)
+        crops = torch.stack([cut_window(originals[j], windows[j], x.shape[-2:]) for j in todo]).to(x.device, x.dtype)
         with amp_context(x.device, fp16): s2 = predict_scores(model, crops, tta=tta).float()
         check_finite_scores(s2, [names[j] for j in todo])
         for k, j in enumerate(todo): classes[j] = paste_window(s2[k], windows[j], sizes[j])
