@@ -14,16 +14,18 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from .data import (CLASSES, TEST_DIR, SparkTestImages, overlay_classes, as_hw, open_image, atomic_write,
                             atomic_write_text, remove_stale_temps, is_temp, shorten, recorded_outputs, foreign_files)
-from .evaluate import (resolve_device, amp_context, predict_scores, upsample_scores, collate_eval,
-                                load_model, model_n_classes, cli_errors, check_finite_scores)
+from .predict import (ROI_MODES, resolve_device, amp_context, predict_scores, upsample_scores, load_model,
+                               model_n_classes, predict_classes, original_image, resolve_roi)
+from torch.utils.data import Dataset
+from .evaluate import collate_eval, cli_errors, input_size
 
 # %% auto #0
-__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'npz_name', 'classes_to_layers',
+__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'RECORD_DEFAULTS', 'npz_name', 'classes_to_layers',
            'scores_to_classes', 'layers_to_classes', 'write_npz', 'read_npz', 'SubmissionReport', 'test_image_sizes',
            'submission_entries', 'check_array', 'check_submission', 'valid_npz', 'overlay_name', 'run_settings',
            'file_fingerprint', 'test_set_identity', 'output_names', 'input_differences', 'record_differences',
-           'read_record', 'owned_outputs', 'prepare_run', 'save_prediction', 'make_zip', 'predict_folder', 'parse_args',
-           'main', 'run_infer', 'infer_once', 'bench_infer']
+           'read_record', 'owned_outputs', 'prepare_run', 'save_prediction', 'make_zip', 'WithOriginals',
+           'predict_folder', 'parse_args', 'main', 'run_infer', 'infer_once', 'bench_infer']
 
 # %% ../nbs/09_inference.ipynb #26ea51f7
 log = logging.getLogger('unet3plus.inference')
@@ -162,11 +164,13 @@ def overlay_name(image_name: str) -> str:
     "The visualisation file of a test image: `test_00012_img.jpg` -> `test_00012_overlay.png`."
     return Path(image_name).name.replace('_img.jpg', '_overlay.png')
 
-def run_settings(model, model_path, target_size, tta: bool) -> dict:
+RECORD_DEFAULTS = dict(roi=False)     # settings that records of older versions lack, as those versions used them
+
+def run_settings(model, model_path, target_size, tta: bool, roi: bool = False) -> dict:
     "The settings that determine the predictions (stored in inference.json)."
     cfg = getattr(model, 'config', None) or {}
     return dict(model_path=str(Path(model_path).resolve()) if model_path else None, model_config=json.loads(json.dumps(cfg, default=str)),
-                target_size=list(as_hw(target_size)) if target_size else None, tta=bool(tta))
+                target_size=list(as_hw(target_size)) if target_size else None, tta=bool(tta), roi=bool(roi))
 
 def file_fingerprint(path, chunk: int = 4096) -> str:
     "A cheap content hash of a file: blake2b of its byte size and its first and last `chunk` bytes (16 hex digits)."
@@ -198,8 +202,9 @@ def input_differences(old: dict, new: dict) -> str:
 
 def record_differences(old: dict, new: dict) -> list[tuple[str, str]]:
     "(what, how) for each setting and for the test images that differ between an earlier run's record and this one's."
-    out = [(k, k if k == 'model_config' else f'{k}: {old.get(k)} -> {new[k]}') for k in new
-           if k not in ('inputs', 'outputs') and old.get(k) != new[k]]
+    was = lambda k: old.get(k, RECORD_DEFAULTS.get(k))
+    out = [(k, k if k == 'model_config' else f'{k}: {was(k)} -> {new[k]}') for k in new
+           if k not in ('inputs', 'outputs') and was(k) != new[k]]
     if 'inputs' not in old: out.append(('test images', 'test images: not recorded (an older unet3plus-infer)'))
     elif d := input_differences(old['inputs'], new['inputs']): out.append(('test images', f'test images: {d}'))
     return out
@@ -273,9 +278,16 @@ def make_zip(folder, zip_path=None, names=None) -> Path:
     return atomic_write(zip_path, write)
 
 # %% ../nbs/09_inference.ipynb #988f8c8a
+class WithOriginals(Dataset):
+    "The samples of a `SparkTestImages`, each also holding its image at the original size (`original`, uint8 [3,H,W])."
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i): return dict(self.ds[i], original=original_image(self.ds.files[i]))
+
 def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0, tta: bool = False,
                    fp16: bool = False, overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
-                   device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True) -> dict:
+                   device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True,
+                   roi='auto') -> dict:
     "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
     k, n_shards = shard
     if not 0 <= k < n_shards: raise ValueError(f"--shard {k}/{n_shards}: need 0 <= K < N")
@@ -283,28 +295,33 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
                                                    "empty the output folder once before starting the shards")
     if model_n_classes(model) != len(CLASSES):
         raise ValueError(f"the SPARK submission needs a {len(CLASSES)}-class model ({', '.join(CLASSES)}), this one predicts {model_n_classes(model)}")
+    use_roi = resolve_roi(roi, model, as_hw(target_size))
     ds = SparkTestImages(data_path, target_size)
     names = [npz_name(p.name) for p in ds.files]
     sizes = test_image_sizes(ds.folder)                        # reads every header: a broken file is named here
-    record = dict(run_settings(model, model_path, target_size, tta), inputs=test_set_identity(ds.files, sizes),
+    record = dict(run_settings(model, model_path, target_size, tta, use_roi), inputs=test_set_identity(ds.files, sizes),
                   outputs=output_names(p.name for p in ds.files))       # the whole test set's, the same in every shard
     out = prepare_run(output_dir, record, overwrite)
     mine = [i for i in range(len(names)) if i % n_shards == k]           # only this shard's files are checked
     done = {i for i in mine if (out / names[i]).exists() and valid_npz(out / names[i], sizes[names[i]])}
     broken = [names[i] for i in mine if i not in done and (out / names[i]).exists()]
     todo = [i for i in mine if i not in done]
-    log.info("%d test images, %d in this shard: %d already done, %d to predict%s", len(names), len(mine), len(done), len(todo),
-             f" ({len(broken)} existing files unreadable or wrong, redone)" if broken else '')
+    how = (f"input size {'x'.join(map(str, as_hw(target_size))) if target_size else 'original'}, "
+           f"{'two stages' if use_roi else 'one stage'}{', TTA' if tta else ''}")
+    log.info("%d test images, %d in this shard: %d already done, %d to predict (%s)%s", len(names), len(mine),
+             len(done), len(todo), how, f" ({len(broken)} files unreadable or wrong, redone)" if broken else '')
     device = resolve_device(device); model = model.to(device).eval()
     if save_visualizations: (out / VIS_DIR).mkdir(exist_ok=True)
     written, pending, t0 = [], collections.deque(), time.perf_counter()
-    loader = DataLoader(Subset(ds, todo), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_eval)
+    loader = DataLoader(Subset(WithOriginals(ds) if use_roi else ds, todo), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_eval)
     with ThreadPoolExecutor(max(1, writers)) as pool:
         for batch in tqdm(loader, desc='predict', disable=not progress or not todo):
-            with amp_context(device, fp16): scores = predict_scores(model, batch['image'].to(device), tta=tta).float()
-            check_finite_scores(scores, batch['image_name'])            # a NaN model would write all-background files
-            for j, name in enumerate(batch['image_name']):
-                classes = scores_to_classes(scores[j], batch['orig_size'][j])
+            originals = batch['original'] if use_roi else batch['orig_size']
+            maps, _ = predict_classes(model, batch['image'].to(device), originals, tta=tta, roi=use_roi,
+                                      names=batch['image_name'], fp16=fp16)          # NaN scores: an error naming them
+            for j, name in enumerate(batch['image_name']):             # (`zip` is a flag here)
+                classes = maps[j].byte().cpu().numpy()
                 pending.append(pool.submit(save_prediction, out, ds.folder / name, classes, save_visualizations))
             while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)): written.append(pending.popleft().result())
         while pending: written.append(pending.popleft().result())
@@ -327,12 +344,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--model_path', help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
     p.add_argument('--data_path', help='folder of test_XXXXX_img.jpg (or its parent holding stream-1-test/)')
     p.add_argument('--output_dir', default='submission')
-    p.add_argument('--batch_size', type=int, default=8); p.add_argument('--target_size', type=int, default=512, help='model input size; 0 = original')
+    p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--target_size', type=int, default=None,
+                   help='model input size; 0 = original; default: the size the model was trained at, else 512')
     p.add_argument('--num_workers', type=int, default=2, help='data loader processes decoding JPEGs')
     p.add_argument('--writers', type=int, default=4, help='threads compressing and writing the .npz files')
     p.add_argument('--fp16', dest='fp16', action='store_true', default=True, help='float16 autocast on CUDA (default)')
     p.add_argument('--no_fp16', dest='fp16', action='store_false')
     p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
+    p.add_argument('--roi', choices=ROI_MODES, default='auto',
+                   help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--zip', dest='zip', action='store_true', default=True, help='write submission.zip (default)')
     p.add_argument('--no_zip', dest='zip', action='store_false')
     p.add_argument('--overwrite', action='store_true', help='redo every file even if output_dir holds results')
@@ -345,7 +366,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         missing = [f'--{k}' for k in ('model_path', 'data_path') if not getattr(a, k)]
         if missing: p.error(f"missing {', '.join(missing)} (or use --check PATH)")
     if a.batch_size < 1: p.error(f'--batch_size must be >= 1, got {a.batch_size}')
-    if a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
+    if a.target_size is not None and a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     m = re.fullmatch(r'(\d+)/(\d+)', a.shard)
     if not m or not int(m.group(1)) < int(m.group(2)): p.error(f"--shard must be K/N with 0 <= K < N, got {a.shard!r}")
     a.shard = (int(m.group(1)), int(m.group(2)))
@@ -366,9 +387,11 @@ def run_infer(a: argparse.Namespace):
         return rep
     device = resolve_device(a.device)
     model = load_model(a.model_path, device)
-    r = predict_folder(model, a.data_path, a.output_dir, target_size=a.target_size or None, batch_size=a.batch_size,
+    size, _ = input_size(a.target_size, model)
+    r = predict_folder(model, a.data_path, a.output_dir, target_size=size, batch_size=a.batch_size,
                        num_workers=a.num_workers, tta=a.tta, fp16=a.fp16, overwrite=a.overwrite,
-                       save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path, writers=a.writers, shard=a.shard)
+                       save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,
+                       writers=a.writers, shard=a.shard, roi=a.roi)
     print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r
 
 # %% ../nbs/09_inference.ipynb #36efff9d

@@ -14,10 +14,11 @@ from .encoders import create_encoder
 from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, FastConv2d, set_weight_grad
 
 # %% auto #0
-__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CONFIG_NAME', 'CONFIG_ALIASES', 'CONFIG_TYPES',
-           'POSITIVE', 'SEED_BACKBONES', 'UNet3Plus', 'probabilities', 'predict', 'check_config', 'save_pretrained',
-           'read_config', 'check_finite', 'read_weights', 'from_pretrained', 'summary', 'export_onnx', 'check_onnx',
-           'conv_peak', 'build_peer', 'make_steps', 'step_gflops', 'train_peak_mb', 'bench_model']
+__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CONFIG_NAME',
+           'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'SEED_BACKBONES', 'UNet3Plus', 'probabilities', 'predict',
+           'is_model_card', 'model_card', 'check_config', 'save_pretrained', 'read_config', 'check_finite',
+           'read_weights', 'from_pretrained', 'summary', 'export_onnx', 'check_onnx', 'conv_peak', 'build_peer',
+           'make_steps', 'step_gflops', 'train_peak_mb', 'bench_model']
 
 # %% ../nbs/04_model.ipynb #706ea4ec
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
@@ -127,13 +128,100 @@ def predict(self, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> torch.T
 
 UNet3Plus.probabilities, UNet3Plus.predict = probabilities, predict
 
+# %% ../nbs/04_model.ipynb #d35e0e95
+CARD_NAME, CARD_MARK = 'README.md', '<!-- model card written by unet3plus save_pretrained'
+
+def is_model_card(path) -> bool:
+    "Whether `path` is a model card `save_pretrained` wrote (it carries the marker near its top)."
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f: return CARD_MARK in f.read(4096)
+    except OSError: return False
+
+def _hex(rgb) -> str: return '#{:02x}{:02x}{:02x}'.format(*(int(v) for v in rgb))
+
+def _number(v) -> str: return 'n/a' if v is None else f'{v:.4f}'
+
+def _data_text(data) -> str:
+    "One line on the data a model was trained on (from its training record)."
+    if not data: return 'not recorded'
+    if data.get('custom'): return str(data['custom'])
+    s = data.get('synthetic')
+    if s:
+        style = f", style {s['style']}" if s.get('style') else ''
+        return (f"the built-in synthetic SPARK-like set (render version {s.get('render_version')}{style}, "
+                f"{s.get('n_train')} training and {s.get('n_val')} validation images of {s.get('size')} px, "
+                f"seed {s.get('seed')})")
+    sub = f", a class-stratified subset of {data['val_subset']} validation images" if data.get('val_subset') else ''
+    return f"the SPARK data set at `{data.get('data_root')}`{sub}"
+
+def _metrics_table(v: dict, names) -> list[str]:
+    "The per-class IoU table of a record's validation metrics."
+    rows = ['| class | IoU |', '| --- | --- |'] + [f"| {n} | {_number(v.get('iou', {}).get(n))} |" for n in names]
+    rows.append(f"| **mean (mIoU)** | **{_number(v.get('miou'))}** |")
+    if v.get('miou_no_bg') is not None: rows.append(f"| mean without background | {_number(v['miou_no_bg'])} |")
+    return rows
+
+def model_card(config: dict, training: dict | None = None) -> str:
+    "A Hugging Face style model card (README.md) from a model's config and training record."
+    t, n = training or {}, config['n_classes']
+    names = t.get('class_names') or [f'class {i}' for i in range(n)]
+    colors = t.get('class_colors')
+    classes = ', '.join(f"{c} ({_hex(colors[i])})" if colors and i < len(colors) else c for i, c in enumerate(names))
+    extras = [k.replace('_', ' ') for k in ('deep_supervision', 'cgm') if config.get(k)]
+    size, crop = t.get('target_size'), float(t.get('object_crop') or 0)
+    trained = (f"Trained at {size} x {size} px" if isinstance(size, int) else f"Trained at {size} px" if size
+               else "Training size not recorded")
+    trained += (f", on full frames and object-centred crops (`object_crop` {crop:g}): `roi='auto'` predicts in two "
+                "stages." if crop > 0 else ", on full frames.")
+    out = ['---', 'library_name: unet3plus', 'pipeline_tag: image-segmentation',
+           'tags: [unet3plus, image-segmentation, semantic-segmentation, spacecraft, spark2024]', '---',
+           CARD_MARK + '; saving the model again replaces it -->', '',
+           f"# UNet3+ {config['backbone']}: {n}-class segmentation", '',
+           f"A UNet 3+ (full-scale skip connections) with the `{config['backbone']}` encoder, "
+           f"{config.get('cat_channels')} channels per decoder branch{', ' + ' and '.join(extras) if extras else ''}, "
+           f"segmenting {n} classes: {classes}. "
+           f"It takes RGB images in [0, 1] of any size. {trained}", '',
+           '## How to use', '', '```python', 'from unet3plus.model import UNet3Plus',
+           'import unet3plus.predict                         # adds model.segment',
+           "model = UNet3Plus.from_pretrained('path/to/this/folder')",
+           'classes = model.segment(image)          # uint8 [H, W, 3] -> class map uint8 [H, W], same size', '```', '',
+           'From the shell: `unet3plus-eval --model_path FOLDER` evaluates it on the validation split it was trained '
+           'on, '
+           '`unet3plus-infer --model_path FOLDER --data_path TEST` writes SPARK submission files; both default to '
+           'the input size it was trained at.', '']
+    v = t.get('validation')
+    out += ['## Validation metrics', '']
+    if v:
+        out += [f"These weights on the validation split after epoch {v.get('epoch')}, as measured during training "
+                "(at the training input size; `unet3plus-eval` measures at the original resolution):", '']
+        out += _metrics_table(v, names)
+    else: out.append('No validation of these weights is recorded (saved outside `unet3plus-train`, or not validated '
+                     'at this epoch).')
+    b = t.get('best')
+    if b and b.get('epoch') is not None and (not v or b.get('epoch') != v.get('epoch')):
+        out += ['', f"The run's best validation {b.get('monitor')} was {_number(b.get('score'))} at epoch "
+                    f"{b.get('epoch')} (`unet3plus_best`)."]
+    out += ['', '## Training', '', f"Data: {_data_text(t.get('data'))}."]
+    if t.get('epoch') is not None: out.append(f"Weights after epoch {t['epoch']} (optimizer step {t.get('step')}).")
+    if t.get('command'): out += ['', '```bash', t['command'], '```']
+    if not t: out.append('No training record: this folder was saved outside `unet3plus-train`.')
+    out += ['', '## Intended use and limits', '',
+            '- Research on spacecraft segmentation (SPARK 2024 stream 1: body and solar panels against space); the '
+            'numbers above hold for the data above and nothing else.',
+            '- A model trained on the built-in synthetic set has never seen a real image: measure it on real data '
+            'before trusting it there.',
+            '- Thin structures (struts, antennas) narrower than a pixel at the input size are lost; small or distant '
+            'spacecraft are segmented worse than large ones.',
+            '- Not validated for operational use (navigation, docking, any safety-critical decision).', '']
+    return '\n'.join(out)
+
 # %% ../nbs/04_model.ipynb #8f36103b
 WEIGHTS_NAME, SEED_WEIGHTS_NAME, CONFIG_NAME = 'model.safetensors', 'unet3plus_model.pt', 'config.json'
 CONFIG_ALIASES = {'num_classes': 'n_classes', 'classes': 'n_classes', 'encoder_name': 'backbone', 'encoder': 'backbone'}
 CONFIG_TYPES = dict(backbone=(str,), n_classes=(int,), cat_channels=(int,), deep_supervision=(bool,), cgm=(bool,),
                     cgm_dropout=(int, float), freeze_backbone=(bool,), branch_order=(str,),
                     fine_levels=('auto', None, int), light_stride=('auto', None, int), light_channels=(int,),
-                    conv_bias=(bool,), encoder_kwargs=(dict, None))
+                    conv_bias=(bool,), encoder_kwargs=(dict, None), training=(dict, None))
 POSITIVE = ('n_classes', 'cat_channels')
 
 def _type_ok(v, allowed) -> bool:
@@ -162,17 +250,31 @@ def _is_saved_model(d: Path) -> bool:
     try: read_config(d); return True
     except (OSError, ValueError): return False
 
-def save_pretrained(self, save_dir, overwrite: bool = False) -> Path:
-    "Write `config.json` and `model.safetensors` to `save_dir` (refuses a non-empty dir unless `overwrite`)."
+def _config_text(config: dict, training) -> str:
+    "config.json's text: the constructor keys and, when given, the `training` record (a JSON object)."
+    if training is not None and not isinstance(training, dict):
+        raise ValueError(f"save_pretrained: training must be a dict (the record), not {type(training).__name__}")
+    try: return json.dumps(config if training is None else dict(config, training=training), indent=2, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save_pretrained: the training record is not plain JSON: {e}") from None
+
+def save_pretrained(self, save_dir, overwrite: bool = False, training: dict | None = None) -> Path:
+    "Write `config.json` (with the `training` record), `model.safetensors` and a model card `README.md` to `save_dir`."
     from safetensors.torch import save
+    training = self.training_record if training is None else training
+    text = _config_text(self.config, training)
     d = prepare_output_dir(save_dir, overwrite, what='save_pretrained: folder', hint='pass overwrite=True to replace its model files')
     ours = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if (d / n).exists()]
     if ours and not _is_saved_model(d):
         raise FileExistsError(f"save_pretrained: {d} holds {' and '.join(ours)} that save_pretrained did not write "
                               f"(no readable UNet3Plus {CONFIG_NAME}); move them away or choose another folder")
+    if (d / CARD_NAME).exists() and not is_model_card(d / CARD_NAME):
+        raise FileExistsError(f"save_pretrained: {d} holds a {CARD_NAME} that save_pretrained did not write "
+                              "(no model card marker); move it away or choose another folder")
     sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-    atomic_write_text(d / CONFIG_NAME, json.dumps(self.config, indent=2))    # first: it marks the folder as a model's
+    atomic_write_text(d / CONFIG_NAME, text)                                # first: it marks the folder as a model's
     atomic_write(d / WEIGHTS_NAME, lambda f: f.write(save(sd, metadata={'format': 'pt'})))
+    atomic_write_text(d / CARD_NAME, model_card(self.config, training))
     return d
 
 def read_config(load_dir) -> dict:
@@ -244,9 +346,11 @@ def from_pretrained(cls, load_dir, map_location='cpu', **overrides) -> 'UNet3Plu
     if missing or unexpected:
         raise ValueError(f"from_pretrained({d}): weights do not fit config {kw}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    model.training_record = cfg.get('training')                            # how it was trained; not used to build it
     return model.to(map_location)
 
 UNet3Plus.save_pretrained, UNet3Plus.from_pretrained = save_pretrained, from_pretrained
+UNet3Plus.training_record = None     # a model built in Python has no record; from_pretrained sets the saved one
 
 # %% ../nbs/04_model.ipynb #03c94f25
 def _gflops(fn) -> tuple:

@@ -25,9 +25,10 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'RUN_LEFTOVERS'
            'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet',
            'fit_in_memory', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state',
            'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'save_model',
-           'previous_run', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate',
-           'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args',
-           'main', 'loop_speed', 'bench_train']
+           'train_command', 'data_record', 'input_size_of', 'train_record', 'previous_run', 'check_save_path',
+           'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate', 'init_engine', 'setup_logging',
+           'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main', 'loop_speed',
+           'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -477,28 +478,93 @@ def load_checkpoint(engine, ckpt_dir) -> dict:
     return state
 
 # %% ../nbs/07_train.ipynb #19e19dff
-def _write_module(module: nn.Module, out: Path):
-    "`module.save_pretrained(out)`, or its state dict as `out/model.safetensors`."
-    if hasattr(module, 'save_pretrained'): module.save_pretrained(out)
+def _write_module(module: nn.Module, out: Path, training: dict | None = None):
+    "`module.save_pretrained(out, training=...)` (if it takes a record), or its state dict as `out/model.safetensors`."
+    if hasattr(module, 'save_pretrained'):
+        import inspect
+        takes = training is not None and 'training' in inspect.signature(module.save_pretrained).parameters
+        module.save_pretrained(out, **({'training': training} if takes else {}))
     else:
         from safetensors.torch import save_file
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}, str(out / 'model.safetensors'))
 
-def save_model(engine, out) -> Path:
-    "Save the engine's module as a `from_pretrained` folder at `out` (atomic; ZeRO-3 parameters gathered first)."
+def save_model(engine, out, training: dict | None = None) -> Path:
+    "Save the engine's module as a `from_pretrained` folder at `out` with its `training` record (atomic, ZeRO-3 too)."
     out = Path(out); module = engine.module if hasattr(engine, 'module') else engine
     def write():
         if is_main():
             tmp = out.with_name(f'.tmp-{out.name}')
             if tmp.exists(): shutil.rmtree(tmp)
-            _write_module(module, tmp); replace_dir(tmp, out)
+            _write_module(module, tmp, training); replace_dir(tmp, out)
     if getattr(engine, 'zero_optimization_stage', lambda: 0)() == 3:
         import deepspeed
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None): write()
     else: write()
     barrier()
     return out
+
+# %% ../nbs/07_train.ipynb #3950cf72
+_LAUNCH_FLAGS = ('local_rank', 'resume', 'overwrite', 'progress')     # how one launch ran, not what it trained
+
+def train_command(cfg: TrainConfig) -> str:
+    "The `unet3plus-train` command line that gives `cfg`: `--field value` for each field that differs from its default."
+    import dataclasses, shlex
+    default, parts = TrainConfig(), ['unet3plus-train']
+    for f in dataclasses.fields(cfg):                    # each field is the flag of its name (`--no_X`: True off)
+        k, v = f.name, getattr(cfg, f.name)
+        if k in _LAUNCH_FLAGS or v is None or v == getattr(default, k): continue
+        if isinstance(v, bool): parts.append(f'--{k}' if v else f'--no_{k}')
+        else: parts += [f'--{k}', shlex.quote(str(v))]
+    return ' '.join(parts)
+
+def data_record(cfg: TrainConfig, val_ds, custom: bool = False) -> dict:
+    "Where a run's validation split came from: its SPARK root, the synthetic set's parameters, the subset; or 'custom'."
+    if custom or not hasattr(val_ds, 'csv_path'):
+        return dict(custom=f"custom data sets passed to train() ({len(val_ds)} validation samples)")
+    root = Path(val_ds.csv_path).parent.resolve()
+    meta, synthetic = root / '.synthetic.json', None
+    if cfg.data_root is None and meta.is_file():
+        try: synthetic = json.loads(meta.read_text())
+        except (OSError, ValueError): synthetic = None
+    return dict(data_root=str(root), synthetic=synthetic, split=val_ds.split, seed=cfg.seed,
+                val_subset=max(1, cfg.downsample_size // 5) if cfg.downsample else None)   # as build_datasets draws it
+
+def input_size_of(ds):
+    "The input size of a data set's samples (its `target_size`, else its first image's): int when square, else [H, W]."
+    size = getattr(ds, 'target_size', None)
+    if size is None:
+        try: size = tuple(ds[0]['image'].shape[-2:])
+        except (IndexError, KeyError, TypeError, AttributeError): return None
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(h) if h == w else [int(h), int(w)]
+
+def _finite(v):
+    "`v` as a float, or None when it is missing or not finite."
+    return float(v) if v is not None and math.isfinite(v) else None
+
+def _validation(row, names) -> dict | None:
+    "The validation metrics of a history row (None if that epoch was not validated)."
+    if not row or 'miou' not in row: return None
+    return dict(epoch=row['epoch'], miou=_finite(row['miou']), miou_no_bg=_finite(row.get('miou_no_bg')),
+                mdice=_finite(row.get('mdice')), pixel_acc=_finite(row.get('pixel_acc')),
+                iou={n: _finite(v) for n, v in zip(names, row.get('iou') or [])})
+
+def train_record(cfg: TrainConfig, data: dict, class_names, row: dict | None, state: dict, world_size: int = 1,
+                 target_size=None) -> dict:
+    "The training record of the weights saved after history row `row` (the `training` key of their config.json)."
+    from unet3plus import __version__
+    from unet3plus.data import PALETTE
+    names = list(class_names or [f'class_{i}' for i in range(cfg.n_classes)])
+    best_row = next((h for h in state['history'] if h.get('epoch') == state['best_epoch']), None)
+    if best_row is None and row and row.get('epoch') == state['best_epoch']: best_row = row   # not in the history yet
+    best = dict(monitor=cfg.monitor, score=_finite(state['best_score']), epoch=state['best_epoch'],
+                **{k: v for k, v in (_validation(best_row, names) or {}).items() if k != 'epoch'})
+    return dict(target_size=target_size or cfg.target_size, object_crop=float(getattr(cfg, 'object_crop', 0.0) or 0.0),
+                class_names=names, class_colors=PALETTE.tolist() if names == list(CLASSES) else None, data=data,
+                epoch=row['epoch'] if row else state['epoch'], step=state['step'], validation=_validation(row, names),
+                best=best,
+                command=train_command(cfg), processes=world_size, version=__version__)
 
 # %% ../nbs/07_train.ipynb #ad5e48e1
 RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json', 'training_plots.png', 'training_report.txt',
@@ -716,6 +782,9 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
     setup_logging(save)
     if is_main() and ckdir.exists(): clean_partial_checkpoints(ckdir)
     class_names = CLASSES if len(CLASSES) == cfg.n_classes else None
+    trained_on = data_record(cfg, val_ds, custom=datasets is not None)
+    size = None if datasets is None else input_size_of(val_ds)
+    def record(row): return train_record(cfg, trained_on, class_names, row, state, world, size)   # for a model folder
     state = dict(epoch=0, epoch_batches=0, epoch_loss=0.0, step=0, history=[], best_score=None, best_epoch=None, bad_validations=0)
     if cfg.resume:
         loaded = load_checkpoint(engine, ckdir)
@@ -759,12 +828,12 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
             msg += f", val loss {rec['val_loss']:.4f}, mIoU {rec['miou']:.4f}, mDice {rec['mdice']:.4f}"
             if _is_better(score, state['best_score'], cfg.monitor):
                 state.update(best_score=float(score), best_epoch=ep + 1, bad_validations=0)
-                save_model(engine, save / 'unet3plus_best'); msg += f" (new best {cfg.monitor})"
+                save_model(engine, save / 'unet3plus_best', record(rec)); msg += f" (new best {cfg.monitor})"
             else: state['bad_validations'] += 1
         log.info(msg)
         state['history'].append(rec)
         state.update(epoch=ep + 1, epoch_batches=0, epoch_loss=0.0)
-        if (ep + 1) % cfg.save_every == 0 or last: save_model(engine, save / f'unet3plus_epoch_{ep + 1}')
+        if (ep + 1) % cfg.save_every == 0 or last: save_model(engine, save / f'unet3plus_epoch_{ep + 1}', record(rec))
         checkpoint(f"epoch{ep + 1:04d}-step{state['step']:08d}")
         if is_main():
             atomic_write_text(save / 'history.json', json.dumps(state['history'], indent=1))
@@ -772,7 +841,7 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
         if hit_max: stopped = f'reached --max_steps {cfg.max_steps}'; break
         if cfg.patience > 0 and state['bad_validations'] >= cfg.patience:
             stopped = f"early stopping: {cfg.monitor} did not improve in {cfg.patience} validations"; log.info(stopped); break
-    save_model(engine, save / 'unet3plus_final')
+    save_model(engine, save / 'unet3plus_final', record(state['history'][-1] if state['history'] else None))
     best = dict(score=state['best_score'], epoch=state['best_epoch'], monitor=cfg.monitor)
     if is_main():
         atomic_write_text(save / 'training_report.txt', training_report(
