@@ -4,13 +4,16 @@
 
 # %% ../nbs/03_decoder.ipynb #d3e5ddd5
 from __future__ import annotations
+import contextlib, warnings
 import torch, torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['WEIGHT_GRAD_MODES', 'GEMM_MIN_CHANNELS', 'WGRAD_SHAPES', 'BRANCH_ORDERS', 'pool_to', 'resize_to', 'gemm_is_faster',
-           'native_conv_grads', 'conv_weight_grad', 'FastConv2d', 'set_weight_grad', 'bench_wgrad', 'conv_bn_relu',
-           'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
+__all__ = ['PRECISIONS', 'FAST_BF16_FEATURES', 'AUTOCAST_DTYPES', 'PRECISION_KERNELS', 'ISA_LIMITS', 'WEIGHT_GRAD_MODES',
+           'GEMM_MIN_CHANNELS', 'WGRAD_SHAPES', 'BRANCH_ORDERS', 'pool_to', 'resize_to', 'cpu_capabilities',
+           'cpu_has_fast_bf16', 'resolve_precision', 'precision_autocast', 'precision_speeds', 'bench_precision',
+           'gemm_is_faster', 'native_conv_grads', 'conv_weight_grad', 'FastConv2d', 'set_weight_grad', 'bench_wgrad',
+           'conv_bn_relu', 'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
 
 # %% ../nbs/03_decoder.ipynb #ca7ac38f
 def _is_pow2(r: int) -> bool: return r >= 1 and (r & (r - 1)) == 0
@@ -33,12 +36,111 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     if h <= H and w <= W: return F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
     raise ValueError(f"resize_to: cannot resize a {h}x{w} map to {H}x{W} (finer in one axis, coarser in the other)")
 
+# %% ../nbs/03_decoder.ipynb #66bfdf74
+PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16')
+FAST_BF16_FEATURES = ('amx_bf16', 'avx512_bf16')          # bf16 dot products in hardware: AMX tiles, AVX512-BF16
+AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
+
+def cpu_capabilities() -> dict:
+    "What torch knows of this CPU (`torch.cpu.get_capabilities()`: ISA flags, `cpu_name`, cores); {} where unavailable."
+    get = getattr(torch.cpu, 'get_capabilities', None)
+    try: return dict(get()) if get is not None else {}
+    except Exception: return {}                                 # an old or unusual build: assume nothing
+
+def cpu_has_fast_bf16(caps: dict | None = None) -> bool:
+    "Whether the CPU (or `caps`, a `cpu_capabilities` dict) multiplies bf16 in hardware: AMX-BF16 or AVX512-BF16."
+    caps = cpu_capabilities() if caps is None else caps
+    return any(bool(caps.get(f)) for f in FAST_BF16_FEATURES)
+
+def resolve_precision(precision: str = 'auto', device='cpu', bf16_ok: bool | None = None,
+                      fast_bf16: bool | None = None) -> str:
+    "'fp32', 'bf16' or 'fp16' to run `precision` in on `device`; 'auto': bf16 (else fp16) on CUDA, bf16 on fast-bf16 CPUs."
+    if precision not in PRECISIONS: raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    kind = torch.device(device).type
+    if kind == 'cuda':
+        if bf16_ok is None: bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return ('bf16' if bf16_ok else 'fp16') if precision == 'auto' else precision
+    fast = kind == 'cpu' and (cpu_has_fast_bf16() if fast_bf16 is None else fast_bf16)
+    if precision == 'auto': return 'bf16' if fast else 'fp32'
+    if precision == 'fp16' or (precision == 'bf16' and kind != 'cpu'):
+        warnings.warn(f"precision {precision} is not supported on {kind} here (a GPU feature); running in fp32")
+        return 'fp32'
+    if precision == 'bf16' and not fast:
+        warnings.warn("precision bf16 on a CPU without AMX-BF16 or AVX512-BF16: it runs, but slower than fp32")
+    return precision
+
+def precision_autocast(device, precision: str):
+    "`torch.autocast` on `device` for a resolved `precision` ('bf16' or 'fp16'); a context that does nothing for 'fp32'."
+    if precision not in ('fp32', *AUTOCAST_DTYPES):
+        raise ValueError(f"precision_autocast: precision must be fp32, bf16 or fp16 (resolve 'auto' first), got {precision!r}")
+    if precision == 'fp32': return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
+
+# %% ../nbs/03_decoder.ipynb #03f93a13
+PRECISION_KERNELS = [('matmul', 2048, 2048, 1), ('conv3x3', 64, 256, 2), ('conv3x3', 256, 128, 2), ('conv3x3', 40, 256, 2)]
+ISA_LIMITS = ('AVX512_CORE', 'AVX2')
+
+def _kernel_runs(kind: str, c: int, hw: int, b: int):
+    "(GFLOP of one call, {'forward': fn, 'train': fn}) for a matmul [c x hw] @ [hw x c] or a conv3x3 c -> c on [b, c, hw, hw]."
+    if kind == 'matmul':
+        a, m = torch.randn(c, hw), torch.randn(hw, c)
+        return 2 * c * hw * c / 1e9, {'forward': lambda: a @ m}
+    conv = nn.Conv2d(c, c, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(b, c, hw, hw).contiguous(memory_format=torch.channels_last).requires_grad_()
+    def fwd():
+        with torch.no_grad(): conv(x)
+    def train(): conv(x).sum().backward()
+    return 2 * c * c * 9 * hw * hw * b / 1e9, {'forward': fwd, 'train': train}
+
+def precision_speeds(repeats: int = 3) -> list[dict]:
+    "GFLOP/s of `PRECISION_KERNELS` in fp32 and in bf16 autocast (train = forward + both gradients, 3x the forward FLOPs)."
+    from unet3plus.bench import measure
+    rows = []
+    for kind, c, hw, b in PRECISION_KERNELS:
+        gflop, runs = _kernel_runs(kind, c, hw, b)
+        for phase, fn in runs.items():
+            def in_prec(p, fn=fn):
+                def run():
+                    with precision_autocast('cpu', p): out = fn()
+                return run
+            t = measure({p: in_prec(p) for p in ('fp32', 'bf16')}, repeats=repeats)
+            f = gflop * (3 if phase == 'train' else 1)
+            shape = f'{c}x{hw} @ {hw}x{c}' if kind == 'matmul' else f'{c}->{c}, {b}x{hw}x{hw}'
+            rows.append(dict(kernel=kind, phase=phase, shape=shape, fp32_GFLOPs=f / t['fp32'], bf16_GFLOPs=f / t['bf16'],
+                             bf16_speedup=t['fp32'] / t['bf16']))
+    return rows
+
+def _isa_limited_speeds(isa: str, repeats: int, threads: int | None) -> list[dict]:
+    "`precision_speeds` in a child process whose oneDNN may use instructions up to `isa` only."
+    import json, os, subprocess, sys
+    code = (f"import json, torch; from unet3plus.decoder import precision_speeds\n"
+            f"{'torch.set_num_threads(%d)' % threads if threads else ''}\nprint('ROWS', json.dumps(precision_speeds({repeats})))")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'ONEDNN_MAX_CPU_ISA': isa})
+    if r.returncode != 0: raise RuntimeError(f"bench precision: the child with ONEDNN_MAX_CPU_ISA={isa} failed:\n{r.stderr[-2000:]}")
+    return json.loads([l for l in r.stdout.splitlines() if l.startswith('ROWS ')][-1][5:])
+
+def bench_precision(argv: list[str] | None = None) -> dict:
+    "`unet3plus-bench precision`: fp32 vs bf16 matmul and conv3x3 GFLOP/s on this CPU, and with oneDNN limited to older ISAs."
+    import argparse
+    from unet3plus.bench import print_table
+    p = argparse.ArgumentParser('unet3plus-bench precision', description=bench_precision.__doc__)
+    p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--isa', nargs='*', default=list(ISA_LIMITS), help='ONEDNN_MAX_CPU_ISA values to compare (none: skip)')
+    a = p.parse_args(argv or [])
+    if a.threads: torch.set_num_threads(a.threads)
+    res = {'native': precision_speeds(a.repeats)}
+    print_table(res['native'], 'fp32 vs bf16 autocast, channels_last, this CPU (train: forward + input and weight gradients)')
+    for isa in a.isa:
+        res[isa] = _isa_limited_speeds(isa, a.repeats, a.threads)
+        print_table(res[isa], f'the same with ONEDNN_MAX_CPU_ISA={isa}')
+    return res
+
 # %% ../nbs/03_decoder.ipynb #2f3fdb0c
 WEIGHT_GRAD_MODES, GEMM_MIN_CHANNELS = ('auto', 'gemm', 'native'), 32
 
-def gemm_is_faster(in_ch: int, out_ch: int) -> bool:
+def gemm_is_faster(in_ch: int, out_ch: int, dtype: torch.dtype = torch.float32) -> bool:
     "Whether 'auto' uses `conv_weight_grad` for a conv with these channel counts (measured: from 32 in and out)."
-    return min(in_ch, out_ch) >= GEMM_MIN_CHANNELS
+    return dtype == torch.float32 and min(in_ch, out_ch) >= GEMM_MIN_CHANNELS
 
 def native_conv_grads(g, x, w, input_grad: bool = True, weight_grad: bool = False):
     "oneDNN's (input, weight) gradients of a stride-1, 'same'-padded conv2d; None where not asked for."
@@ -131,25 +233,29 @@ WGRAD_SHAPES = [(256, 256, 128), (256, 256, 64), (96, 64, 128), (256, 136, 32), 
                 (256, 8, 128), (16, 8, 256), (40, 3, 256)]
 
 def bench_wgrad(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench wgrad`: oneDNN's conv weight gradient vs `conv_weight_grad`, GFLOP/s per shape."
+    "`unet3plus-bench wgrad`: oneDNN's conv weight gradient vs `conv_weight_grad`, GFLOP/s per shape and precision."
     import argparse
-    from unet3plus.bench import measure, print_table
+    from unet3plus.bench import measure, print_table, add_precision_arg, bench_precisions
     p = argparse.ArgumentParser('unet3plus-bench wgrad', description=bench_wgrad.__doc__)
     p.add_argument('--batch', type=int, default=2); p.add_argument('--kernel', type=int, default=3)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
+    add_precision_arg(p)
     a = p.parse_args(argv or [])
     if a.threads: torch.set_num_threads(a.threads)
-    k, rows, cl = a.kernel, [], torch.channels_last
-    for cin, cout, hw in WGRAD_SHAPES:
-        x, g = (torch.randn(a.batch, c, hw, hw).contiguous(memory_format=cl) for c in (cin, cout))
-        w = torch.randn(cout, cin, k, k).contiguous(memory_format=cl)
-        t = measure({'oneDNN': lambda: native_conv_grads(g, x, w, input_grad=False, weight_grad=True),
-                     'gemm': lambda: conv_weight_grad(x, g, k)}, repeats=a.repeats)
-        gflop = 2 * a.batch * cin * cout * k * k * hw * hw / 1e9
-        rows.append({'in': cin, 'out': cout, 'size': hw, 'oneDNN_GFLOP/s': gflop / t['oneDNN'], 'gemm_GFLOP/s': gflop / t['gemm'],
-                     'gemm_speedup': t['oneDNN'] / t['gemm'], 'auto_uses': 'gemm' if gemm_is_faster(cin, cout) else 'oneDNN'})
-    print_table(rows, f'conv{k}x{k} weight gradient, batch {a.batch}, channels_last fp32, threads={torch.get_num_threads()}')
-    return {'rows': rows}
+    k, res, cl = a.kernel, {}, torch.channels_last
+    for prec in bench_precisions(a.precision):
+        dt, rows = {'fp32': torch.float32, 'bf16': torch.bfloat16}[prec], []
+        for cin, cout, hw in WGRAD_SHAPES:
+            x, g = (torch.randn(a.batch, c, hw, hw, dtype=dt).contiguous(memory_format=cl) for c in (cin, cout))
+            w = torch.randn(cout, cin, k, k, dtype=dt).contiguous(memory_format=cl)
+            t = measure({'oneDNN': lambda: native_conv_grads(g, x, w, input_grad=False, weight_grad=True),
+                         'gemm': lambda: conv_weight_grad(x, g, k)}, repeats=a.repeats)
+            gflop = 2 * a.batch * cin * cout * k * k * hw * hw / 1e9
+            rows.append({'in': cin, 'out': cout, 'size': hw, 'oneDNN_GFLOP/s': gflop / t['oneDNN'], 'gemm_GFLOP/s': gflop / t['gemm'],
+                         'gemm_speedup': t['oneDNN'] / t['gemm'], 'auto_uses': 'gemm' if gemm_is_faster(cin, cout, dt) else 'oneDNN'})
+        print_table(rows, f'conv{k}x{k} weight gradient, batch {a.batch}, channels_last {prec}, threads={torch.get_num_threads()}')
+        res[prec] = rows
+    return {'rows': res}
 
 # %% ../nbs/03_decoder.ipynb #d8f3abad
 BRANCH_ORDERS = ('paper', 'conv_first')

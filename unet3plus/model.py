@@ -312,8 +312,10 @@ SEED_BACKBONES = ['convnext_tiny', 'convnext_small', 'convnext_base', 'hrnet_w18
                   'efficientnet_b0', 'efficientnet_b3', 'resnet34', 'resnet50']
 
 # %% ../nbs/04_model.ipynb #1e19f77d
-def conv_peak(repeats: int = 3, channels_last: bool = True) -> dict:
-    "Best GFLOP/s of a conv3x3 (forward; forward + backward with either weight gradient) on this machine, over a few shapes."
+from .decoder import precision_autocast
+
+def conv_peak(repeats: int = 3, channels_last: bool = True, precision: str = 'fp32') -> dict:
+    "Best GFLOP/s of a conv3x3 (forward; forward + backward with either weight gradient) in `precision`, over a few shapes."
     from unet3plus.bench import measure
     best = {'forward': 0.0, 'train': 0.0}
     for (c, hw, b), wgrad in [(s, w) for s in ((256, 64, 4), (128, 128, 2)) for w in ('native', 'gemm')]:
@@ -322,8 +324,10 @@ def conv_peak(repeats: int = 3, channels_last: bool = True) -> dict:
         if channels_last: conv, x = conv.to(memory_format=torch.channels_last), x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         flops = 2 * c * c * 9 * hw * hw * b
         def fwd():
-            with torch.no_grad(): conv(x)
-        def train(): conv(x).sum().backward()
+            with torch.no_grad(), precision_autocast('cpu', precision): conv(x)
+        def train():
+            with precision_autocast('cpu', precision): y = conv(x)
+            y.float().sum().backward()
         t = measure({'forward': fwd, 'train': train}, repeats=repeats, warmup=1)
         best['forward'] = max(best['forward'], flops / t['forward'] / 1e9)
         best['train'] = max(best['train'], 3 * flops / t['train'] / 1e9)
@@ -333,11 +337,10 @@ def _max_peak(a: dict, b: dict) -> dict:
     "Per-kind maximum of two `conv_peak` results (the machine's load changes during a run)."
     return {k: max(a[k], b[k]) for k in a}
 
-def build_peer(kind: str, backbone: str, n_classes: int = 3, branch_order: str = 'conv_first', cat_channels: int = 64,
-               weight_grad: str = 'auto') -> nn.Module:
-    "A model to benchmark: 'unet3plus' (ours, random init) or 'smp' (segmentation_models_pytorch.Unet, same timm encoder)."
+def build_peer(kind: str, backbone: str, n_classes: int = 3, weight_grad: str = 'auto', **kwargs) -> nn.Module:
+    "A model to benchmark: 'unet3plus' (ours, random init, `kwargs` for `UNet3Plus`) or 'smp' (smp.Unet, same timm encoder)."
     if kind == 'unet3plus':
-        model = UNet3Plus(backbone, n_classes=n_classes, pretrained=False, branch_order=branch_order, cat_channels=cat_channels)
+        model = UNet3Plus(backbone, n_classes=n_classes, pretrained=False, **kwargs)
         set_weight_grad(model, weight_grad)
         return model
     if kind == 'smp':
@@ -347,18 +350,20 @@ def build_peer(kind: str, backbone: str, n_classes: int = 3, branch_order: str =
 
 def _logits(out): return out['logits'] if isinstance(out, dict) else out
 
-def make_steps(model: nn.Module, size: int, batch: int, channels_last: bool = True, n_classes: int = 3, seed: int = 0):
-    "(train_step, infer_step) closures for `model` on a fixed random batch."
+def make_steps(model: nn.Module, size: int, batch: int, channels_last: bool = True, n_classes: int = 3, seed: int = 0,
+               precision: str = 'fp32'):
+    "(train_step, infer_step) closures for `model` on a fixed random batch, the forward under `precision`'s autocast."
     g = torch.Generator().manual_seed(seed)
     x, y = torch.rand(batch, 3, size, size, generator=g), torch.randint(0, n_classes, (batch, size, size), generator=g)
     if channels_last: model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     def train_step():
         model.train(); opt.zero_grad(set_to_none=True)
-        F.cross_entropy(_logits(model(x)), y).backward(); opt.step()
+        with precision_autocast('cpu', precision): logits = _logits(model(x))
+        F.cross_entropy(logits.float(), y).backward(); opt.step()          # the loss in fp32, as training does
     def infer_step():
         model.eval()
-        with torch.no_grad(): model(x)
+        with torch.no_grad(), precision_autocast('cpu', precision): model(x)
     return train_step, infer_step
 
 def step_gflops(model: nn.Module, size: int, batch: int) -> dict:
@@ -376,35 +381,46 @@ def _proc_status_mb(key: str) -> float:
         if line.startswith(key + ':'): return int(line.split()[1]) / 1024
     raise KeyError(key)
 
-def _peak_child(q, kind, backbone, branch_order, size, batch, channels_last, cat_channels, weight_grad):
+def _peak_child(q, kind, backbone, size, batch, channels_last, weight_grad, precision, kwargs):
     "Child process: (RSS before, peak RSS during) a train step of a fresh model, in MiB."
     torch.manual_seed(0)
-    model = build_peer(kind, backbone, branch_order=branch_order, cat_channels=cat_channels, weight_grad=weight_grad)
-    train, _ = make_steps(model, size, batch, channels_last)
+    model = build_peer(kind, backbone, weight_grad=weight_grad, **kwargs)
+    train, _ = make_steps(model, size, batch, channels_last, precision=precision)
     try: Path('/proc/self/clear_refs').write_text('5')          # reset the high-water mark to the current RSS
     except OSError: pass
     before = _proc_status_mb('VmRSS')
     train()
     q.put((before, _proc_status_mb('VmHWM')))
 
-def train_peak_mb(kind: str, backbone: str, size: int, batch: int, branch_order: str = 'conv_first', channels_last: bool = True,
-                  cat_channels: int = 64, weight_grad: str = 'auto') -> tuple:
-    "(RSS before the first step, peak RSS during it) in MiB of training `kind` in a fresh process (Linux)."
+def train_peak_mb(kind: str, backbone: str, size: int, batch: int, channels_last: bool = True, weight_grad: str = 'auto',
+                  precision: str = 'fp32', **kwargs) -> tuple:
+    "(RSS before the first step, peak RSS during it) in MiB of training `kind` (`kwargs` for `UNet3Plus`) in a fresh process."
     import multiprocessing as mp
     ctx = mp.get_context('spawn'); q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, branch_order, size, batch, channels_last, cat_channels, weight_grad))
+    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, size, batch, channels_last, weight_grad, precision, kwargs))
     p.start(); res = q.get(); p.join()
     return res
 
 # %% ../nbs/04_model.ipynb #9bdaede5
+def _model_specs(a) -> dict:
+    "name -> (kind, channels_last, weight_grad, UNet3Plus kwargs) of the models `bench_model`'s options ask for."
+    specs = {'unet3plus': ('unet3plus', True, 'auto', {}), 'unet3plus oneDNN wgrad': ('unet3plus', True, 'native', {})}
+    if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, 'auto', dict(branch_order='paper'))
+    if a.nchw: specs['unet3plus NCHW'] = ('unet3plus', False, 'auto', {})
+    for c in a.cat_channels: specs[f'unet3plus cat{c}'] = ('unet3plus', True, 'auto', dict(cat_channels=c))
+    if not a.no_smp: specs['smp.Unet'] = ('smp', True, 'auto', {})
+    return specs
+
 def bench_model(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last fp32 CPU."
-    from unet3plus.bench import measure, measure_rounds, round_ratios, print_table
+    "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last CPU, fp32 and bf16."
+    from unet3plus.bench import measure, measure_rounds, round_ratios, print_table, add_precision_arg, bench_precisions
     p = argparse.ArgumentParser('unet3plus-bench model', description=bench_model.__doc__)
     p.add_argument('--backbone', default='convnext_tiny', help='timm backbone for both models')
     p.add_argument('--size', type=int, default=512); p.add_argument('--batch', type=int, default=2)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
+    add_precision_arg(p)
     p.add_argument('--no_smp', action='store_true', help='skip the smp.Unet peer')
+    p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
     p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
     p.add_argument('--cat_channels', type=int, nargs='*', default=[], help='also time the default model with these cat_channels')
     p.add_argument('--no_memory', action='store_true', help='skip the child-process memory measurements')
@@ -414,46 +430,45 @@ def bench_model(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv or [])
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    specs = {'unet3plus conv_first': ('unet3plus', 'conv_first', True, 64, 'auto'),
-             'unet3plus conv_first oneDNN wgrad': ('unet3plus', 'conv_first', True, 64, 'native'),
-             'unet3plus paper': ('unet3plus', 'paper', True, 64, 'auto')}
-    if a.nchw: specs['unet3plus conv_first NCHW'] = ('unet3plus', 'conv_first', False, 64, 'auto')
-    for c in a.cat_channels: specs[f'unet3plus conv_first cat{c}'] = ('unet3plus', 'conv_first', True, c, 'auto')
-    if not a.no_smp: specs['smp.Unet'] = ('smp', 'conv_first', True, 64, 'auto')
-    if a.memory_only: return {'memory': _bench_memory(a, specs)}
-    peak = conv_peak(repeats=min(a.repeats, 2))
-    models = {k: build_peer(kind, a.backbone, branch_order=o, cat_channels=c, weight_grad=wg) for k, (kind, o, _, c, wg) in specs.items()}
+    specs, precisions = _model_specs(a), bench_precisions(a.precision)
+    if a.memory_only: return {'memory': _bench_memory(a, specs, precisions)}
+    models = {k: build_peer(kind, a.backbone, weight_grad=wg, **kw) for k, (kind, _, wg, kw) in specs.items()}
     flops = {k: step_gflops(m, a.size, a.batch) for k, m in models.items()}
-    steps = {k: make_steps(models[k], a.size, a.batch, spec[2]) for k, spec in specs.items()}
-    r_train = measure_rounds({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-    t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-    t_train = {k: statistics.median(v) for k, v in r_train.items()}
-    peak = _max_peak(peak, conv_peak(repeats=1))
-    ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus conv_first'
-    rows = []
-    for k in specs:
-        rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
-                     'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
-                     'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
-                     'train_GFLOP/s': flops[k]['train'] / t_train[k], 'train_%peak': 100 * flops[k]['train'] / t_train[k] / peak['train'],
-                     'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
-                     'infer_GFLOP/s': flops[k]['infer'] / t_infer[k], 'infer_%peak': 100 * flops[k]['infer'] / t_infer[k] / peak['forward']})
-    print(f"backbone={a.backbone} size={a.size} batch={a.batch} threads={torch.get_num_threads()} repeats={a.repeats}; "
-          f"conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, forward+backward {peak['train']:.1f} GFLOP/s")
-    print_table(rows, 'train step and inference, alternating runs, fp32 CPU (ratios against ' + ref + ')')
-    res = {'rows': rows, 'conv_peak': peak, 'gflops': flops}
-    if not a.no_memory: res['memory'] = _bench_memory(a, specs)
+    ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus'
+    res = {'gflops': flops, 'rows': {}, 'conv_peak': {}}
+    for prec in precisions:
+        peak = conv_peak(repeats=min(a.repeats, 2), precision=prec)
+        steps = {k: make_steps(models[k], a.size, a.batch, spec[1], precision=prec) for k, spec in specs.items()}
+        r_train = measure_rounds({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
+        t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
+        t_train = {k: statistics.median(v) for k, v in r_train.items()}
+        peak = _max_peak(peak, conv_peak(repeats=1, precision=prec))
+        rows = []
+        for k in specs:
+            rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
+                         'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
+                         'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
+                         'train_GFLOP/s': flops[k]['train'] / t_train[k], 'train_%peak': 100 * flops[k]['train'] / t_train[k] / peak['train'],
+                         'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
+                         'infer_GFLOP/s': flops[k]['infer'] / t_infer[k], 'infer_%peak': 100 * flops[k]['infer'] / t_infer[k] / peak['forward']})
+        print(f"{prec}: backbone={a.backbone} size={a.size} batch={a.batch} threads={torch.get_num_threads()} repeats={a.repeats}; "
+              f"conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, forward+backward {peak['train']:.1f} GFLOP/s")
+        print_table(rows, f'train step and inference, alternating runs, {prec} CPU (ratios against {ref})')
+        res['rows'][prec], res['conv_peak'][prec] = rows, peak
+    if not a.no_memory: res['memory'] = _bench_memory(a, specs, precisions)
     return res
 
-def _bench_memory(a, specs) -> list[dict]:
-    "Peak RSS of a train step of the default UNet3+ and smp.Unet, and of the memory goal's configuration."
+def _bench_memory(a, specs, precisions) -> list[dict]:
+    "Peak RSS of a train step of the default UNet3+ and smp.Unet, and of the memory goal's configuration, per precision."
     from unet3plus.bench import print_table
-    runs = [(k, kind, o, c, wg, a.backbone, a.batch, a.size) for k, (kind, o, cl, c, wg) in specs.items()
-            if k in ('unet3plus conv_first', 'unet3plus conv_first oneDNN wgrad', 'smp.Unet')]
-    runs.append(('unet3plus conv_first', 'unet3plus', 'conv_first', 64, 'auto', a.memory_backbone, a.memory_batch, a.memory_size))
+    runs = [(k, a.backbone, a.batch, a.size) for k in specs if k in ('unet3plus', 'unet3plus oneDNN wgrad', 'smp.Unet')]
+    runs.append(('unet3plus', a.memory_backbone, a.memory_batch, a.memory_size))
     mem = []
-    for k, kind, o, c, wg, bb, b, sz in runs:
-        before, peak_mb = train_peak_mb(kind, bb, sz, b, o, cat_channels=c, weight_grad=wg)
-        mem.append({'model': k, 'backbone': bb, 'batch': b, 'size': sz, 'rss_before_MiB': before, 'peak_MiB': peak_mb, 'peak_GiB': peak_mb / 1024})
+    for prec in precisions:
+        for k, bb, b, sz in runs:
+            kind, cl, wg, kw = specs[k]
+            before, peak_mb = train_peak_mb(kind, bb, sz, b, cl, wg, prec, **kw)
+            mem.append({'model': k, 'precision': prec, 'backbone': bb, 'batch': b, 'size': sz, 'rss_before_MiB': before,
+                        'peak_MiB': peak_mb, 'peak_GiB': peak_mb / 1024})
     print_table(mem, 'peak memory of a train step (fresh process each, peak RSS)')
     return mem
