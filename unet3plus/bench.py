@@ -87,7 +87,7 @@ def add_precision_arg(p: argparse.ArgumentParser):
                    help='fp32, bf16 (autocast) or both (default: both where bf16 is fast, else fp32)')
 
 # %% ../nbs/11_bench.ipynb #6d167f34
-BENCHES = {'data': 'unet3plus.data:bench_data', 'synth': 'unet3plus.synthetic:bench_synth', 'wgrad': 'unet3plus.decoder:bench_wgrad',
+BENCHES = {'data': 'unet3plus.data:bench_data', 'synth': 'unet3plus.synthetic:bench_synth',
            'precision': 'unet3plus.decoder:bench_precision', 'model': 'unet3plus.model:bench_model',
            'metrics': 'unet3plus.metrics:bench_metrics', 'train': 'unet3plus.train:bench_train',
            'infer': 'unet3plus.inference:bench_infer'}

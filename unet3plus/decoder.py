@@ -9,11 +9,10 @@ import torch, torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'FAST_BF16_FEATURES', 'AUTOCAST_DTYPES', 'PRECISION_KERNELS', 'ISA_LIMITS', 'WEIGHT_GRAD_MODES',
-           'GEMM_MIN_CHANNELS', 'WGRAD_SHAPES', 'BRANCH_ORDERS', 'pool_to', 'resize_to', 'cpu_capabilities',
-           'cpu_has_fast_bf16', 'resolve_precision', 'precision_autocast', 'precision_speeds', 'bench_precision',
-           'gemm_is_faster', 'native_conv_grads', 'conv_weight_grad', 'FastConv2d', 'set_weight_grad', 'bench_wgrad',
-           'conv_bn_relu', 'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
+__all__ = ['PRECISIONS', 'FAST_BF16_FEATURES', 'AUTOCAST_DTYPES', 'PRECISION_KERNELS', 'ISA_LIMITS', 'BRANCH_ORDERS', 'FUSIONS',
+           'pool_to', 'resize_to', 'cpu_capabilities', 'cpu_has_fast_bf16', 'resolve_precision', 'precision_autocast',
+           'precision_speeds', 'bench_precision', 'conv_bn_relu', 'fusion_block', 'UNet3PlusDecoder',
+           'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
 
 # %% ../nbs/03_decoder.ipynb #ca7ac38f
 def _is_pow2(r: int) -> bool: return r >= 1 and (r & (r - 1)) == 0
@@ -135,148 +134,33 @@ def bench_precision(argv: list[str] | None = None) -> dict:
         print_table(res[isa], f'the same with ONEDNN_MAX_CPU_ISA={isa}')
     return res
 
-# %% ../nbs/03_decoder.ipynb #2f3fdb0c
-WEIGHT_GRAD_MODES, GEMM_MIN_CHANNELS = ('auto', 'gemm', 'native'), 32
-
-def gemm_is_faster(in_ch: int, out_ch: int, dtype: torch.dtype = torch.float32) -> bool:
-    "Whether 'auto' uses `conv_weight_grad` for a conv with these channel counts (measured: from 32 in and out)."
-    return dtype == torch.float32 and min(in_ch, out_ch) >= GEMM_MIN_CHANNELS
-
-def native_conv_grads(g, x, w, input_grad: bool = True, weight_grad: bool = False):
-    "oneDNN's (input, weight) gradients of a stride-1, 'same'-padded conv2d; None where not asked for."
-    k = w.shape[-1]
-    gx, gw, _ = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], 1,
-                                                    [input_grad, weight_grad, False])
-    return gx, gw
-
-def _padded_rows(t: torch.Tensor, p: int, margin: int = 0) -> torch.Tensor:
-    "`t` [N, C, H, W] zero-padded by `p` as pixel-major rows [margin + N*(H+2p)*(W+2p) + margin, C]."
-    N, C, H, W = t.shape
-    rows = t.new_empty(2 * margin + N * (H + 2 * p) * (W + 2 * p), C)
-    grid = rows[margin:rows.shape[0] - margin].view(N, H + 2 * p, W + 2 * p, C)
-    grid[:, p:p + H, p:p + W] = t.permute(0, 2, 3, 1)
-    for border in (rows[:margin], rows[rows.shape[0] - margin:], grid[:, :p], grid[:, p + H:], grid[:, p:p + H, :p], grid[:, p:p + H, p + W:]):
-        border.zero_()                                        # only the padding is zeroed, not the whole buffer
-    return rows
-
-def conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    "Weight gradient [O, C, k, k] of a stride-1 conv with 'same' zero padding: one GEMM per kernel tap."
-    k = kernel_size
-    if k % 2 != 1: raise ValueError(f"conv_weight_grad: kernel_size must be odd ('same' padding), got {k}")
-    if x.shape[0] != grad_out.shape[0] or x.shape[-2:] != grad_out.shape[-2:]:
-        raise ValueError(f"conv_weight_grad: x {tuple(x.shape)} and grad_out {tuple(grad_out.shape)} differ in batch or size")
-    p, W = k // 2, x.shape[-1]
-    m = p * (W + 2 * p) + p                                    # the largest row offset of a tap
-    xs, g = _padded_rows(x, p, m), _padded_rows(grad_out, p).t()
-    L, taps = g.shape[1], x.new_empty(k, k, grad_out.shape[1], x.shape[1])
-    for a in range(k):
-        for b in range(k):
-            off = m + (a - p) * (W + 2 * p) + (b - p)
-            torch.mm(g, xs[off:off + L], out=taps[a, b])
-    return taps.permute(2, 3, 0, 1)
-
-class _GemmWeightGradConv(torch.autograd.Function):
-    "conv2d (stride 1, 'same' zero padding): oneDNN forward and input gradient, `conv_weight_grad` for the weight."
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        gx = native_conv_grads(g, x, w)[0] if need[0] else None
-        gw = conv_weight_grad(x, g, w.shape[-1]) if need[1] else None   # autograd lays it out like the weight
-        gb = g.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
-        return gx, gw, gb
-
-def _autocast_on(device_type: str) -> bool:
-    "Whether autocast is enabled for `device_type` (False for devices without autocast, such as 'meta')."
-    try: return torch.is_autocast_enabled(device_type)
-    except RuntimeError: return False
-
-class FastConv2d(nn.Conv2d):
-    "`nn.Conv2d` whose weight gradient uses `conv_weight_grad` where that is faster (see `weight_grad`)."
-    weight_grad = 'auto'
-
-    def gemm_supported(self) -> bool:
-        "Stride 1, no dilation or groups, odd square kernel with 'same' zero padding."
-        k = self.kernel_size[0]
-        return (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == 'zeros'
-                and self.kernel_size == (k, k) and k % 2 == 1 and self.padding == (k // 2, k // 2))
-
-    def uses_gemm(self, x: torch.Tensor) -> bool:
-        "Whether a forward on `x` now routes the weight gradient through `conv_weight_grad`."
-        if self.weight_grad not in WEIGHT_GRAD_MODES:
-            raise ValueError(f"FastConv2d: weight_grad={self.weight_grad!r}; choose one of {WEIGHT_GRAD_MODES}")
-        if self.weight_grad == 'native' or not (torch.is_grad_enabled() and self.weight.requires_grad and self.gemm_supported()):
-            return False
-        if _autocast_on(x.device.type): return False                  # mixed precision: the conv's own dtype rules apply
-        return self.weight_grad == 'gemm' or (x.device.type == 'cpu' and x.dtype == torch.float32
-                                              and gemm_is_faster(self.in_channels, self.out_channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _GemmWeightGradConv.apply(x, self.weight, self.bias) if self.uses_gemm(x) else super().forward(x)
-
-def set_weight_grad(model: nn.Module, mode: str) -> int:
-    "Set `weight_grad` of every `FastConv2d` in `model` to `mode`; return how many there are."
-    if mode not in WEIGHT_GRAD_MODES: raise ValueError(f"set_weight_grad: mode={mode!r}; choose one of {WEIGHT_GRAD_MODES}")
-    convs = [m for m in model.modules() if isinstance(m, FastConv2d)]
-    for m in convs: m.weight_grad = mode
-    return len(convs)
-
-# %% ../nbs/03_decoder.ipynb #fcfbf053
-WGRAD_SHAPES = [(256, 256, 128), (256, 256, 64), (96, 64, 128), (256, 136, 32), (40, 40, 256), (32, 32, 256),
-                (256, 8, 128), (16, 8, 256), (40, 3, 256)]
-
-def bench_wgrad(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench wgrad`: oneDNN's conv weight gradient vs `conv_weight_grad`, GFLOP/s per shape and precision."
-    import argparse
-    from unet3plus.bench import measure, print_table, add_precision_arg, bench_precisions
-    p = argparse.ArgumentParser('unet3plus-bench wgrad', description=bench_wgrad.__doc__)
-    p.add_argument('--batch', type=int, default=2); p.add_argument('--kernel', type=int, default=3)
-    p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
-    add_precision_arg(p)
-    a = p.parse_args(argv or [])
-    if a.threads: torch.set_num_threads(a.threads)
-    k, res, cl = a.kernel, {}, torch.channels_last
-    for prec in bench_precisions(a.precision):
-        dt, rows = {'fp32': torch.float32, 'bf16': torch.bfloat16}[prec], []
-        for cin, cout, hw in WGRAD_SHAPES:
-            x, g = (torch.randn(a.batch, c, hw, hw, dtype=dt).contiguous(memory_format=cl) for c in (cin, cout))
-            w = torch.randn(cout, cin, k, k, dtype=dt).contiguous(memory_format=cl)
-            t = measure({'oneDNN': lambda: native_conv_grads(g, x, w, input_grad=False, weight_grad=True),
-                         'gemm': lambda: conv_weight_grad(x, g, k)}, repeats=a.repeats)
-            gflop = 2 * a.batch * cin * cout * k * k * hw * hw / 1e9
-            rows.append({'in': cin, 'out': cout, 'size': hw, 'oneDNN_GFLOP/s': gflop / t['oneDNN'], 'gemm_GFLOP/s': gflop / t['gemm'],
-                         'gemm_speedup': t['oneDNN'] / t['gemm'], 'auto_uses': 'gemm' if gemm_is_faster(cin, cout, dt) else 'oneDNN'})
-        print_table(rows, f'conv{k}x{k} weight gradient, batch {a.batch}, channels_last {prec}, threads={torch.get_num_threads()}')
-        res[prec] = rows
-    return {'rows': res}
-
 # %% ../nbs/03_decoder.ipynb #d8f3abad
-BRANCH_ORDERS = ('paper', 'conv_first')
+BRANCH_ORDERS, FUSIONS = ('paper', 'conv_first'), ('full', 'factored')
 
 def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
-    "conv3x3 (a `FastConv2d`) -> BatchNorm -> ReLU (in place)."
-    return nn.Sequential(FastConv2d(in_ch, out_ch, 3, padding=1, bias=bias), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    "conv3x3 -> BatchNorm -> ReLU (in place)."
+    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+def fusion_block(channels: int, rank: int, bias: bool = True, kind: str = 'full') -> nn.Sequential:
+    "A node's fusion: conv3x3 -> BN -> ReLU ('full', the paper's), or a 1x1 projection to `rank` channels first ('factored')."
+    if kind not in FUSIONS: raise ValueError(f"fusion={kind!r}; choose one of {FUSIONS}")
+    if kind == 'full' or rank >= channels: return conv_bn_relu(channels, channels, bias)
+    return nn.Sequential(nn.Conv2d(channels, rank, 1, bias=False), *conv_bn_relu(rank, channels, bias))
 
 # %% ../nbs/03_decoder.ipynb #743d072e
 class UNet3PlusDecoder(nn.Module):
     "UNet 3+ full-scale decoder over encoder levels `enc_channels` (finest first)."
     def __init__(self, enc_channels: list[int], cat_channels: int = 64, branch_order: str = 'paper',
-                 conv_bias: bool = True, light_levels: int = 0, light_channels: int = 8):
+                 conv_bias: bool = True, light_levels: int = 0, light_channels: int = 8, fusion: str = 'full'):
         super().__init__()
         enc_channels, n = [int(c) for c in enc_channels], len(enc_channels)
         if n < 2: raise ValueError(f"UNet3PlusDecoder: needs >= 2 encoder levels, got enc_channels={enc_channels}")
         if branch_order not in BRANCH_ORDERS: raise ValueError(f"UNet3PlusDecoder: branch_order={branch_order!r}; choose one of {BRANCH_ORDERS}")
         if cat_channels < 1 or light_channels < 1: raise ValueError(f"UNet3PlusDecoder: cat_channels={cat_channels}, light_channels={light_channels} must be >= 1")
+        if fusion not in FUSIONS: raise ValueError(f"UNet3PlusDecoder: fusion={fusion!r}; choose one of {FUSIONS}")
         if not 0 <= light_levels <= n - 2: raise ValueError(f"UNet3PlusDecoder: light_levels={light_levels} must be in 0..{n - 2} for {n} levels")
         self.enc_channels, self.cat_channels, self.branch_order, self.n_levels = enc_channels, cat_channels, branch_order, n
-        self.light_levels, self.light_channels = light_levels, light_channels
+        self.light_levels, self.light_channels, self.fusion = light_levels, light_channels, fusion
         self.sources = [list(range(n)) if i < light_levels else list(range(light_levels, n)) for i in range(n - 1)]
         self.widths = [light_channels if i < light_levels else cat_channels for i in range(n - 1)]
         self.node_channels = [w * len(s) for w, s in zip(self.widths, self.sources)] + [enc_channels[-1]]
@@ -285,7 +169,8 @@ class UNet3PlusDecoder(nn.Module):
         own = lambda i: [s for s in self.sources[i] if branch_order == 'paper' or s <= i]   # branches owned by node i
         self.branches = nn.ModuleList([nn.ModuleList([conv_bn_relu(in_ch(i, s), self.widths[i], conv_bias) for s in own(i)])
                                        for i in range(n - 1)])
-        self.fuse = nn.ModuleList([conv_bn_relu(c, c, conv_bias) for c in self.node_channels[:-1]])
+        self.fuse = nn.ModuleList([fusion_block(c, w, conv_bias, 'full' if i < light_levels else fusion)   # light nodes: full
+                                   for i, (c, w) in enumerate(zip(self.node_channels[:-1], self.widths))])
         # conv_first: node k (k >= 1) feeds its consumers through one conv with their widths summed
         self.consumers = [[i for i in range(k) if k in self.sources[i]] for k in range(n)]
         self.up_convs = nn.ModuleList([conv_bn_relu(self.node_channels[k], sum(self.widths[i] for i in self.consumers[k]), conv_bias)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from .data import atomic_write, atomic_write_text, prepare_output_dir
 from .encoders import create_encoder
-from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, FastConv2d, set_weight_grad
+from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CONFIG_NAME', 'CONFIG_ALIASES', 'CONFIG_TYPES',
@@ -21,16 +21,17 @@ __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CO
 
 # %% ../nbs/04_model.ipynb #706ea4ec
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
-               'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs')
+               'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs', 'fusion')
 STRUCTURAL = ('backbone', 'n_classes', 'cat_channels', 'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias',
-              'encoder_kwargs')
+              'encoder_kwargs', 'fusion')
 
 class UNet3Plus(nn.Module):
     "UNet 3+ with a timm or plain encoder; `model(x01)` -> dict(logits[, aux][, cls_logits])."
     def __init__(self, backbone: str = 'convnext_tiny', n_classes: int = 3, pretrained: bool = True,
                  pretrained_path=None, cat_channels: int = 64, deep_supervision: bool = False, cgm: bool = False,
                  freeze_backbone: bool = False, branch_order: str = 'conv_first', fine_levels='auto',
-                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5, encoder_kwargs: dict | None = None):
+                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5, encoder_kwargs: dict | None = None,
+                 fusion: str = 'full'):
         super().__init__()
         if n_classes < 1: raise ValueError(f"UNet3Plus: n_classes must be >= 1, got {n_classes}")
         if cgm and n_classes < 2: raise ValueError(f"UNet3Plus: cgm=True needs n_classes >= 2, got {n_classes}")
@@ -40,14 +41,14 @@ class UNet3Plus(nn.Module):
         self.encoder = create_encoder(backbone, **enc_kw)
         if light_stride == 'auto': light_stride = 1 if backbone == 'plain' else 4
         light = min(sum(s < (light_stride or 1) for s in self.encoder.strides), len(self.encoder.strides) - 2)
-        self.decoder = UNet3PlusDecoder(self.encoder.channels, cat_channels, branch_order, conv_bias, light, light_channels)
+        self.decoder = UNet3PlusDecoder(self.encoder.channels, cat_channels, branch_order, conv_bias, light, light_channels, fusion)
         self.head = SegmentationHead(self.decoder.out_channels, n_classes)
         self.aux_heads = DeepSupervisionHeads(self.decoder.node_channels[1:], n_classes) if deep_supervision else None
         self.cgm = CGM(self.decoder.node_channels[-1], n_classes, cgm_dropout) if cgm else None
         self.config = dict(backbone=backbone, n_classes=n_classes, cat_channels=cat_channels, deep_supervision=deep_supervision,
                            cgm=cgm, cgm_dropout=cgm_dropout, freeze_backbone=freeze_backbone, branch_order=branch_order,
                            fine_levels=fine_levels, light_stride=light_stride, light_channels=light_channels, conv_bias=conv_bias,
-                           encoder_kwargs=encoder_kwargs, pretrained=bool(pretrained or pretrained_path))
+                           encoder_kwargs=encoder_kwargs, fusion=fusion, pretrained=bool(pretrained or pretrained_path))
         mean, std = getattr(self.encoder, 'mean', None), getattr(self.encoder, 'std', None)
         self.register_buffer('mean', torch.tensor(mean or [0.0] * 3).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std or [1.0] * 3).view(1, -1, 1, 1), persistent=False)
@@ -133,7 +134,7 @@ CONFIG_ALIASES = {'num_classes': 'n_classes', 'classes': 'n_classes', 'encoder_n
 CONFIG_TYPES = dict(backbone=(str,), n_classes=(int,), cat_channels=(int,), deep_supervision=(bool,), cgm=(bool,),
                     cgm_dropout=(int, float), freeze_backbone=(bool,), branch_order=(str,),
                     fine_levels=('auto', None, int), light_stride=('auto', None, int), light_channels=(int,),
-                    conv_bias=(bool,), encoder_kwargs=(dict, None))
+                    conv_bias=(bool,), encoder_kwargs=(dict, None), fusion=(str,))
 POSITIVE = ('n_classes', 'cat_channels')
 
 def _type_ok(v, allowed) -> bool:
@@ -315,11 +316,11 @@ SEED_BACKBONES = ['convnext_tiny', 'convnext_small', 'convnext_base', 'hrnet_w18
 from .decoder import precision_autocast
 
 def conv_peak(repeats: int = 3, channels_last: bool = True, precision: str = 'fp32') -> dict:
-    "Best GFLOP/s of a conv3x3 (forward; forward + backward with either weight gradient) in `precision`, over a few shapes."
+    "Best GFLOP/s of a conv3x3 (forward; forward + backward) in `precision` on this machine, over a few shapes."
     from unet3plus.bench import measure
     best = {'forward': 0.0, 'train': 0.0}
-    for (c, hw, b), wgrad in [(s, w) for s in ((256, 64, 4), (128, 128, 2)) for w in ('native', 'gemm')]:
-        conv = FastConv2d(c, c, 3, padding=1, bias=False); conv.weight_grad = wgrad
+    for c, hw, b in ((256, 64, 4), (128, 128, 2), (256, 128, 2)):
+        conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
         x = torch.randn(b, c, hw, hw, requires_grad=True)
         if channels_last: conv, x = conv.to(memory_format=torch.channels_last), x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         flops = 2 * c * c * 9 * hw * hw * b
@@ -337,12 +338,9 @@ def _max_peak(a: dict, b: dict) -> dict:
     "Per-kind maximum of two `conv_peak` results (the machine's load changes during a run)."
     return {k: max(a[k], b[k]) for k in a}
 
-def build_peer(kind: str, backbone: str, n_classes: int = 3, weight_grad: str = 'auto', **kwargs) -> nn.Module:
+def build_peer(kind: str, backbone: str, n_classes: int = 3, **kwargs) -> nn.Module:
     "A model to benchmark: 'unet3plus' (ours, random init, `kwargs` for `UNet3Plus`) or 'smp' (smp.Unet, same timm encoder)."
-    if kind == 'unet3plus':
-        model = UNet3Plus(backbone, n_classes=n_classes, pretrained=False, **kwargs)
-        set_weight_grad(model, weight_grad)
-        return model
+    if kind == 'unet3plus': return UNet3Plus(backbone, n_classes=n_classes, pretrained=False, **kwargs)
     if kind == 'smp':
         import segmentation_models_pytorch as smp
         return smp.Unet(f'tu-{backbone}', encoder_weights=None, classes=n_classes)
@@ -381,10 +379,10 @@ def _proc_status_mb(key: str) -> float:
         if line.startswith(key + ':'): return int(line.split()[1]) / 1024
     raise KeyError(key)
 
-def _peak_child(q, kind, backbone, size, batch, channels_last, weight_grad, precision, kwargs):
+def _peak_child(q, kind, backbone, size, batch, channels_last, precision, kwargs):
     "Child process: (RSS before, peak RSS during) a train step of a fresh model, in MiB."
     torch.manual_seed(0)
-    model = build_peer(kind, backbone, weight_grad=weight_grad, **kwargs)
+    model = build_peer(kind, backbone, **kwargs)
     train, _ = make_steps(model, size, batch, channels_last, precision=precision)
     try: Path('/proc/self/clear_refs').write_text('5')          # reset the high-water mark to the current RSS
     except OSError: pass
@@ -392,23 +390,24 @@ def _peak_child(q, kind, backbone, size, batch, channels_last, weight_grad, prec
     train()
     q.put((before, _proc_status_mb('VmHWM')))
 
-def train_peak_mb(kind: str, backbone: str, size: int, batch: int, channels_last: bool = True, weight_grad: str = 'auto',
-                  precision: str = 'fp32', **kwargs) -> tuple:
+def train_peak_mb(kind: str, backbone: str, size: int, batch: int, channels_last: bool = True, precision: str = 'fp32',
+                  **kwargs) -> tuple:
     "(RSS before the first step, peak RSS during it) in MiB of training `kind` (`kwargs` for `UNet3Plus`) in a fresh process."
     import multiprocessing as mp
     ctx = mp.get_context('spawn'); q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, size, batch, channels_last, weight_grad, precision, kwargs))
+    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, size, batch, channels_last, precision, kwargs))
     p.start(); res = q.get(); p.join()
     return res
 
 # %% ../nbs/04_model.ipynb #9bdaede5
 def _model_specs(a) -> dict:
-    "name -> (kind, channels_last, weight_grad, UNet3Plus kwargs) of the models `bench_model`'s options ask for."
-    specs = {'unet3plus': ('unet3plus', True, 'auto', {}), 'unet3plus oneDNN wgrad': ('unet3plus', True, 'native', {})}
-    if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, 'auto', dict(branch_order='paper'))
-    if a.nchw: specs['unet3plus NCHW'] = ('unet3plus', False, 'auto', {})
-    for c in a.cat_channels: specs[f'unet3plus cat{c}'] = ('unet3plus', True, 'auto', dict(cat_channels=c))
-    if not a.no_smp: specs['smp.Unet'] = ('smp', True, 'auto', {})
+    "name -> (kind, channels_last, UNet3Plus kwargs) of the models `bench_model`'s options ask for."
+    specs = {'unet3plus': ('unet3plus', True, {})}
+    if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, dict(branch_order='paper'))
+    if a.nchw: specs['unet3plus NCHW'] = ('unet3plus', False, {})
+    for c in a.cat_channels: specs[f'unet3plus cat{c}'] = ('unet3plus', True, dict(cat_channels=c))
+    for f in a.fusion: specs[f'unet3plus fusion={f}'] = ('unet3plus', True, dict(fusion=f))
+    if not a.no_smp: specs['smp.Unet'] = ('smp', True, {})
     return specs
 
 def bench_model(argv: list[str] | None = None) -> dict:
@@ -423,6 +422,7 @@ def bench_model(argv: list[str] | None = None) -> dict:
     p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
     p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
     p.add_argument('--cat_channels', type=int, nargs='*', default=[], help='also time the default model with these cat_channels')
+    p.add_argument('--fusion', nargs='*', default=[], help="also time the default model with these fusions ('full', 'factored')")
     p.add_argument('--no_memory', action='store_true', help='skip the child-process memory measurements')
     p.add_argument('--memory_only', action='store_true', help='only the memory measurements')
     p.add_argument('--memory_backbone', default='resnet34'); p.add_argument('--memory_batch', type=int, default=8)
@@ -432,7 +432,7 @@ def bench_model(argv: list[str] | None = None) -> dict:
     torch.manual_seed(0)
     specs, precisions = _model_specs(a), bench_precisions(a.precision)
     if a.memory_only: return {'memory': _bench_memory(a, specs, precisions)}
-    models = {k: build_peer(kind, a.backbone, weight_grad=wg, **kw) for k, (kind, _, wg, kw) in specs.items()}
+    models = {k: build_peer(kind, a.backbone, **kw) for k, (kind, _, kw) in specs.items()}
     flops = {k: step_gflops(m, a.size, a.batch) for k, m in models.items()}
     ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus'
     res = {'gflops': flops, 'rows': {}, 'conv_peak': {}}
@@ -461,13 +461,13 @@ def bench_model(argv: list[str] | None = None) -> dict:
 def _bench_memory(a, specs, precisions) -> list[dict]:
     "Peak RSS of a train step of the default UNet3+ and smp.Unet, and of the memory goal's configuration, per precision."
     from unet3plus.bench import print_table
-    runs = [(k, a.backbone, a.batch, a.size) for k in specs if k in ('unet3plus', 'unet3plus oneDNN wgrad', 'smp.Unet')]
+    runs = [(k, a.backbone, a.batch, a.size) for k in specs if k in ('unet3plus', 'smp.Unet')]
     runs.append(('unet3plus', a.memory_backbone, a.memory_batch, a.memory_size))
     mem = []
     for prec in precisions:
         for k, bb, b, sz in runs:
-            kind, cl, wg, kw = specs[k]
-            before, peak_mb = train_peak_mb(kind, bb, sz, b, cl, wg, prec, **kw)
+            kind, cl, kw = specs[k]
+            before, peak_mb = train_peak_mb(kind, bb, sz, b, cl, prec, **kw)
             mem.append({'model': k, 'precision': prec, 'backbone': bb, 'batch': b, 'size': sz, 'rss_before_MiB': before,
                         'peak_MiB': peak_mb, 'peak_GiB': peak_mb / 1024})
     print_table(mem, 'peak memory of a train step (fresh process each, peak RSS)')
