@@ -25,9 +25,9 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'RUN_LEFTOVERS'
            'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet',
            'fit_in_memory', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state',
            'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'save_model',
-           'previous_run', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate',
-           'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args',
-           'main', 'loop_speed', 'bench_train']
+           'previous_run', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch',
+           'validate', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser',
+           'parse_args', 'main', 'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -65,6 +65,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
     precision: str = 'auto'
+    compile: bool = False
     zero_stage: int = 0
     ds_config: str | None = None
     deepspeed: bool = False
@@ -553,6 +554,10 @@ def _input_dtype(engine) -> torch.dtype:
     if getattr(engine, 'bf16_enabled', lambda: False)(): return torch.bfloat16
     return torch.float32
 
+def as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    "An image batch in channels_last layout, so that every conv after it runs in the layout oneDNN and cuDNN prefer."
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
 def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = None, on_step: Callable | None = None,
                 progress=None) -> dict:
     "One epoch of training steps; updates `state` (step, epoch_batches, epoch_loss) and returns the epoch's mean loss and speed."
@@ -563,7 +568,7 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
     images = 0
     t0 = time.perf_counter()
     for batch in loader:
-        x = batch['image'].to(dev, dt, non_blocking=True); y = batch['mask'].to(dev, non_blocking=True)
+        x = as_channels_last(batch['image'].to(dev, dt, non_blocking=True)); y = batch['mask'].to(dev, non_blocking=True)
         loss, parts = loss_fn(engine(x), y)
         lv = loss.item(); ok = math.isfinite(lv)
         stat = [lv if ok else 0.0, 0.0 if ok else 1.0, float(len(x))]
@@ -594,7 +599,7 @@ def validate(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False)
         if dist.is_initialized() and dist.get_world_size() > 1: dist.all_reduce(n_all, op=dist.ReduceOp.MAX)
         n_max = int(n_all.item())
     for batch in loader:
-        x = batch['image'].to(dev, dt); y = batch['mask'].to(dev)
+        x = as_channels_last(batch['image'].to(dev, dt)); y = batch['mask'].to(dev)
         out = as_outputs(engine(x)); loss, _ = loss_fn(out, y)
         tot += torch.tensor([loss.item() * len(x), float(len(x))], dtype=torch.float64)
         cm.update(out['logits'].float(), y); last = x                     # fp32 (bf16 under autocast), counted on the device
@@ -713,6 +718,7 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
     conf = ds_config(cfg, total_steps=total_steps, cuda=env['device'].type == 'cuda', world_size=world)
     model = model_fn() if model_fn is not None else build_model(cfg)
     engine = init_engine(model, cfg, conf)
+    if cfg.compile: engine.compile()                   # torch.compile through DeepSpeed (inductor; a GPU's option)
     loss_fn = TrainLoss(cfg.loss, cfg.n_classes, cfg.deep_supervision, cfg.cgm_weight)
     prepare_save_path(cfg)                     # only now: remove old outputs (--overwrite, a never-trained run's files)
     setup_logging(save)
@@ -831,6 +837,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--warmup_ratio', type=float, default=d.warmup_ratio, help='fraction of the steps spent warming up')
     g.add_argument('--grad_clip', type=float, default=d.grad_clip, help='gradient norm clipping (0: off)')
     g.add_argument('--precision', default=d.precision, choices=PRECISIONS, help='auto: bf16 (fp16 without bf16) on GPU; bf16 autocast on CPUs with AMX-BF16/AVX512-BF16, else fp32')
+    g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor; pays on GPUs, minutes to compile)')
     g.add_argument('--zero_stage', type=int, default=d.zero_stage, choices=(0, 1, 2, 3), help='DeepSpeed ZeRO stage')
     g.add_argument('--ds_config', default=d.ds_config, help='JSON file merged over the generated DeepSpeed config')
     g.add_argument('--deepspeed', action='store_true', help='accepted for compatibility; training always uses DeepSpeed')
