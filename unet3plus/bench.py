@@ -78,7 +78,8 @@ def bench_precisions(choice: str | None = None, fast_bf16: bool | None = None) -
             import torch
             fast_bf16 = cpu_has_fast_bf16() or torch.cuda.is_available()
         choice = 'both' if fast_bf16 else 'fp32'
-    if choice not in BENCH_PRECISIONS: raise ValueError(f"--precision must be one of {', '.join(BENCH_PRECISIONS)}, got {choice!r}")
+    if choice not in BENCH_PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(BENCH_PRECISIONS)}, got {choice!r}")
     return ['fp32', 'bf16'] if choice == 'both' else [choice]
 
 def add_precision_arg(p: argparse.ArgumentParser):

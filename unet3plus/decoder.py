@@ -53,8 +53,9 @@ def cpu_has_fast_bf16(caps: dict | None = None) -> bool:
 
 def resolve_precision(precision: str = 'auto', device='cpu', bf16_ok: bool | None = None,
                       fast_bf16: bool | None = None) -> str:
-    "'fp32', 'bf16' or 'fp16' to run `precision` in on `device`; 'auto': bf16 (else fp16) on CUDA, bf16 on fast-bf16 CPUs."
-    if precision not in PRECISIONS: raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    "'fp32', 'bf16' or 'fp16' for `precision` on `device`; 'auto': bf16 (else fp16) on CUDA, bf16 on fast-bf16 CPUs."
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     kind = torch.device(device).type
     if kind == 'cuda':
         if bf16_ok is None: bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
@@ -69,18 +70,20 @@ def resolve_precision(precision: str = 'auto', device='cpu', bf16_ok: bool | Non
     return precision
 
 def precision_autocast(device, precision: str):
-    "`torch.autocast` on `device` for a resolved `precision` ('bf16' or 'fp16'); a context that does nothing for 'fp32'."
+    "`torch.autocast` on `device` for a resolved `precision` ('bf16' or 'fp16'); a context doing nothing for 'fp32'."
     if precision not in ('fp32', *AUTOCAST_DTYPES):
-        raise ValueError(f"precision_autocast: precision must be fp32, bf16 or fp16 (resolve 'auto' first), got {precision!r}")
+        raise ValueError(f"precision_autocast: precision must be fp32, bf16 or fp16 (resolve 'auto' first), "
+                         f"got {precision!r}")
     if precision == 'fp32': return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 # %% ../nbs/03_decoder.ipynb #03f93a13
-PRECISION_KERNELS = [('matmul', 2048, 2048, 1), ('conv3x3', 64, 256, 2), ('conv3x3', 256, 128, 2), ('conv3x3', 40, 256, 2)]
+PRECISION_KERNELS = [('matmul', 2048, 2048, 1), ('conv3x3', 64, 256, 2), ('conv3x3', 256, 128, 2),
+                     ('conv3x3', 40, 256, 2)]
 ISA_LIMITS = ('AVX512_CORE', 'AVX2')
 
 def _kernel_runs(kind: str, c: int, hw: int, b: int):
-    "(GFLOP of one call, {'forward': fn, 'train': fn}) for a matmul [c x hw] @ [hw x c] or a conv3x3 c -> c on [b, c, hw, hw]."
+    "(GFLOP of a call, {'forward': fn, 'train': fn}): matmul [c x hw] @ [hw x c] or conv3x3 c -> c on [b, c, hw, hw]."
     if kind == 'matmul':
         a, m = torch.randn(c, hw), torch.randn(hw, c)
         return 2 * c * hw * c / 1e9, {'forward': lambda: a @ m}
@@ -92,7 +95,7 @@ def _kernel_runs(kind: str, c: int, hw: int, b: int):
     return 2 * c * c * 9 * hw * hw * b / 1e9, {'forward': fwd, 'train': train}
 
 def precision_speeds(repeats: int = 3) -> list[dict]:
-    "GFLOP/s of `PRECISION_KERNELS` in fp32 and in bf16 autocast (train = forward + both gradients, 3x the forward FLOPs)."
+    "GFLOP/s of `PRECISION_KERNELS` in fp32 and bf16 autocast (train: forward + both gradients, 3x the forward FLOPs)."
     from unet3plus.bench import measure
     rows = []
     for kind, c, hw, b in PRECISION_KERNELS:
@@ -105,30 +108,34 @@ def precision_speeds(repeats: int = 3) -> list[dict]:
             t = measure({p: in_prec(p) for p in ('fp32', 'bf16')}, repeats=repeats)
             f = gflop * (3 if phase == 'train' else 1)
             shape = f'{c}x{hw} @ {hw}x{c}' if kind == 'matmul' else f'{c}->{c}, {b}x{hw}x{hw}'
-            rows.append(dict(kernel=kind, phase=phase, shape=shape, fp32_GFLOPs=f / t['fp32'], bf16_GFLOPs=f / t['bf16'],
-                             bf16_speedup=t['fp32'] / t['bf16']))
+            rows.append(dict(kernel=kind, phase=phase, shape=shape, fp32_GFLOPs=f / t['fp32'],
+                             bf16_GFLOPs=f / t['bf16'], bf16_speedup=t['fp32'] / t['bf16']))
     return rows
 
 def _isa_limited_speeds(isa: str, repeats: int, threads: int | None) -> list[dict]:
     "`precision_speeds` in a child process whose oneDNN may use instructions up to `isa` only."
     import json, os, subprocess, sys
     code = (f"import json, torch; from unet3plus.decoder import precision_speeds\n"
-            f"{'torch.set_num_threads(%d)' % threads if threads else ''}\nprint('ROWS', json.dumps(precision_speeds({repeats})))")
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env={**os.environ, 'ONEDNN_MAX_CPU_ISA': isa})
-    if r.returncode != 0: raise RuntimeError(f"bench precision: the child with ONEDNN_MAX_CPU_ISA={isa} failed:\n{r.stderr[-2000:]}")
+            f"{'torch.set_num_threads(%d)' % threads if threads else ''}\n"
+            f"print('ROWS', json.dumps(precision_speeds({repeats})))")
+    env = {**os.environ, 'ONEDNN_MAX_CPU_ISA': isa}
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench precision: the child with ONEDNN_MAX_CPU_ISA={isa} failed:\n{r.stderr[-2000:]}")
     return json.loads([l for l in r.stdout.splitlines() if l.startswith('ROWS ')][-1][5:])
 
 def bench_precision(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench precision`: fp32 vs bf16 matmul and conv3x3 GFLOP/s on this CPU, and with oneDNN limited to older ISAs."
+    "`unet3plus-bench precision`: fp32 vs bf16 matmul and conv3x3 GFLOP/s here, and with oneDNN limited to older ISAs."
     import argparse
     from unet3plus.bench import print_table
     p = argparse.ArgumentParser('unet3plus-bench precision', description=bench_precision.__doc__)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
-    p.add_argument('--isa', nargs='*', default=list(ISA_LIMITS), help='ONEDNN_MAX_CPU_ISA values to compare (none: skip)')
+    p.add_argument('--isa', nargs='*', default=list(ISA_LIMITS),
+                   help='ONEDNN_MAX_CPU_ISA values to compare (none: skip)')
     a = p.parse_args(argv or [])
     if a.threads: torch.set_num_threads(a.threads)
     res = {'native': precision_speeds(a.repeats)}
-    print_table(res['native'], 'fp32 vs bf16 autocast, channels_last, this CPU (train: forward + input and weight gradients)')
+    print_table(res['native'], 'fp32 vs bf16 autocast, channels_last, this CPU (train: forward + both gradients)')
     for isa in a.isa:
         res[isa] = _isa_limited_speeds(isa, a.repeats, a.threads)
         print_table(res[isa], f'the same with ONEDNN_MAX_CPU_ISA={isa}')
@@ -139,10 +146,11 @@ BRANCH_ORDERS, FUSIONS = ('paper', 'conv_first'), ('full', 'factored')
 
 def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
     "conv3x3 -> BatchNorm -> ReLU (in place)."
-    return nn.Sequential(nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 def fusion_block(channels: int, rank: int, bias: bool = True, kind: str = 'full') -> nn.Sequential:
-    "A node's fusion: conv3x3 -> BN -> ReLU ('full', the paper's), or a 1x1 projection to `rank` channels first ('factored')."
+    "A node's fusion: conv3x3 -> BN -> ReLU ('full', the paper's), or a 1x1 projection to `rank` channels first."
     if kind not in FUSIONS: raise ValueError(f"fusion={kind!r}; choose one of {FUSIONS}")
     if kind == 'full' or rank >= channels: return conv_bn_relu(channels, channels, bias)
     return nn.Sequential(nn.Conv2d(channels, rank, 1, bias=False), *conv_bn_relu(rank, channels, bias))
@@ -151,16 +159,20 @@ def fusion_block(channels: int, rank: int, bias: bool = True, kind: str = 'full'
 class UNet3PlusDecoder(nn.Module):
     "UNet 3+ full-scale decoder over encoder levels `enc_channels` (finest first)."
     def __init__(self, enc_channels: list[int], cat_channels: int = 64, branch_order: str = 'paper',
-                 conv_bias: bool = True, light_levels: int = 0, light_channels: int = 8, fusion: str = 'full'):
+                 conv_bias: bool = True, light_levels: int = 0, light_channels: int = 8, fusion: str = 'full',
+                 fusion_rank: int | None = None):
         super().__init__()
         enc_channels, n = [int(c) for c in enc_channels], len(enc_channels)
         if n < 2: raise ValueError(f"UNet3PlusDecoder: needs >= 2 encoder levels, got enc_channels={enc_channels}")
         if branch_order not in BRANCH_ORDERS: raise ValueError(f"UNet3PlusDecoder: branch_order={branch_order!r}; choose one of {BRANCH_ORDERS}")
         if cat_channels < 1 or light_channels < 1: raise ValueError(f"UNet3PlusDecoder: cat_channels={cat_channels}, light_channels={light_channels} must be >= 1")
         if fusion not in FUSIONS: raise ValueError(f"UNet3PlusDecoder: fusion={fusion!r}; choose one of {FUSIONS}")
+        if fusion_rank is not None and fusion_rank < 1:
+            raise ValueError(f"UNet3PlusDecoder: fusion_rank={fusion_rank} must be >= 1")
         if not 0 <= light_levels <= n - 2: raise ValueError(f"UNet3PlusDecoder: light_levels={light_levels} must be in 0..{n - 2} for {n} levels")
         self.enc_channels, self.cat_channels, self.branch_order, self.n_levels = enc_channels, cat_channels, branch_order, n
         self.light_levels, self.light_channels, self.fusion = light_levels, light_channels, fusion
+        self.fusion_rank = fusion_rank or cat_channels
         self.sources = [list(range(n)) if i < light_levels else list(range(light_levels, n)) for i in range(n - 1)]
         self.widths = [light_channels if i < light_levels else cat_channels for i in range(n - 1)]
         self.node_channels = [w * len(s) for w, s in zip(self.widths, self.sources)] + [enc_channels[-1]]
@@ -169,8 +181,9 @@ class UNet3PlusDecoder(nn.Module):
         own = lambda i: [s for s in self.sources[i] if branch_order == 'paper' or s <= i]   # branches owned by node i
         self.branches = nn.ModuleList([nn.ModuleList([conv_bn_relu(in_ch(i, s), self.widths[i], conv_bias) for s in own(i)])
                                        for i in range(n - 1)])
-        self.fuse = nn.ModuleList([fusion_block(c, w, conv_bias, 'full' if i < light_levels else fusion)   # light nodes: full
-                                   for i, (c, w) in enumerate(zip(self.node_channels[:-1], self.widths))])
+        kinds = ['full' if i < light_levels else fusion for i in range(n - 1)]           # light nodes: full fusion
+        self.fuse = nn.ModuleList([fusion_block(c, self.fusion_rank, conv_bias, k)
+                                   for c, k in zip(self.node_channels, kinds)])
         # conv_first: node k (k >= 1) feeds its consumers through one conv with their widths summed
         self.consumers = [[i for i in range(k) if k in self.sources[i]] for k in range(n)]
         self.up_convs = nn.ModuleList([conv_bn_relu(self.node_channels[k], sum(self.widths[i] for i in self.consumers[k]), conv_bias)

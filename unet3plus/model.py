@@ -21,17 +21,18 @@ __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CO
 
 # %% ../nbs/04_model.ipynb #706ea4ec
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
-               'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs', 'fusion')
+               'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs', 'fusion',
+               'fusion_rank')
 STRUCTURAL = ('backbone', 'n_classes', 'cat_channels', 'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias',
-              'encoder_kwargs', 'fusion')
+              'encoder_kwargs', 'fusion', 'fusion_rank')
 
 class UNet3Plus(nn.Module):
     "UNet 3+ with a timm or plain encoder; `model(x01)` -> dict(logits[, aux][, cls_logits])."
     def __init__(self, backbone: str = 'convnext_tiny', n_classes: int = 3, pretrained: bool = True,
                  pretrained_path=None, cat_channels: int = 64, deep_supervision: bool = False, cgm: bool = False,
                  freeze_backbone: bool = False, branch_order: str = 'conv_first', fine_levels='auto',
-                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5, encoder_kwargs: dict | None = None,
-                 fusion: str = 'full'):
+                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5,
+                 encoder_kwargs: dict | None = None, fusion: str = 'full', fusion_rank: int | None = None):
         super().__init__()
         if n_classes < 1: raise ValueError(f"UNet3Plus: n_classes must be >= 1, got {n_classes}")
         if cgm and n_classes < 2: raise ValueError(f"UNet3Plus: cgm=True needs n_classes >= 2, got {n_classes}")
@@ -41,14 +42,16 @@ class UNet3Plus(nn.Module):
         self.encoder = create_encoder(backbone, **enc_kw)
         if light_stride == 'auto': light_stride = 1 if backbone == 'plain' else 4
         light = min(sum(s < (light_stride or 1) for s in self.encoder.strides), len(self.encoder.strides) - 2)
-        self.decoder = UNet3PlusDecoder(self.encoder.channels, cat_channels, branch_order, conv_bias, light, light_channels, fusion)
+        self.decoder = UNet3PlusDecoder(self.encoder.channels, cat_channels, branch_order, conv_bias, light,
+                                        light_channels, fusion, fusion_rank)
         self.head = SegmentationHead(self.decoder.out_channels, n_classes)
         self.aux_heads = DeepSupervisionHeads(self.decoder.node_channels[1:], n_classes) if deep_supervision else None
         self.cgm = CGM(self.decoder.node_channels[-1], n_classes, cgm_dropout) if cgm else None
         self.config = dict(backbone=backbone, n_classes=n_classes, cat_channels=cat_channels, deep_supervision=deep_supervision,
                            cgm=cgm, cgm_dropout=cgm_dropout, freeze_backbone=freeze_backbone, branch_order=branch_order,
                            fine_levels=fine_levels, light_stride=light_stride, light_channels=light_channels, conv_bias=conv_bias,
-                           encoder_kwargs=encoder_kwargs, fusion=fusion, pretrained=bool(pretrained or pretrained_path))
+                           encoder_kwargs=encoder_kwargs, fusion=fusion, fusion_rank=fusion_rank,
+                           pretrained=bool(pretrained or pretrained_path))
         mean, std = getattr(self.encoder, 'mean', None), getattr(self.encoder, 'std', None)
         self.register_buffer('mean', torch.tensor(mean or [0.0] * 3).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std or [1.0] * 3).view(1, -1, 1, 1), persistent=False)
@@ -134,7 +137,8 @@ CONFIG_ALIASES = {'num_classes': 'n_classes', 'classes': 'n_classes', 'encoder_n
 CONFIG_TYPES = dict(backbone=(str,), n_classes=(int,), cat_channels=(int,), deep_supervision=(bool,), cgm=(bool,),
                     cgm_dropout=(int, float), freeze_backbone=(bool,), branch_order=(str,),
                     fine_levels=('auto', None, int), light_stride=('auto', None, int), light_channels=(int,),
-                    conv_bias=(bool,), encoder_kwargs=(dict, None), fusion=(str,))
+                    conv_bias=(bool,), encoder_kwargs=(dict, None), fusion=(str,),
+                    fusion_rank=(int, None))
 POSITIVE = ('n_classes', 'cat_channels')
 
 def _type_ok(v, allowed) -> bool:
@@ -339,7 +343,7 @@ def _max_peak(a: dict, b: dict) -> dict:
     return {k: max(a[k], b[k]) for k in a}
 
 def build_peer(kind: str, backbone: str, n_classes: int = 3, **kwargs) -> nn.Module:
-    "A model to benchmark: 'unet3plus' (ours, random init, `kwargs` for `UNet3Plus`) or 'smp' (smp.Unet, same timm encoder)."
+    "A model to benchmark: 'unet3plus' (ours, random init, `kwargs` for `UNet3Plus`) or 'smp' (smp.Unet, same encoder)."
     if kind == 'unet3plus': return UNet3Plus(backbone, n_classes=n_classes, pretrained=False, **kwargs)
     if kind == 'smp':
         import segmentation_models_pytorch as smp
@@ -392,7 +396,7 @@ def _peak_child(q, kind, backbone, size, batch, channels_last, precision, kwargs
 
 def train_peak_mb(kind: str, backbone: str, size: int, batch: int, channels_last: bool = True, precision: str = 'fp32',
                   **kwargs) -> tuple:
-    "(RSS before the first step, peak RSS during it) in MiB of training `kind` (`kwargs` for `UNet3Plus`) in a fresh process."
+    "(RSS before the first step, peak RSS during it) in MiB of training `kind` (`kwargs` for UNet3Plus), new process."
     import multiprocessing as mp
     ctx = mp.get_context('spawn'); q = ctx.Queue()
     p = ctx.Process(target=_peak_child, args=(q, kind, backbone, size, batch, channels_last, precision, kwargs))
@@ -406,7 +410,9 @@ def _model_specs(a) -> dict:
     if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, dict(branch_order='paper'))
     if a.nchw: specs['unet3plus NCHW'] = ('unet3plus', False, {})
     for c in a.cat_channels: specs[f'unet3plus cat{c}'] = ('unet3plus', True, dict(cat_channels=c))
-    for f in a.fusion: specs[f'unet3plus fusion={f}'] = ('unet3plus', True, dict(fusion=f))
+    for f in a.fusion:                                   # 'factored' or 'factored:RANK'
+        kind, _, rank = f.partition(':')
+        specs[f'unet3plus fusion={f}'] = ('unet3plus', True, dict(fusion=kind, fusion_rank=int(rank) if rank else None))
     if not a.no_smp: specs['smp.Unet'] = ('smp', True, {})
     return specs
 
@@ -422,7 +428,8 @@ def bench_model(argv: list[str] | None = None) -> dict:
     p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
     p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
     p.add_argument('--cat_channels', type=int, nargs='*', default=[], help='also time the default model with these cat_channels')
-    p.add_argument('--fusion', nargs='*', default=[], help="also time the default model with these fusions ('full', 'factored')")
+    p.add_argument('--fusion', nargs='*', default=[],
+                   help="also time the default model with these fusions ('full', 'factored', 'factored:128')")
     p.add_argument('--no_memory', action='store_true', help='skip the child-process memory measurements')
     p.add_argument('--memory_only', action='store_true', help='only the memory measurements')
     p.add_argument('--memory_backbone', default='resnet34'); p.add_argument('--memory_batch', type=int, default=8)
@@ -445,21 +452,23 @@ def bench_model(argv: list[str] | None = None) -> dict:
         peak = _max_peak(peak, conv_peak(repeats=1, precision=prec))
         rows = []
         for k in specs:
+            tr, inf = flops[k]['train'] / t_train[k], flops[k]['infer'] / t_infer[k]           # GFLOP/s
             rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
                          'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
                          'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
-                         'train_GFLOP/s': flops[k]['train'] / t_train[k], 'train_%peak': 100 * flops[k]['train'] / t_train[k] / peak['train'],
+                         'train_GFLOP/s': tr, 'train_%peak': 100 * tr / peak['train'],
                          'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
-                         'infer_GFLOP/s': flops[k]['infer'] / t_infer[k], 'infer_%peak': 100 * flops[k]['infer'] / t_infer[k] / peak['forward']})
-        print(f"{prec}: backbone={a.backbone} size={a.size} batch={a.batch} threads={torch.get_num_threads()} repeats={a.repeats}; "
-              f"conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, forward+backward {peak['train']:.1f} GFLOP/s")
+                         'infer_GFLOP/s': inf, 'infer_%peak': 100 * inf / peak['forward']})
+        print(f"{prec}: backbone={a.backbone} size={a.size} batch={a.batch} threads={torch.get_num_threads()} "
+              f"repeats={a.repeats}; conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, "
+              f"forward+backward {peak['train']:.1f} GFLOP/s")
         print_table(rows, f'train step and inference, alternating runs, {prec} CPU (ratios against {ref})')
         res['rows'][prec], res['conv_peak'][prec] = rows, peak
     if not a.no_memory: res['memory'] = _bench_memory(a, specs, precisions)
     return res
 
 def _bench_memory(a, specs, precisions) -> list[dict]:
-    "Peak RSS of a train step of the default UNet3+ and smp.Unet, and of the memory goal's configuration, per precision."
+    "Peak RSS of a train step of the default UNet3+, smp.Unet and the memory goal's configuration, per precision."
     from unet3plus.bench import print_table
     runs = [(k, a.backbone, a.batch, a.size) for k in specs if k in ('unet3plus', 'smp.Unet')]
     runs.append(('unet3plus', a.memory_backbone, a.memory_batch, a.memory_size))

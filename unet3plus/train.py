@@ -169,14 +169,15 @@ from .decoder import resolve_precision
 def precision_of(conf: dict) -> str:
     "The precision a DeepSpeed config `conf` trains in: 'bf16 autocast', 'bf16', 'fp16' or 'fp32'."
     ac = conf.get('torch_autocast') or {}
-    if ac.get('enabled'): return ('fp16' if str(ac.get('dtype')).split('.')[-1] in ('fp16', 'float16', 'half') else 'bf16') + ' autocast'
+    if ac.get('enabled'):
+        return ('fp16' if str(ac.get('dtype')).split('.')[-1] in ('fp16', 'float16', 'half') else 'bf16') + ' autocast'
     for k in ('bf16', 'fp16'):
         if conf.get(k, {}).get('enabled'): return k
     return 'fp32'
 
 def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | None = None, bf16_ok: bool | None = None,
               world_size: int | None = None, fast_bf16: bool | None = None) -> dict:
-    "DeepSpeed's config for `cfg` on `world_size` processes: AdamW, warmup + decay, clipping, accumulation, ZeRO, precision..."
+    "DeepSpeed's config for `cfg` on `world_size` processes: AdamW, warmup + decay, clipping, accumulation, ZeRO..."
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if bf16_ok is None: bf16_ok = cuda and torch.cuda.is_bf16_supported()     # V100/T4: 'auto' means fp16
     total = max(int(total_steps or cfg.max_steps or 1000), 1)
@@ -195,7 +196,7 @@ def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | Non
     prec = resolve_precision(cfg.precision, 'cuda' if cuda else 'cpu', bf16_ok, fast_bf16)
     if prec == 'fp16': conf['fp16'] = dict(enabled=True, loss_scale=0, initial_scale_power=16)
     if prec == 'bf16' and cuda: conf['bf16'] = dict(enabled=True)
-    if prec == 'bf16' and not cuda:       # autocast around the forward; fp32 weights, gradients, optimizer and all-reduce
+    if prec == 'bf16' and not cuda:       # autocast around the forward; fp32 weights, gradients, AdamW, all-reduce
         conf['torch_autocast'] = dict(enabled=True, dtype='bfloat16', lower_precision_safe_modules=[])
     if cfg.ds_config:
         user = read_ds_config(cfg.ds_config)
@@ -568,7 +569,8 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
     images = 0
     t0 = time.perf_counter()
     for batch in loader:
-        x = as_channels_last(batch['image'].to(dev, dt, non_blocking=True)); y = batch['mask'].to(dev, non_blocking=True)
+        x = as_channels_last(batch['image'].to(dev, dt, non_blocking=True))
+        y = batch['mask'].to(dev, non_blocking=True)
         loss, parts = loss_fn(engine(x), y)
         lv = loss.item(); ok = math.isfinite(lv)
         stat = [lv if ok else 0.0, 0.0 if ok else 1.0, float(len(x))]
@@ -602,7 +604,7 @@ def validate(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False)
         x = as_channels_last(batch['image'].to(dev, dt)); y = batch['mask'].to(dev)
         out = as_outputs(engine(x)); loss, _ = loss_fn(out, y)
         tot += torch.tensor([loss.item() * len(x), float(len(x))], dtype=torch.float64)
-        cm.update(out['logits'].float(), y); last = x                     # fp32 (bf16 under autocast), counted on the device
+        cm.update(out['logits'].float(), y); last = x             # fp32 (bf16 under autocast), counted on the device
     if pad_batches:
         for _ in range(n_max - len(loader)): engine(last)     # keep ZeRO-3 collectives in step; not counted
     tot = all_reduce_sum(tot)
@@ -735,7 +737,8 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
         atomic_write_text(save / 'ds_config.json', json.dumps(conf, indent=2))
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())   # ZeRO-3 partitions: ds_numel is the full size
     log.info(f"{world} process(es), {env['backend']} on {env['device']}; {len(train_ds)} train / {len(val_ds)} val images; "
-             f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all; {precision_of(conf)}")
+             f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
+             f"{precision_of(conf)}")
 
     def loop_state(): return copy.deepcopy(state)
     def checkpoint(tag): save_checkpoint(engine, ckdir, tag, loop_state(), cfg.keep_checkpoints)
@@ -836,8 +839,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--schedule', default=d.schedule, choices=SCHEDULES, help='warmup + cosine or linear decay')
     g.add_argument('--warmup_ratio', type=float, default=d.warmup_ratio, help='fraction of the steps spent warming up')
     g.add_argument('--grad_clip', type=float, default=d.grad_clip, help='gradient norm clipping (0: off)')
-    g.add_argument('--precision', default=d.precision, choices=PRECISIONS, help='auto: bf16 (fp16 without bf16) on GPU; bf16 autocast on CPUs with AMX-BF16/AVX512-BF16, else fp32')
-    g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor; pays on GPUs, minutes to compile)')
+    g.add_argument('--precision', default=d.precision, choices=PRECISIONS,
+                   help='auto: bf16 (fp16 without bf16) on GPU; on CPUs bf16 autocast with AMX/AVX512-BF16, else fp32')
+    g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor; pays on GPUs)')
     g.add_argument('--zero_stage', type=int, default=d.zero_stage, choices=(0, 1, 2, 3), help='DeepSpeed ZeRO stage')
     g.add_argument('--ds_config', default=d.ds_config, help='JSON file merged over the generated DeepSpeed config')
     g.add_argument('--deepspeed', action='store_true', help='accepted for compatibility; training always uses DeepSpeed')
@@ -903,7 +907,7 @@ def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 
     return global_batch * n_batches / sorted(times)[len(times) // 2]
 
 def bench_train(argv: Sequence[str] | None = None) -> dict:
-    "`unet3plus-bench train`: loop vs bare model images/s in one process, then the loop in 1 vs 2 processes, per precision."
+    "`unet3plus-bench train`: loop vs bare model images/s in one process, then the loop in 1 vs 2 processes."
     from .bench import add_precision_arg, bench_precisions
     p = argparse.ArgumentParser('unet3plus-bench train')
     p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=int, default=128)
@@ -938,7 +942,8 @@ def _bench_train_in(a, prec: str) -> dict:
     t = measure({'bare model': bare_epoch, 'train_epoch': loop_epoch}, repeats=a.repeats, warmup=1)
     n_img = a.batches * a.batch_size
     rows = [dict(what=k, seconds=v, images_per_s=n_img / v, vs_bare=ratio(v, t['bare model'])) for k, v in t.items()]
-    print_table(rows, f"training step loop, {a.backbone} at {a.size} px, batch {a.batch_size}, {a.batches} batches, {prec} (one process)")
+    print_table(rows, f"training step loop, {a.backbone} at {a.size} px, batch {a.batch_size}, {a.batches} batches, "
+                      f"{prec} (one process)")
     res = dict(loop_overhead=t['train_epoch'] / t['bare model'] - 1, bare_images_per_s=n_img / t['bare model'],
                loop_images_per_s=n_img / t['train_epoch'])
     print(f"loop overhead over the bare model: {100 * res['loop_overhead']:+.1f} % (goal <= 5 %)")
