@@ -11,7 +11,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from .data import atomic_write, atomic_write_text, prepare_output_dir
 from .encoders import create_encoder
-from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, FastConv2d, set_weight_grad
+from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CONFIG_NAME',
@@ -22,16 +22,18 @@ __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME'
 
 # %% ../nbs/04_model.ipynb #706ea4ec
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
-               'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs')
+               'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs', 'fusion',
+               'fusion_rank')
 STRUCTURAL = ('backbone', 'n_classes', 'cat_channels', 'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias',
-              'encoder_kwargs')
+              'encoder_kwargs', 'fusion', 'fusion_rank')
 
 class UNet3Plus(nn.Module):
     "UNet 3+ with a timm or plain encoder; `model(x01)` -> dict(logits[, aux][, cls_logits])."
     def __init__(self, backbone: str = 'convnext_tiny', n_classes: int = 3, pretrained: bool = True,
                  pretrained_path=None, cat_channels: int = 64, deep_supervision: bool = False, cgm: bool = False,
                  freeze_backbone: bool = False, branch_order: str = 'conv_first', fine_levels='auto',
-                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5, encoder_kwargs: dict | None = None):
+                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5,
+                 encoder_kwargs: dict | None = None, fusion: str = 'full', fusion_rank: int | None = None):
         super().__init__()
         if n_classes < 1: raise ValueError(f"UNet3Plus: n_classes must be >= 1, got {n_classes}")
         if cgm and n_classes < 2: raise ValueError(f"UNet3Plus: cgm=True needs n_classes >= 2, got {n_classes}")
@@ -41,14 +43,16 @@ class UNet3Plus(nn.Module):
         self.encoder = create_encoder(backbone, **enc_kw)
         if light_stride == 'auto': light_stride = 1 if backbone == 'plain' else 4
         light = min(sum(s < (light_stride or 1) for s in self.encoder.strides), len(self.encoder.strides) - 2)
-        self.decoder = UNet3PlusDecoder(self.encoder.channels, cat_channels, branch_order, conv_bias, light, light_channels)
+        self.decoder = UNet3PlusDecoder(self.encoder.channels, cat_channels, branch_order, conv_bias, light,
+                                        light_channels, fusion, fusion_rank)
         self.head = SegmentationHead(self.decoder.out_channels, n_classes)
         self.aux_heads = DeepSupervisionHeads(self.decoder.node_channels[1:], n_classes) if deep_supervision else None
         self.cgm = CGM(self.decoder.node_channels[-1], n_classes, cgm_dropout) if cgm else None
         self.config = dict(backbone=backbone, n_classes=n_classes, cat_channels=cat_channels, deep_supervision=deep_supervision,
                            cgm=cgm, cgm_dropout=cgm_dropout, freeze_backbone=freeze_backbone, branch_order=branch_order,
                            fine_levels=fine_levels, light_stride=light_stride, light_channels=light_channels, conv_bias=conv_bias,
-                           encoder_kwargs=encoder_kwargs, pretrained=bool(pretrained or pretrained_path))
+                           encoder_kwargs=encoder_kwargs, fusion=fusion, fusion_rank=fusion_rank,
+                           pretrained=bool(pretrained or pretrained_path))
         mean, std = getattr(self.encoder, 'mean', None), getattr(self.encoder, 'std', None)
         self.register_buffer('mean', torch.tensor(mean or [0.0] * 3).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std or [1.0] * 3).view(1, -1, 1, 1), persistent=False)
@@ -221,7 +225,8 @@ CONFIG_ALIASES = {'num_classes': 'n_classes', 'classes': 'n_classes', 'encoder_n
 CONFIG_TYPES = dict(backbone=(str,), n_classes=(int,), cat_channels=(int,), deep_supervision=(bool,), cgm=(bool,),
                     cgm_dropout=(int, float), freeze_backbone=(bool,), branch_order=(str,),
                     fine_levels=('auto', None, int), light_stride=('auto', None, int), light_channels=(int,),
-                    conv_bias=(bool,), encoder_kwargs=(dict, None), training=(dict, None))
+                    conv_bias=(bool,), encoder_kwargs=(dict, None), fusion=(str,),
+                    fusion_rank=(int, None), training=(dict, None))
 POSITIVE = ('n_classes', 'cat_channels')
 
 def _type_ok(v, allowed) -> bool:
@@ -416,18 +421,22 @@ SEED_BACKBONES = ['convnext_tiny', 'convnext_small', 'convnext_base', 'hrnet_w18
                   'efficientnet_b0', 'efficientnet_b3', 'resnet34', 'resnet50']
 
 # %% ../nbs/04_model.ipynb #1e19f77d
-def conv_peak(repeats: int = 3, channels_last: bool = True) -> dict:
-    "Best GFLOP/s of a conv3x3 (forward; forward + backward with either weight gradient) on this machine, over a few shapes."
+from .decoder import precision_autocast
+
+def conv_peak(repeats: int = 3, channels_last: bool = True, precision: str = 'fp32') -> dict:
+    "Best GFLOP/s of a conv3x3 (forward; forward + backward) in `precision` on this machine, over a few shapes."
     from unet3plus.bench import measure
     best = {'forward': 0.0, 'train': 0.0}
-    for (c, hw, b), wgrad in [(s, w) for s in ((256, 64, 4), (128, 128, 2)) for w in ('native', 'gemm')]:
-        conv = FastConv2d(c, c, 3, padding=1, bias=False); conv.weight_grad = wgrad
+    for c, hw, b in ((256, 64, 4), (128, 128, 2), (256, 128, 2)):
+        conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
         x = torch.randn(b, c, hw, hw, requires_grad=True)
         if channels_last: conv, x = conv.to(memory_format=torch.channels_last), x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         flops = 2 * c * c * 9 * hw * hw * b
         def fwd():
-            with torch.no_grad(): conv(x)
-        def train(): conv(x).sum().backward()
+            with torch.no_grad(), precision_autocast('cpu', precision): conv(x)
+        def train():
+            with precision_autocast('cpu', precision): y = conv(x)
+            y.float().sum().backward()
         t = measure({'forward': fwd, 'train': train}, repeats=repeats, warmup=1)
         best['forward'] = max(best['forward'], flops / t['forward'] / 1e9)
         best['train'] = max(best['train'], 3 * flops / t['train'] / 1e9)
@@ -437,13 +446,9 @@ def _max_peak(a: dict, b: dict) -> dict:
     "Per-kind maximum of two `conv_peak` results (the machine's load changes during a run)."
     return {k: max(a[k], b[k]) for k in a}
 
-def build_peer(kind: str, backbone: str, n_classes: int = 3, branch_order: str = 'conv_first', cat_channels: int = 64,
-               weight_grad: str = 'auto') -> nn.Module:
-    "A model to benchmark: 'unet3plus' (ours, random init) or 'smp' (segmentation_models_pytorch.Unet, same timm encoder)."
-    if kind == 'unet3plus':
-        model = UNet3Plus(backbone, n_classes=n_classes, pretrained=False, branch_order=branch_order, cat_channels=cat_channels)
-        set_weight_grad(model, weight_grad)
-        return model
+def build_peer(kind: str, backbone: str, n_classes: int = 3, **kwargs) -> nn.Module:
+    "A model to benchmark: 'unet3plus' (ours, random init, `kwargs` for `UNet3Plus`) or 'smp' (smp.Unet, same encoder)."
+    if kind == 'unet3plus': return UNet3Plus(backbone, n_classes=n_classes, pretrained=False, **kwargs)
     if kind == 'smp':
         import segmentation_models_pytorch as smp
         return smp.Unet(f'tu-{backbone}', encoder_weights=None, classes=n_classes)
@@ -451,18 +456,20 @@ def build_peer(kind: str, backbone: str, n_classes: int = 3, branch_order: str =
 
 def _logits(out): return out['logits'] if isinstance(out, dict) else out
 
-def make_steps(model: nn.Module, size: int, batch: int, channels_last: bool = True, n_classes: int = 3, seed: int = 0):
-    "(train_step, infer_step) closures for `model` on a fixed random batch."
+def make_steps(model: nn.Module, size: int, batch: int, channels_last: bool = True, n_classes: int = 3, seed: int = 0,
+               precision: str = 'fp32'):
+    "(train_step, infer_step) closures for `model` on a fixed random batch, the forward under `precision`'s autocast."
     g = torch.Generator().manual_seed(seed)
     x, y = torch.rand(batch, 3, size, size, generator=g), torch.randint(0, n_classes, (batch, size, size), generator=g)
     if channels_last: model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     def train_step():
         model.train(); opt.zero_grad(set_to_none=True)
-        F.cross_entropy(_logits(model(x)), y).backward(); opt.step()
+        with precision_autocast('cpu', precision): logits = _logits(model(x))
+        F.cross_entropy(logits.float(), y).backward(); opt.step()          # the loss in fp32, as training does
     def infer_step():
         model.eval()
-        with torch.no_grad(): model(x)
+        with torch.no_grad(), precision_autocast('cpu', precision): model(x)
     return train_step, infer_step
 
 def step_gflops(model: nn.Module, size: int, batch: int) -> dict:
@@ -480,37 +487,53 @@ def _proc_status_mb(key: str) -> float:
         if line.startswith(key + ':'): return int(line.split()[1]) / 1024
     raise KeyError(key)
 
-def _peak_child(q, kind, backbone, branch_order, size, batch, channels_last, cat_channels, weight_grad):
+def _peak_child(q, kind, backbone, size, batch, channels_last, precision, kwargs):
     "Child process: (RSS before, peak RSS during) a train step of a fresh model, in MiB."
     torch.manual_seed(0)
-    model = build_peer(kind, backbone, branch_order=branch_order, cat_channels=cat_channels, weight_grad=weight_grad)
-    train, _ = make_steps(model, size, batch, channels_last)
+    model = build_peer(kind, backbone, **kwargs)
+    train, _ = make_steps(model, size, batch, channels_last, precision=precision)
     try: Path('/proc/self/clear_refs').write_text('5')          # reset the high-water mark to the current RSS
     except OSError: pass
     before = _proc_status_mb('VmRSS')
     train()
     q.put((before, _proc_status_mb('VmHWM')))
 
-def train_peak_mb(kind: str, backbone: str, size: int, batch: int, branch_order: str = 'conv_first', channels_last: bool = True,
-                  cat_channels: int = 64, weight_grad: str = 'auto') -> tuple:
-    "(RSS before the first step, peak RSS during it) in MiB of training `kind` in a fresh process (Linux)."
+def train_peak_mb(kind: str, backbone: str, size: int, batch: int, channels_last: bool = True, precision: str = 'fp32',
+                  **kwargs) -> tuple:
+    "(RSS before the first step, peak RSS during it) in MiB of training `kind` (`kwargs` for UNet3Plus), new process."
     import multiprocessing as mp
     ctx = mp.get_context('spawn'); q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, branch_order, size, batch, channels_last, cat_channels, weight_grad))
+    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, size, batch, channels_last, precision, kwargs))
     p.start(); res = q.get(); p.join()
     return res
 
 # %% ../nbs/04_model.ipynb #9bdaede5
+def _model_specs(a) -> dict:
+    "name -> (kind, channels_last, UNet3Plus kwargs) of the models `bench_model`'s options ask for."
+    specs = {'unet3plus': ('unet3plus', True, {})}
+    if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, dict(branch_order='paper'))
+    if a.nchw: specs['unet3plus NCHW'] = ('unet3plus', False, {})
+    for c in a.cat_channels: specs[f'unet3plus cat{c}'] = ('unet3plus', True, dict(cat_channels=c))
+    for f in a.fusion:                                   # 'factored' or 'factored:RANK'
+        kind, _, rank = f.partition(':')
+        specs[f'unet3plus fusion={f}'] = ('unet3plus', True, dict(fusion=kind, fusion_rank=int(rank) if rank else None))
+    if not a.no_smp: specs['smp.Unet'] = ('smp', True, {})
+    return specs
+
 def bench_model(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last fp32 CPU."
-    from unet3plus.bench import measure, measure_rounds, round_ratios, print_table
+    "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last CPU, fp32 and bf16."
+    from unet3plus.bench import measure, measure_rounds, round_ratios, print_table, add_precision_arg, bench_precisions
     p = argparse.ArgumentParser('unet3plus-bench model', description=bench_model.__doc__)
     p.add_argument('--backbone', default='convnext_tiny', help='timm backbone for both models')
     p.add_argument('--size', type=int, default=512); p.add_argument('--batch', type=int, default=2)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
+    add_precision_arg(p)
     p.add_argument('--no_smp', action='store_true', help='skip the smp.Unet peer')
+    p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
     p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
     p.add_argument('--cat_channels', type=int, nargs='*', default=[], help='also time the default model with these cat_channels')
+    p.add_argument('--fusion', nargs='*', default=[],
+                   help="also time the default model with these fusions ('full', 'factored', 'factored:128')")
     p.add_argument('--no_memory', action='store_true', help='skip the child-process memory measurements')
     p.add_argument('--memory_only', action='store_true', help='only the memory measurements')
     p.add_argument('--memory_backbone', default='resnet34'); p.add_argument('--memory_batch', type=int, default=8)
@@ -518,46 +541,47 @@ def bench_model(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv or [])
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    specs = {'unet3plus conv_first': ('unet3plus', 'conv_first', True, 64, 'auto'),
-             'unet3plus conv_first oneDNN wgrad': ('unet3plus', 'conv_first', True, 64, 'native'),
-             'unet3plus paper': ('unet3plus', 'paper', True, 64, 'auto')}
-    if a.nchw: specs['unet3plus conv_first NCHW'] = ('unet3plus', 'conv_first', False, 64, 'auto')
-    for c in a.cat_channels: specs[f'unet3plus conv_first cat{c}'] = ('unet3plus', 'conv_first', True, c, 'auto')
-    if not a.no_smp: specs['smp.Unet'] = ('smp', 'conv_first', True, 64, 'auto')
-    if a.memory_only: return {'memory': _bench_memory(a, specs)}
-    peak = conv_peak(repeats=min(a.repeats, 2))
-    models = {k: build_peer(kind, a.backbone, branch_order=o, cat_channels=c, weight_grad=wg) for k, (kind, o, _, c, wg) in specs.items()}
+    specs, precisions = _model_specs(a), bench_precisions(a.precision)
+    if a.memory_only: return {'memory': _bench_memory(a, specs, precisions)}
+    models = {k: build_peer(kind, a.backbone, **kw) for k, (kind, _, kw) in specs.items()}
     flops = {k: step_gflops(m, a.size, a.batch) for k, m in models.items()}
-    steps = {k: make_steps(models[k], a.size, a.batch, spec[2]) for k, spec in specs.items()}
-    r_train = measure_rounds({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-    t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-    t_train = {k: statistics.median(v) for k, v in r_train.items()}
-    peak = _max_peak(peak, conv_peak(repeats=1))
-    ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus conv_first'
-    rows = []
-    for k in specs:
-        rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
-                     'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
-                     'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
-                     'train_GFLOP/s': flops[k]['train'] / t_train[k], 'train_%peak': 100 * flops[k]['train'] / t_train[k] / peak['train'],
-                     'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
-                     'infer_GFLOP/s': flops[k]['infer'] / t_infer[k], 'infer_%peak': 100 * flops[k]['infer'] / t_infer[k] / peak['forward']})
-    print(f"backbone={a.backbone} size={a.size} batch={a.batch} threads={torch.get_num_threads()} repeats={a.repeats}; "
-          f"conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, forward+backward {peak['train']:.1f} GFLOP/s")
-    print_table(rows, 'train step and inference, alternating runs, fp32 CPU (ratios against ' + ref + ')')
-    res = {'rows': rows, 'conv_peak': peak, 'gflops': flops}
-    if not a.no_memory: res['memory'] = _bench_memory(a, specs)
+    ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus'
+    res = {'gflops': flops, 'rows': {}, 'conv_peak': {}}
+    for prec in precisions:
+        peak = conv_peak(repeats=min(a.repeats, 2), precision=prec)
+        steps = {k: make_steps(models[k], a.size, a.batch, spec[1], precision=prec) for k, spec in specs.items()}
+        r_train = measure_rounds({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
+        t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
+        t_train = {k: statistics.median(v) for k, v in r_train.items()}
+        peak = _max_peak(peak, conv_peak(repeats=1, precision=prec))
+        rows = []
+        for k in specs:
+            tr, inf = flops[k]['train'] / t_train[k], flops[k]['infer'] / t_infer[k]           # GFLOP/s
+            rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
+                         'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
+                         'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
+                         'train_GFLOP/s': tr, 'train_%peak': 100 * tr / peak['train'],
+                         'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
+                         'infer_GFLOP/s': inf, 'infer_%peak': 100 * inf / peak['forward']})
+        print(f"{prec}: backbone={a.backbone} size={a.size} batch={a.batch} threads={torch.get_num_threads()} "
+              f"repeats={a.repeats}; conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, "
+              f"forward+backward {peak['train']:.1f} GFLOP/s")
+        print_table(rows, f'train step and inference, alternating runs, {prec} CPU (ratios against {ref})')
+        res['rows'][prec], res['conv_peak'][prec] = rows, peak
+    if not a.no_memory: res['memory'] = _bench_memory(a, specs, precisions)
     return res
 
-def _bench_memory(a, specs) -> list[dict]:
-    "Peak RSS of a train step of the default UNet3+ and smp.Unet, and of the memory goal's configuration."
+def _bench_memory(a, specs, precisions) -> list[dict]:
+    "Peak RSS of a train step of the default UNet3+, smp.Unet and the memory goal's configuration, per precision."
     from unet3plus.bench import print_table
-    runs = [(k, kind, o, c, wg, a.backbone, a.batch, a.size) for k, (kind, o, cl, c, wg) in specs.items()
-            if k in ('unet3plus conv_first', 'unet3plus conv_first oneDNN wgrad', 'smp.Unet')]
-    runs.append(('unet3plus conv_first', 'unet3plus', 'conv_first', 64, 'auto', a.memory_backbone, a.memory_batch, a.memory_size))
+    runs = [(k, a.backbone, a.batch, a.size) for k in specs if k in ('unet3plus', 'smp.Unet')]
+    runs.append(('unet3plus', a.memory_backbone, a.memory_batch, a.memory_size))
     mem = []
-    for k, kind, o, c, wg, bb, b, sz in runs:
-        before, peak_mb = train_peak_mb(kind, bb, sz, b, o, cat_channels=c, weight_grad=wg)
-        mem.append({'model': k, 'backbone': bb, 'batch': b, 'size': sz, 'rss_before_MiB': before, 'peak_MiB': peak_mb, 'peak_GiB': peak_mb / 1024})
+    for prec in precisions:
+        for k, bb, b, sz in runs:
+            kind, cl, kw = specs[k]
+            before, peak_mb = train_peak_mb(kind, bb, sz, b, cl, prec, **kw)
+            mem.append({'model': k, 'precision': prec, 'backbone': bb, 'batch': b, 'size': sz, 'rss_before_MiB': before,
+                        'peak_MiB': peak_mb, 'peak_GiB': peak_mb / 1024})
     print_table(mem, 'peak memory of a train step (fresh process each, peak RSS)')
     return mem

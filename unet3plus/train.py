@@ -19,16 +19,16 @@ from .metrics import ConfusionMatrix, all_reduce_sum
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'log', 'TrainConfig', 'read_ds_config',
-           'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'resolve_precision',
+           'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'precision_of',
            'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'ResumableSampler', 'ShardSampler',
            'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root', 'check_files',
            'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet',
            'fit_in_memory', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state',
            'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'save_model',
            'train_command', 'data_record', 'input_size_of', 'train_record', 'previous_run', 'check_save_path',
-           'prepare_save_path', 'NonFiniteLoss', 'train_epoch', 'validate', 'init_engine', 'setup_logging',
-           'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main', 'loop_speed',
-           'bench_train']
+           'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch', 'validate', 'init_engine',
+           'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main',
+           'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -67,6 +67,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
     precision: str = 'auto'
+    compile: bool = False
     zero_stage: int = 0
     ds_config: str | None = None
     deepspeed: bool = False
@@ -165,16 +166,19 @@ def deep_merge(base: dict, override: dict) -> dict:
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
-def resolve_precision(precision: str, cuda: bool, bf16_ok: bool = True) -> str:
-    "The precision to train in: fp16/bf16 only on CUDA; on CPU fp32 (with a warning when another was asked for)."
-    if not cuda:
-        if precision in ('fp16', 'bf16'): warnings.warn(f"--precision {precision} needs a GPU; training in fp32 on the CPU")
-        return 'fp32'
-    if precision == 'auto': return 'bf16' if bf16_ok else 'fp16'
-    return precision
+from .decoder import resolve_precision
+
+def precision_of(conf: dict) -> str:
+    "The precision a DeepSpeed config `conf` trains in: 'bf16 autocast', 'bf16', 'fp16' or 'fp32'."
+    ac = conf.get('torch_autocast') or {}
+    if ac.get('enabled'):
+        return ('fp16' if str(ac.get('dtype')).split('.')[-1] in ('fp16', 'float16', 'half') else 'bf16') + ' autocast'
+    for k in ('bf16', 'fp16'):
+        if conf.get(k, {}).get('enabled'): return k
+    return 'fp32'
 
 def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | None = None, bf16_ok: bool | None = None,
-              world_size: int | None = None) -> dict:
+              world_size: int | None = None, fast_bf16: bool | None = None) -> dict:
     "DeepSpeed's config for `cfg` on `world_size` processes: AdamW, warmup + decay, clipping, accumulation, ZeRO..."
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if bf16_ok is None: bf16_ok = cuda and torch.cuda.is_bf16_supported()     # V100/T4: 'auto' means fp16
@@ -191,9 +195,11 @@ def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | Non
                 scheduler=sched, gradient_clipping=float(cfg.grad_clip), zero_optimization=dict(stage=cfg.zero_stage),
                 steps_per_print=10**9, wall_clock_breakdown=False)
     if not cuda: conf['optimizer']['params']['torch_adam'] = True    # no JIT-compiled fused Adam on the CPU
-    prec = resolve_precision(cfg.precision, cuda, bf16_ok)
+    prec = resolve_precision(cfg.precision, 'cuda' if cuda else 'cpu', bf16_ok, fast_bf16)
     if prec == 'fp16': conf['fp16'] = dict(enabled=True, loss_scale=0, initial_scale_power=16)
-    if prec == 'bf16': conf['bf16'] = dict(enabled=True)
+    if prec == 'bf16' and cuda: conf['bf16'] = dict(enabled=True)
+    if prec == 'bf16' and not cuda:       # autocast around the forward; fp32 weights, gradients, AdamW, all-reduce
+        conf['torch_autocast'] = dict(enabled=True, dtype='bfloat16', lower_precision_safe_modules=[])
     if cfg.ds_config:
         user = read_ds_config(cfg.ds_config)
         check_ds_batch(cfg, user, world_size or (dist.get_world_size() if dist.is_initialized() else 1))
@@ -617,6 +623,10 @@ def _input_dtype(engine) -> torch.dtype:
     if getattr(engine, 'bf16_enabled', lambda: False)(): return torch.bfloat16
     return torch.float32
 
+def as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    "An image batch in channels_last layout, so that every conv after it runs in the layout oneDNN and cuDNN prefer."
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
 def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = None, on_step: Callable | None = None,
                 progress=None) -> dict:
     "One epoch of training steps; updates `state` (step, epoch_batches, epoch_loss) and returns the epoch's mean loss and speed."
@@ -627,7 +637,8 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
     images = 0
     t0 = time.perf_counter()
     for batch in loader:
-        x = batch['image'].to(dev, dt, non_blocking=True); y = batch['mask'].to(dev, non_blocking=True)
+        x = as_channels_last(batch['image'].to(dev, dt, non_blocking=True))
+        y = batch['mask'].to(dev, non_blocking=True)
         loss, parts = loss_fn(engine(x), y)
         lv = loss.item(); ok = math.isfinite(lv)
         stat = [lv if ok else 0.0, 0.0 if ok else 1.0, float(len(x))]
@@ -658,10 +669,10 @@ def validate(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False)
         if dist.is_initialized() and dist.get_world_size() > 1: dist.all_reduce(n_all, op=dist.ReduceOp.MAX)
         n_max = int(n_all.item())
     for batch in loader:
-        x = batch['image'].to(dev, dt); y = batch['mask'].to(dev)
+        x = as_channels_last(batch['image'].to(dev, dt)); y = batch['mask'].to(dev)
         out = as_outputs(engine(x)); loss, _ = loss_fn(out, y)
         tot += torch.tensor([loss.item() * len(x), float(len(x))], dtype=torch.float64)
-        cm.update(out['logits'], y); last = x                                            # counted on the device
+        cm.update(out['logits'].float(), y); last = x             # fp32 (bf16 under autocast), counted on the device
     if pad_batches:
         for _ in range(n_max - len(loader)): engine(last)     # keep ZeRO-3 collectives in step; not counted
     tot = all_reduce_sum(tot)
@@ -777,6 +788,7 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
     conf = ds_config(cfg, total_steps=total_steps, cuda=env['device'].type == 'cuda', world_size=world)
     model = model_fn() if model_fn is not None else build_model(cfg)
     engine = init_engine(model, cfg, conf)
+    if cfg.compile: engine.compile()                   # torch.compile through DeepSpeed (inductor; a GPU's option)
     loss_fn = TrainLoss(cfg.loss, cfg.n_classes, cfg.deep_supervision, cfg.cgm_weight)
     prepare_save_path(cfg)                     # only now: remove old outputs (--overwrite, a never-trained run's files)
     setup_logging(save)
@@ -796,7 +808,8 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
         atomic_write_text(save / 'ds_config.json', json.dumps(conf, indent=2))
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())   # ZeRO-3 partitions: ds_numel is the full size
     log.info(f"{world} process(es), {env['backend']} on {env['device']}; {len(train_ds)} train / {len(val_ds)} val images; "
-             f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all")
+             f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
+             f"{precision_of(conf)}")
 
     def loop_state(): return copy.deepcopy(state)
     def checkpoint(tag): save_checkpoint(engine, ckdir, tag, loop_state(), cfg.keep_checkpoints)
@@ -900,7 +913,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--schedule', default=d.schedule, choices=SCHEDULES, help='warmup + cosine or linear decay')
     g.add_argument('--warmup_ratio', type=float, default=d.warmup_ratio, help='fraction of the steps spent warming up')
     g.add_argument('--grad_clip', type=float, default=d.grad_clip, help='gradient norm clipping (0: off)')
-    g.add_argument('--precision', default=d.precision, choices=PRECISIONS, help='auto: bf16/fp16 on GPU, fp32 on CPU')
+    g.add_argument('--precision', default=d.precision, choices=PRECISIONS,
+                   help='auto: bf16 (fp16 without bf16) on GPU; on CPUs bf16 autocast with AMX/AVX512-BF16, else fp32')
+    g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor; pays on GPUs)')
     g.add_argument('--zero_stage', type=int, default=d.zero_stage, choices=(0, 1, 2, 3), help='DeepSpeed ZeRO stage')
     g.add_argument('--ds_config', default=d.ds_config, help='JSON file merged over the generated DeepSpeed config')
     g.add_argument('--deepspeed', action='store_true', help='accepted for compatibility; training always uses DeepSpeed')
@@ -947,14 +962,15 @@ def _bench_model(backbone: str):
     from unet3plus.model import UNet3Plus
     return UNet3Plus(backbone=backbone, pretrained=False)
 
-def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 8, n_batches: int = 4, repeats: int = 3) -> float:
+def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 8, n_batches: int = 4, repeats: int = 3,
+               precision: str = 'fp32') -> float:
     "Global images/s of `train_epoch` in this process group (each rank its share of every global batch)."
     env = setup_distributed(); rank, world = env['rank'], env['world_size']
     if global_batch % world: raise ValueError(f"global batch {global_batch} does not split over {world} processes")
     bs = global_batch // world
     batches = [{k: v[rank * bs:(rank + 1) * bs] for k, v in b.items()} for b in _bench_batches(n_batches, global_batch, size)]
     torch.manual_seed(0); model = _bench_model(backbone)
-    cfg = TrainConfig(backbone=backbone, batch_size=bs, loss='ce_dice', progress=False)
+    cfg = TrainConfig(backbone=backbone, batch_size=bs, loss='ce_dice', progress=False, precision=precision)
     engine = init_engine(model, cfg, ds_config(cfg, 1000))
     loss_fn, times = TrainLoss('ce_dice'), []
     for r in range(repeats + 1):
@@ -966,39 +982,49 @@ def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 
 
 def bench_train(argv: Sequence[str] | None = None) -> dict:
     "`unet3plus-bench train`: loop vs bare model images/s in one process, then the loop in 1 vs 2 processes."
-    from .bench import measure, print_table, ratio
+    from .bench import add_precision_arg, bench_precisions
     p = argparse.ArgumentParser('unet3plus-bench train')
     p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=int, default=128)
     p.add_argument('--batch_size', type=int, default=8); p.add_argument('--batches', type=int, default=4)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--procs', type=int, nargs='*', default=[1, 2],
                                                                       help='process counts for the torchrun part (none: skip)')
+    add_precision_arg(p)
     a = p.parse_args(list(argv or []))
     setup_distributed()
+    return {prec: _bench_train_in(a, prec) for prec in bench_precisions(a.precision)}
+
+def _bench_train_in(a, prec: str) -> dict:
+    "`bench_train`'s figures in precision `prec` ('fp32' or 'bf16': autocast on the CPU)."
+    from .bench import measure, print_table, ratio
+    from .decoder import precision_autocast
     batches = _bench_batches(a.batches, a.batch_size, a.size)
     torch.manual_seed(0); bare = _bench_model(a.backbone)
     torch.manual_seed(0); model = _bench_model(a.backbone)
-    cfg = TrainConfig(backbone=a.backbone, batch_size=a.batch_size, loss='ce_dice', progress=False)
+    cfg = TrainConfig(backbone=a.backbone, batch_size=a.batch_size, loss='ce_dice', progress=False, precision=prec)
     engine = init_engine(model, cfg, ds_config(cfg, 1000))
+    dev = 'cuda' if torch.cuda.is_available() else 'cpu'
     opt = torch.optim.AdamW(param_groups(bare, cfg.weight_decay), lr=cfg.lr)
     loss_fn = TrainLoss('ce_dice')
     def bare_epoch():
         bare.train()
         for b in batches:
-            loss, _ = loss_fn(bare(b['image']), b['mask'])
+            with precision_autocast(dev, prec if dev == 'cpu' else 'fp32'): out = bare(b['image'])
+            loss, _ = loss_fn(out, b['mask'])
             opt.zero_grad(set_to_none=True); loss.backward()
             nn.utils.clip_grad_norm_(bare.parameters(), cfg.grad_clip); opt.step(); loss.item()
     def loop_epoch(): train_epoch(engine, batches, loss_fn, dict(epoch=0, step=0, epoch_batches=0))
     t = measure({'bare model': bare_epoch, 'train_epoch': loop_epoch}, repeats=a.repeats, warmup=1)
     n_img = a.batches * a.batch_size
     rows = [dict(what=k, seconds=v, images_per_s=n_img / v, vs_bare=ratio(v, t['bare model'])) for k, v in t.items()]
-    print_table(rows, f"training step loop, {a.backbone} at {a.size} px, batch {a.batch_size}, {a.batches} batches (one process)")
+    print_table(rows, f"training step loop, {a.backbone} at {a.size} px, batch {a.batch_size}, {a.batches} batches, "
+                      f"{prec} (one process)")
     res = dict(loop_overhead=t['train_epoch'] / t['bare model'] - 1, bare_images_per_s=n_img / t['bare model'],
                loop_images_per_s=n_img / t['train_epoch'])
     print(f"loop overhead over the bare model: {100 * res['loop_overhead']:+.1f} % (goal <= 5 %)")
     speeds = {}
     for n in a.procs:
         code = (f"from unet3plus.train import loop_speed, is_main; v = loop_speed({a.backbone!r}, {a.size}, {a.batch_size}, {a.batches}, "
-                f"{a.repeats})\nif is_main(): print('IMAGES_PER_S', v)")
+                f"{a.repeats}, {prec!r})\nif is_main(): print('IMAGES_PER_S', v)")
         env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
         env.setdefault('DS_ACCELERATOR', 'cpu' if not torch.cuda.is_available() else env.get('DS_ACCELERATOR', 'cuda'))
         cmd = ['torchrun', '--nproc_per_node', str(n), '--master_port', str(free_port()), '--no-python', sys.executable, '-c', code]
@@ -1008,7 +1034,7 @@ def bench_train(argv: Sequence[str] | None = None) -> dict:
     if speeds:
         base = speeds[min(speeds)]
         print_table([dict(processes=n, images_per_s=v, vs_first=ratio(v, base)) for n, v in speeds.items()],
-                    f"training loop in several processes (torchrun, global batch {a.batch_size})")
+                    f"training loop in several processes (torchrun, global batch {a.batch_size}, {prec})")
         res['processes'] = speeds
     return res
 
