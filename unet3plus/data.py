@@ -361,12 +361,18 @@ class SparkSegmentation(Dataset):
     def read_pair(self, i: int, image_size=None, mask_size=None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         "Image at `image_size`, mask at `mask_size` (None: as stored) and stored (H, W) of sample `i`; no augmentation."
         ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
+        img, msk = self.open_pair(i)
+        orig, cls = img.size[::-1], mask_to_classes(msk, mp, as_hw(mask_size), self.draft, self.max_far, where)
+        return decode_image(img, ip, image_size, self.draft, where), torch.from_numpy(cls.astype(np.int64)), orig
+
+    def open_pair(self, i: int) -> tuple[Image.Image, Image.Image]:
+        "Sample `i`'s image and mask files opened (headers only), checked to have the same size."
+        ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
         img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
         if img.size != msk.size:
             raise ValueError(f"image {ip} is {img.size[0]}x{img.size[1]} but its mask {mp} is "
                              f"{msk.size[0]}x{msk.size[1]} (W x H){where}")
-        orig, cls = img.size[::-1], mask_to_classes(msk, mp, as_hw(mask_size), self.draft, self.max_far, where)
-        return decode_image(img, ip, image_size, self.draft, where), torch.from_numpy(cls.astype(np.int64)), orig
+        return img, msk
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         "Image, mask and original (H, W) of sample `i`, at `target_size` but not augmented."
@@ -511,16 +517,6 @@ def resize_window(img: Image.Image, window, stored_width: int, target: int, resa
     return img.resize((target, target), resample, box=tuple(box))
 
 # %% ../nbs/00_data.ipynb #09ef4841
-@patch
-def open_pair(self: SparkSegmentation, i: int) -> tuple[Image.Image, Image.Image]:
-    "Sample `i`'s image and mask files opened (headers only), checked to have the same size."
-    ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
-    img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
-    if img.size != msk.size:
-        raise ValueError(f"image {ip} is {img.size[0]}x{img.size[1]} but its mask {mp} is "
-                         f"{msk.size[0]}x{msk.size[1]} (W x H){where}")
-    return img, msk
-
 @patch
 def read_crop(self: SparkSegmentation, i: int, window) -> tuple[torch.Tensor, torch.Tensor]:
     "Image and mask of sample `i` in `window` (left, top, side; stored pixels) at `target_size`; 0 outside the image."
