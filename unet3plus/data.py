@@ -4,14 +4,14 @@
 
 # %% ../nbs/00_data.ipynb #9759e09e
 from __future__ import annotations
-import argparse, csv, os, re, tempfile, time, uuid
+import argparse, csv, os, re, tempfile, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import numpy as np, pandas as pd, torch
-from PIL import Image, ImageDraw, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
@@ -20,16 +20,14 @@ from tqdm.auto import tqdm
 # %% auto #0
 __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'CHECK_SIDE',
            'MAX_FAR', 'MAX_FAR_FOREGROUND', 'MIN_FOREGROUND', 'MIN_GRAY_SHARE', 'MIN_LIT', 'ONE_CHANNEL_MODES',
-           'MIN_CROP', 'TEMP_PREFIX', 'TEMP_RE', 'rgb_to_classes', 'rgb_to_classes_exact', 'classes_to_rgb',
-           'overlay_classes', 'as_numpy', 'to_rgb_uint8', 'palette_distance2', 'jpeg_roundtrip', 'parse_bbox',
-           'format_bbox', 'mask_bbox', 'read_csv', 'make_layout', 'mask_name', 'write_sample', 'write_test_image',
-           'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark', 'check_stride', 'colour_mask_stats',
+           'MIN_CROP', 'rgb_to_classes', 'rgb_to_classes_exact', 'classes_to_rgb', 'as_numpy', 'palette_distance2',
+           'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout', 'mask_name',
+           'write_sample', 'write_test_image', 'write_split_csv', 'check_stride', 'colour_mask_stats',
            'colour_mask_problem', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image',
            'decode_mask', 'mask_problem', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
            'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'clip_box', 'crop_window', 'crop_read_size',
-           'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample',
-           'validate', 'is_temp', 'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir',
-           'shorten', 'recorded_outputs', 'foreign_files', 'naive_load', 'bench_data']
+           'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport', 'check_sample',
+           'audit_dataset', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -50,7 +48,8 @@ _LUT = _nearest_lut()
 def _as_rgb(rgb, name: str = 'rgb') -> np.ndarray:
     "`rgb` as a uint8 [H,W,3] array, or a ValueError naming what is wrong."
     a = np.asarray(rgb)
-    if a.ndim != 3 or a.shape[-1] != 3: raise ValueError(f"{name}: expected an [H, W, 3] colour array, got shape {a.shape}")
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise ValueError(f"{name}: expected an [H, W, 3] colour array, got shape {a.shape}")
     if a.dtype == np.uint8: return a
     if np.issubdtype(a.dtype, np.integer): return np.clip(a, 0, 255).astype(np.uint8)
     raise ValueError(f"{name}: expected integer colours 0..255, got dtype {a.dtype}")
@@ -65,6 +64,7 @@ def rgb_to_classes_exact(rgb, palette: np.ndarray = PALETTE) -> np.ndarray:
     a = _as_rgb(rgb).astype(np.int32)
     return ((a[..., None, :] - palette.astype(np.int32)) ** 2).sum(-1).argmin(-1).astype(np.uint8)
 
+# %% ../nbs/00_data.ipynb #99c30c55
 def classes_to_rgb(classes) -> np.ndarray:
     "Colour mask (uint8 [H,W,3]) of a class map, with the SPARK palette."
     c = np.asarray(classes)
@@ -73,35 +73,12 @@ def classes_to_rgb(classes) -> np.ndarray:
         raise ValueError(f"classes_to_rgb: class value {bad} is not in 0..{len(PALETTE) - 1}")
     return PALETTE[c.astype(np.intp)]
 
-def overlay_classes(image: np.ndarray, classes: np.ndarray, alpha: float = 0.5, visible=None, palette=PALETTE) -> np.ndarray:
-    "RGB uint8 `image` with `palette[c]` blended in (weight `alpha`) at the pixels of every class `c` in `visible` (default: all but 0)."
-    if not 0 <= alpha <= 1: raise ValueError(f"overlay_classes: alpha must be in [0, 1], got {alpha}")
-    if np.asarray(image).dtype != np.uint8: raise ValueError(f"overlay_classes: image must be uint8 [H,W,3], got dtype {np.asarray(image).dtype}")
-    pal, c = np.asarray(palette, np.uint8), np.asarray(classes)
-    on = np.isin(c, list(range(1, len(pal)) if visible is None else visible))
-    out = np.array(image, np.uint8, copy=True)
-    out[on] = np.rint((1 - alpha) * out[on].astype(np.float64) + alpha * pal[c[on]].astype(np.float64)).astype(np.uint8)
-    return out
-
+# %% ../nbs/00_data.ipynb #d2e94d36
 def as_numpy(x) -> np.ndarray:
     "`x` as a NumPy array (tensors are detached and moved to the CPU)."
     return x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
 
-def to_rgb_uint8(image) -> np.ndarray:
-    "An image as `uint8 [H,W,3]`: from float `[3,H,W]` / `[H,W]` in [0,1], or uint8 `[H,W,3]` / `[H,W]`."
-    a = as_numpy(image)
-    if a.dtype == np.uint8:
-        if a.ndim == 2: a = a[..., None]
-        if a.ndim != 3 or a.shape[-1] not in (1, 3): raise ValueError(f"uint8 image must be [H,W,3] or [H,W], got shape {a.shape}")
-        return np.ascontiguousarray(np.broadcast_to(a, a.shape[:2] + (3,)))
-    if not np.issubdtype(a.dtype, np.floating): raise ValueError(f"image must be float in [0,1] or uint8, got dtype {a.dtype}")
-    if a.ndim == 2: a = a[None]
-    if a.ndim != 3 or a.shape[0] not in (1, 3): raise ValueError(f"float image must be [3,H,W] or [H,W], got shape {a.shape}")
-    if a.size and (np.nanmin(a) < -1e-6 or np.nanmax(a) > 1 + 1e-6):
-        raise ValueError(f"float image values must be in [0, 1], got {np.nanmin(a):.4g}..{np.nanmax(a):.4g}")
-    a = np.rint(np.clip(a.astype(np.float64), 0, 1) * 255).astype(np.uint8).transpose(1, 2, 0)
-    return np.ascontiguousarray(np.broadcast_to(a, a.shape[:2] + (3,)))
-
+# %% ../nbs/00_data.ipynb #4871e04f
 def palette_distance2(rgb) -> np.ndarray:
     "Squared distance (int32 [H,W]) from every pixel to its nearest palette colour."
     a = _as_rgb(rgb).astype(np.int32)
@@ -129,11 +106,13 @@ def format_bbox(bbox) -> str:
     "A box as the CSV string of the real data: `(x1, y1, x2, y2)`."
     return '({}, {}, {}, {})'.format(*(int(v) for v in bbox))
 
+# %% ../nbs/00_data.ipynb #b00f017a
 def mask_bbox(classes: np.ndarray) -> tuple[int, int, int, int]:
     "The tight box (x1, y1, x2, y2) of a class map's foreground, corners inclusive; (0, 0, 0, 0) when there is none."
     ys, xs = np.nonzero(classes)
     return (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())) if len(xs) else (0, 0, 0, 0)
 
+# %% ../nbs/00_data.ipynb #be58b525
 def read_csv(path) -> pd.DataFrame:
     "Read a SPARK CSV: check the columns and empty fields, parse `Bounding box` into a `bbox` column (empty: None)."
     path = Path(path)
@@ -141,10 +120,13 @@ def read_csv(path) -> pd.DataFrame:
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in CSV_COLUMNS if c not in df.columns]
-    if missing: raise ValueError(f"{path}: missing column(s) {missing}; a SPARK CSV has the columns {CSV_COLUMNS}, this one has {list(df.columns)}")
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; a SPARK CSV has the columns {CSV_COLUMNS}, this one "
+                         f"has {list(df.columns)}")
     for c in CSV_COLUMNS[:3]:
         empty = np.flatnonzero(df[c].str.strip() == '')
-        if len(empty): raise ValueError(f"{path}: column {c!r} is empty on {len(empty)} line(s), first on line {empty[0] + 2}")
+        if len(empty):
+            raise ValueError(f"{path}: column {c!r} is empty on {len(empty)} line(s), first on line {empty[0] + 2}")
     boxes, bad = [], []
     for i, s in enumerate(df['Bounding box']):
         if not s.strip(): boxes.append(None); continue                # missing: object crops take it from the mask
@@ -152,7 +134,8 @@ def read_csv(path) -> pd.DataFrame:
         except ValueError: boxes.append(None); bad.append(i)
     if bad:
         shown = ', '.join(f"line {i + 2}: {df['Bounding box'].iat[i]!r}" for i in bad[:5])
-        raise ValueError(f"{path}: column 'Bounding box' has {len(bad)} unparseable value(s) ({shown}); expected '(x1, y1, x2, y2)'")
+        raise ValueError(f"{path}: column 'Bounding box' has {len(bad)} unparseable value(s) ({shown}); expected '(x1, "
+                         "y1, x2, y2)'")
     df['bbox'] = boxes
     return df
 
@@ -173,10 +156,12 @@ def mask_name(image_name: str) -> str:
     if not image_name.endswith('_img.jpg'): raise ValueError(f"SPARK image names end in '_img.jpg', got {image_name!r}")
     return image_name[:-len('_img.jpg')] + '_layer.jpg'
 
+# %% ../nbs/00_data.ipynb #036e9a4a
 def write_sample(root, split: str, spacecraft: str, image_name: str, image: np.ndarray, classes: np.ndarray,
                  image_quality: int = 90, mask_quality: int = 75) -> tuple:
     "Save a labelled sample (image uint8 [H,W,3], class map [H,W]) at its SPARK paths; return its CSV row."
-    if split not in LABELLED_SPLITS: raise ValueError(f"write_sample: split must be one of {LABELLED_SPLITS}, got {split!r}")
+    if split not in LABELLED_SPLITS:
+        raise ValueError(f"write_sample: split must be one of {LABELLED_SPLITS}, got {split!r}")
     root, mname = Path(root), mask_name(image_name)
     Image.fromarray(image).save(root / 'images' / spacecraft / split / image_name, quality=image_quality)
     Image.fromarray(classes_to_rgb(classes)).save(root / 'mask' / spacecraft / split / mname, quality=mask_quality)
@@ -194,47 +179,6 @@ def write_split_csv(root, split: str, rows) -> Path:
     with open(path, 'w', newline='') as fh:
         w = csv.writer(fh, lineterminator='\n'); w.writerow(CSV_COLUMNS); w.writerows(rows)
     return path
-
-# %% ../nbs/00_data.ipynb #5de68bbb
-def draw_tiny_sample(size, rng: np.random.Generator, noise: float = 4.0):
-    "A toy spacecraft on a starry background: (image uint8 [H,W,3], exact classes uint8 [H,W], bbox x1,y1,x2,y2)."
-    h, w = (size, size) if isinstance(size, int) else tuple(size)
-    canvas = Image.new('L', (w, h), 0); d = ImageDraw.Draw(canvas)
-    cx, cy = rng.uniform(0.35, 0.65) * w, rng.uniform(0.35, 0.65) * h
-    bw, bh = rng.uniform(0.08, 0.18) * w, rng.uniform(0.08, 0.18) * h
-    span, thick = rng.uniform(0.15, 0.3) * min(w, h), rng.uniform(0.03, 0.07) * min(w, h)
-    wings = [(-1,), (1,), (-1, 1)][rng.integers(3)]
-    horizontal = rng.random() < 0.5
-    for s in wings:
-        x0, x1 = sorted((cx + s * (bw * 0.8), cx + s * (bw + span)))
-        box = [x0, cy - thick, x1, cy + thick] if horizontal else [cx - thick, cy + (x0 - cx), cx + thick, cy + (x1 - cx)]
-        d.rectangle(box, fill=2)
-    (d.ellipse if rng.random() < 0.5 else d.rectangle)([cx - bw, cy - bh, cx + bw, cy + bh], fill=1)
-    classes = np.array(canvas)
-    colours = np.array([[8, 8, 12], rng.uniform(120, 220, 3) * [1, 0.85, 0.6], [25, 35, rng.uniform(90, 150)]])
-    shade = 0.75 + 0.5 * np.linspace(0, 1, w)[None, :] * (classes > 0)
-    img = colours[classes] * shade[..., None]
-    stars = rng.random((h, w)) < 0.002
-    img[stars & (classes == 0)] = 230
-    img += rng.normal(0, noise, img.shape)
-    return np.clip(img, 0, 255).astype(np.uint8), classes, mask_bbox(classes)
-
-def make_tiny_spark(root, classes: Sequence[str] = ('Cheops', 'XMM Newton'), n_train: int = 3, n_val: int = 2,
-                    n_test: int = 2, size=64, seed: int = 0, noise: float = 4.0, return_maps: bool = False):
-    "Write a small data set in the exact SPARK layout under `root`; return `root` (and the exact class maps)."
-    root, rng, maps = make_layout(root, classes), np.random.default_rng(seed), {}
-    for split, n in (('train', n_train), ('val', n_val)):
-        rows = []
-        for c in classes:
-            for k in range(1, n + 1):
-                img, cls, _ = draw_tiny_sample(size, rng, noise)
-                rows.append(write_sample(root, split, c, f'image_{k:05d}_img.jpg', img, cls))
-                maps[(c, split, rows[-1][0])] = cls
-        write_split_csv(root, split, rows)
-    base = (size, size) if isinstance(size, int) else tuple(size)
-    for k in range(n_test):
-        write_test_image(root, f'test_{k:05d}_img.jpg', draw_tiny_sample((base[0] + 8 * k, base[1] + 16 * k), rng, noise)[0])
-    return (root, maps) if return_maps else root
 
 # %% ../nbs/00_data.ipynb #db87078a
 CHECK_SIDE = 128   # a decoded mask is checked on about this many pixels along its shorter side
@@ -284,14 +228,17 @@ def as_hw(size) -> tuple[int, int] | None:
     if int(hw[0]) < 1 or int(hw[1]) < 1: raise ValueError(f"target_size must be positive, got {size!r}")
     return int(hw[0]), int(hw[1])
 
+# %% ../nbs/00_data.ipynb #d4b3d974
 def open_image(path, what: str = 'image', where: str = '') -> Image.Image:
     "Open an image file lazily (header only), with errors naming the file."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{what} file not found: {path}{where}")
     try: return Image.open(path)
-    except (UnidentifiedImageError, OSError, SyntaxError) as e: raise ValueError(f"cannot read {what} {path}{where}: {e}") from e
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
+        raise ValueError(f"cannot read {what} {path}{where}: {e}") from e
 
-def decode_rgb(img: Image.Image, path, size=None, draft: bool = True, what: str = 'image', where: str = '') -> Image.Image:
+def decode_rgb(img: Image.Image, path, size=None, draft: bool = True, what: str = 'image',
+               where: str = '') -> Image.Image:
     "Decode `img` to RGB, at the smallest JPEG DCT scale (1, 1/2, 1/4, 1/8) that is still >= `size` (H, W)."
     try:
         if size is not None and draft: img.draft('RGB', (size[1], size[0]))
@@ -316,6 +263,7 @@ def load_image(path, size=None, draft: bool = True, where: str = '') -> tuple[to
     orig = img.size[::-1]                                   # before decoding: a JPEG draft shrinks `img.size`
     return decode_image(img, path, size, draft, where), orig
 
+# %% ../nbs/00_data.ipynb #4ba25e0a
 ONE_CHANNEL_MODES = ('1', 'L', 'P', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')   # PIL modes read as class indices
 
 def _palette_classes(img: Image.Image, v: np.ndarray) -> np.ndarray:
@@ -335,6 +283,7 @@ def decode_mask(img: Image.Image, path, size=None, draft: bool = True, where: st
         raise ValueError(f"cannot decode mask {path}{where} (corrupt or truncated?): {e}") from e
     return _palette_classes(img, v) if img.mode == 'P' else v
 
+# %% ../nbs/00_data.ipynb #1182bdf2
 def mask_problem(pixels: np.ndarray, max_far: float = MAX_FAR) -> str:
     "Why decoded mask `pixels` (from `decode_mask`) are not a SPARK mask, or '' when they are one."
     if pixels.ndim == 3: return colour_mask_problem(pixels, max_far)
@@ -355,7 +304,8 @@ def mask_to_classes(img: Image.Image, path, size=None, draft: bool = True, max_f
 
 def load_mask(path, size=None, draft: bool = True, max_far: float = MAX_FAR, where: str = '') -> torch.Tensor:
     "Mask file (colour, or one-channel class indices) -> long class tensor [H,W] at `size` (or the original size)."
-    return torch.from_numpy(mask_to_classes(open_image(path, 'mask', where), path, as_hw(size), draft, max_far, where).astype(np.int64))
+    return torch.from_numpy(mask_to_classes(open_image(path, 'mask', where), path, as_hw(size), draft, max_far,
+                                            where).astype(np.int64))
 
 # %% ../nbs/00_data.ipynb #1e66d07a
 def stratified_subset(labels: Sequence[str], n, seed: int = 0) -> np.ndarray:
@@ -364,7 +314,8 @@ def stratified_subset(labels: Sequence[str], n, seed: int = 0) -> np.ndarray:
     if isinstance(n, float):
         if not 0 < n <= 1: raise ValueError(f"subset fraction must be in (0, 1], got {n}")
         n = int(round(n * total))
-    if not 0 < int(n) <= total: raise ValueError(f"subset size must be between 1 and the data set's {total} samples, got {n}")
+    if not 0 < int(n) <= total:
+        raise ValueError(f"subset size must be between 1 and the data set's {total} samples, got {n}")
     names, counts = np.unique(labels, return_counts=True)
     quota = counts * int(n) / total
     take = np.floor(quota).astype(int)
@@ -375,11 +326,12 @@ def stratified_subset(labels: Sequence[str], n, seed: int = 0) -> np.ndarray:
 
 # %% ../nbs/00_data.ipynb #81895e3d
 class SparkSegmentation(Dataset):
-    "SPARK 2024 stream-1 segmentation samples keyed by (Class, Image name): dicts of image, mask, class_name, image_name, bbox."
+    "SPARK 2024 stream-1 segmentation samples keyed by (Class, Image name): image, mask, class_name, image_name, bbox."
     def __init__(self, csv_path, image_root, mask_root, split: str, target_size=None, augment=False,
                  subset=None, seed: int = 0, draft: bool = True, max_far: float = MAX_FAR, object_crop: float = 0.0,
                  crop_margin=(1.1, 1.8)):
-        self.csv_path, self.image_root, self.mask_root, self.split = Path(csv_path), Path(image_root), Path(mask_root), split
+        self.csv_path, self.image_root, self.mask_root = Path(csv_path), Path(image_root), Path(mask_root)
+        self.split = split
         self.target_size, self.draft, self.max_far, self.seed = as_hw(target_size), draft, max_far, seed
         df = read_csv(self.csv_path)
         df['line'] = np.arange(len(df)) + 2
@@ -403,16 +355,24 @@ class SparkSegmentation(Dataset):
     def class_names(self) -> list[str]: return list(self._cls)
     def image_path(self, i: int) -> Path: return self.image_root / self._cls[i] / self.split / self._img[i]
     def mask_path(self, i: int) -> Path: return self.mask_root / self._cls[i] / self.split / self._msk[i]
-    def where(self, i: int) -> str: return f" ({self.csv_path}, line {self._line[i]}: Class {self._cls[i]!r}, Image name {self._img[i]!r})"
+    def where(self, i: int) -> str:
+        return f" ({self.csv_path}, line {self._line[i]}: Class {self._cls[i]!r}, Image name {self._img[i]!r})"
 
     def read_pair(self, i: int, image_size=None, mask_size=None) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         "Image at `image_size`, mask at `mask_size` (None: as stored) and stored (H, W) of sample `i`; no augmentation."
         ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
-        img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
-        if img.size != msk.size:
-            raise ValueError(f"image {ip} is {img.size[0]}x{img.size[1]} but its mask {mp} is {msk.size[0]}x{msk.size[1]} (W x H){where}")
+        img, msk = self.open_pair(i)
         orig, cls = img.size[::-1], mask_to_classes(msk, mp, as_hw(mask_size), self.draft, self.max_far, where)
         return decode_image(img, ip, image_size, self.draft, where), torch.from_numpy(cls.astype(np.int64)), orig
+
+    def open_pair(self, i: int) -> tuple[Image.Image, Image.Image]:
+        "Sample `i`'s image and mask files opened (headers only), checked to have the same size."
+        ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
+        img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
+        if img.size != msk.size:
+            raise ValueError(f"image {ip} is {img.size[0]}x{img.size[1]} but its mask {mp} is "
+                             f"{msk.size[0]}x{msk.size[1]} (W x H){where}")
+        return img, msk
 
     def load(self, i: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
         "Image, mask and original (H, W) of sample `i`, at `target_size` but not augmented."
@@ -424,7 +384,8 @@ class SparkSegmentation(Dataset):
         crop = self.object_crop > 0 and torch.rand(()).item() < self.object_crop     # no draw when object_crop is 0
         image, mask, orig = self.load_crop(i)[:3] if crop else self.load(i)
         if self.augment is not None: image, mask = self.augment(image, mask)
-        return dict(image=image, mask=mask, class_name=self._cls[i], image_name=self._img[i], bbox=self._box[i], orig_size=orig)
+        return dict(image=image, mask=mask, class_name=self._cls[i], image_name=self._img[i], bbox=self._box[i],
+                    orig_size=orig)
 
     def __repr__(self):
         return (f"SparkSegmentation(split={self.split!r}, n={len(self)}, classes={len(set(self._cls))}, "
@@ -475,10 +436,13 @@ def jpeg_recompress(quality=(40, 95)) -> v2.Compose:
     "Re-encode a float image as a JPEG of random `quality` in (lo, hi) (`v2.JPEG` on a uint8 copy); masks pass through."
     return v2.Compose([v2.ToDtype(torch.uint8, scale=True), v2.JPEG(quality), v2.ToDtype(torch.float32, scale=True)])
 
+# %% ../nbs/00_data.ipynb #4a7a7779
 class SegAugment:
     "Random joint augmentation of an image [3,H,W] in [0,1] and its class mask [H,W] (torchvision v2)."
-    def __init__(self, flip: float = 0.5, rot90: bool = True, rotate: float = 45., scale=(0.75, 1.25), translate: float = 0.1,
-                 p_affine: float = 0.5, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.2, hue: float = 0.02,
+    def __init__(self, flip: float = 0.5, rot90: bool = True, rotate: float = 45., scale=(0.75, 1.25),
+                 translate: float = 0.1,
+                 p_affine: float = 0.5, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.2,
+                 hue: float = 0.02,
                  p_color: float = 0.8, blur=(0.1, 1.5), p_blur: float = 0.2, noise: float = 0.03, p_noise: float = 0.3,
                  photometric: bool = True, hue_rotate: float = 0.5, p_hue_rotate: float = 0.2, p_channels: float = 0.1,
                  p_gray: float = 0.1, gamma=(0.7, 1.5), p_gamma: float = 0.3, jpeg=(40, 95), p_jpeg: float = 0.3):
@@ -486,10 +450,13 @@ class SegAugment:
         if flip: t += [v2.RandomHorizontalFlip(flip), v2.RandomVerticalFlip(flip)]
         if rot90: t.append(RandomRot90())
         if p_affine and (rotate or scale or translate):
-            t.append(v2.RandomApply([v2.RandomAffine(degrees=rotate or 0, translate=(translate, translate) if translate else None,
-                                                     scale=scale, interpolation=v2.InterpolationMode.BILINEAR, fill=0)], p=p_affine))
+            t.append(v2.RandomApply([v2.RandomAffine(degrees=rotate or 0,
+                                                     translate=(translate, translate) if translate else None,
+                                                     scale=scale, interpolation=v2.InterpolationMode.BILINEAR, fill=0)],
+                                    p=p_affine))
         if p_color and (brightness or contrast or saturation or hue):
-            t.append(v2.RandomApply([v2.ColorJitter(brightness or None, contrast or None, saturation or None, hue or None)], p=p_color))
+            t.append(v2.RandomApply([v2.ColorJitter(brightness or None, contrast or None, saturation or None,
+                                                    hue or None)], p=p_color))
         if photometric:
             if p_hue_rotate and hue_rotate: t.append(v2.RandomApply([v2.ColorJitter(hue=hue_rotate)], p=p_hue_rotate))
             if p_channels: t.append(v2.RandomApply([v2.RandomChannelPermutation()], p=p_channels))
@@ -549,16 +516,7 @@ def resize_window(img: Image.Image, window, stored_width: int, target: int, resa
         img, box = ImageOps.expand(img, pad, fill=0), [b + pad[k % 2] for k, b in enumerate(box)]
     return img.resize((target, target), resample, box=tuple(box))
 
-@patch
-def open_pair(self: SparkSegmentation, i: int) -> tuple[Image.Image, Image.Image]:
-    "Sample `i`'s image and mask files opened (headers only), checked to have the same size."
-    ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
-    img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
-    if img.size != msk.size:
-        raise ValueError(f"image {ip} is {img.size[0]}x{img.size[1]} but its mask {mp} is "
-                         f"{msk.size[0]}x{msk.size[1]} (W x H){where}")
-    return img, msk
-
+# %% ../nbs/00_data.ipynb #09ef4841
 @patch
 def read_crop(self: SparkSegmentation, i: int, window) -> tuple[torch.Tensor, torch.Tensor]:
     "Image and mask of sample `i` in `window` (left, top, side; stored pixels) at `target_size`; 0 outside the image."
@@ -570,6 +528,7 @@ def read_crop(self: SparkSegmentation, i: int, window) -> tuple[torch.Tensor, to
     image = image_to_tensor(resize_window(rgb, window, w, t, Image.BILINEAR))
     return image, torch.from_numpy(np.asarray(resize_window(cls, window, w, t, Image.NEAREST)).astype(np.int64))
 
+# %% ../nbs/00_data.ipynb #95887502
 @patch
 def _warn_box(self: SparkSegmentation, i: int, why: str):
     "Warn, once per data set, that sample `i`'s CSV box cannot be used (`why`): object crops take boxes from the masks."
@@ -594,6 +553,7 @@ def check_crops(self: SparkSegmentation):
     if bad:
         self._warn_box(bad[0], f"is missing, has no area or lies outside the image ({len(bad)} such line(s) in all)")
 
+# %% ../nbs/00_data.ipynb #07794ed4
 @patch
 def object_box(self: SparkSegmentation, i: int) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
     "Stored (H, W) of sample `i` and its spacecraft's box: the CSV's, else the mask's tight box (None: no spacecraft)."
@@ -644,7 +604,9 @@ def collate(samples: list[dict]) -> dict:
         vals = [s[k] for s in samples]
         if k in ('image', 'mask'):
             shapes = sorted({tuple(v.shape) for v in vals})
-            if len(shapes) > 1: raise ValueError(f"collate: {k} tensors have different shapes {shapes}; give the data set a target_size")
+            if len(shapes) > 1:
+                raise ValueError(f"collate: {k} tensors have different shapes {shapes}; give the data set a "
+                                 "target_size")
             out[k] = torch.stack(vals)
         else: out[k] = vals
     return out
@@ -659,29 +621,34 @@ def make_loader(ds: Dataset, batch_size: int, shuffle: bool = False, num_workers
 # %% ../nbs/00_data.ipynb #0d480558
 @dataclass
 class Problem:
-    "One problem found by `validate`."
+    "One problem found by `audit_dataset`."
     kind: str
     message: str
     split: str = ''
     class_name: str = ''
     image_name: str = ''
 
-class ValidationReport:
-    "The problems `validate` found in a data set (`.problems`, `.ok`, `.counts()`, `.to_frame()`)."
-    def __init__(self, n_samples: int, problems: list[Problem]): self.n_samples, self.problems = n_samples, list(problems)
+class AuditReport:
+    "The problems `audit_dataset` found in a data set (`.problems`, `.ok`, `.counts()`, `.to_frame()`)."
+    def __init__(self, n_samples: int,
+                 problems: list[Problem]): self.n_samples, self.problems = n_samples, list(problems)
     @property
     def ok(self) -> bool: return not self.problems
     def __len__(self): return len(self.problems)
-    def counts(self) -> dict[str, int]: return dict(pd.Series([p.kind for p in self.problems], dtype=object).value_counts())
-    def to_frame(self) -> pd.DataFrame: return pd.DataFrame([asdict(p) for p in self.problems], columns=list(Problem.__dataclass_fields__))
+    def counts(self) -> dict[str,
+                             int]: return dict(pd.Series([p.kind for p in self.problems], dtype=object).value_counts())
+    def to_frame(self) -> pd.DataFrame: return pd.DataFrame([asdict(p) for p in self.problems],
+                                                            columns=list(Problem.__dataclass_fields__))
     def __str__(self):
         if self.ok: return f"{self.n_samples} samples checked: no problems"
-        head = f"{self.n_samples} samples checked: {len(self)} problem(s) " + ', '.join(f"{k}: {v}" for k, v in self.counts().items())
+        kinds = ', '.join(f"{k}: {v}" for k, v in self.counts().items())
+        head = f"{self.n_samples} samples checked: {len(self)} problem(s) {kinds}"
         return '\n'.join([head] + [f"  [{p.kind}] {p.message}" for p in self.problems])
     __repr__ = __str__
 
+# %% ../nbs/00_data.ipynb #2215e83c
 def _check_side(n: int) -> int:
-    "Side at which `validate` decodes a mask side of `n` px: 1/8, but at least `CHECK_SIDE` (or `n`) px to judge it by."
+    "Side at which `audit_dataset` decodes a mask side of `n` px: 1/8, but at least `CHECK_SIDE` (or `n`) px."
     return min(n, max(n // 8, CHECK_SIDE))
 
 def check_sample(ds: SparkSegmentation, i: int, max_far: float = MAX_FAR) -> list[Problem]:
@@ -700,19 +667,23 @@ def check_sample(ds: SparkSegmentation, i: int, max_far: float = MAX_FAR) -> lis
     if out: return out
     (isz, _), (msz, pixels) = opened['image'], opened['mask']
     if isz != msz:
-        out.append(Problem('size', f"image {ds.image_path(i)} is {isz[0]}x{isz[1]} but its mask is {msz[0]}x{msz[1]} (W x H){where}", **info))
+        out.append(Problem('size',
+                           f"image {ds.image_path(i)} is {isz[0]}x{isz[1]} but its mask is {msz[0]}x{msz[1]} (W x "
+                           f"H){where}", **info))
     problem = mask_problem(pixels, max_far)
     if problem: out.append(Problem('palette', f"mask {ds.mask_path(i)}{where}: {problem}", **info))
     return out
 
+# %% ../nbs/00_data.ipynb #6715a36f
 def _duplicates(ds: SparkSegmentation) -> list[Problem]:
     "Problems for (Class, Image name) keys that appear on more than one CSV line."
     d = ds.df[ds.df.duplicated(['Class', 'Image name'], keep=False)]
-    return [Problem('duplicate', f"{ds.csv_path}: key (Class {c!r}, Image name {n!r}) appears on lines {g['line'].tolist()}",
+    return [Problem('duplicate',
+                    f"{ds.csv_path}: key (Class {c!r}, Image name {n!r}) appears on lines {g['line'].tolist()}",
                     ds.split, c, n) for (c, n), g in d.groupby(['Class', 'Image name'], sort=False)]
 
-def validate(data, split: str | None = None, max_far: float = MAX_FAR, workers: int = 0,
-             raise_on_error: bool = False, progress: bool = True) -> ValidationReport:
+def audit_dataset(data, split: str | None = None, max_far: float = MAX_FAR, workers: int = 0,
+                  raise_on_error: bool = False, progress: bool = True) -> AuditReport:
     "Scan a `SparkSegmentation` or a SPARK root folder and report every problem at once."
     problems, datasets = [], []
     if isinstance(data, SparkSegmentation): datasets = [data]
@@ -727,78 +698,15 @@ def validate(data, split: str | None = None, max_far: float = MAX_FAR, workers: 
     for d in datasets:
         problems += _duplicates(d)
         check = lambda i, d=d: check_sample(d, i, max_far)
-        with tqdm(total=len(d), desc=f"validate {d.split}", disable=not progress) as bar:
+        with tqdm(total=len(d), desc=f"audit {d.split}", disable=not progress) as bar:
             if workers > 0:
                 with ThreadPoolExecutor(workers) as pool:
                     for p in pool.map(check, range(len(d))): problems += p; bar.update()
             else:
                 for i in range(len(d)): problems += check(i); bar.update()
-    report = ValidationReport(n, problems)
+    report = AuditReport(n, problems)
     if raise_on_error and not report.ok: raise ValueError(str(report))
     return report
-
-# %% ../nbs/00_data.ipynb #63869a32
-TEMP_PREFIX = '.unet3plus-'
-TEMP_RE = re.compile(re.escape(TEMP_PREFIX) + r'.+\.\d+\.[0-9a-f]{8}\.tmp')
-
-def is_temp(name: str) -> bool:
-    "Whether `name` is an `atomic_write` temporary (`.unet3plus-<name>.<pid>.<random>.tmp`)."
-    return bool(TEMP_RE.fullmatch(name))
-
-def atomic_write(path, write: Callable) -> Path:
-    "Call `write(binary_file)` on a hidden temporary file next to `path`, flush it to disk, rename it to `path`."
-    path = Path(path)
-    tmp = path.with_name(f'{TEMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
-    try:
-        with open(tmp, 'xb') as f:
-            write(f); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:                          # a full disk, say: name the file, keep the kind and errno
-        err = type(e)(f"cannot write {path}: {e.strerror or e}"); err.errno = e.errno
-        raise err from None
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
-
-def remove_stale_temps(folder, max_age: float = 3600.0) -> int:
-    "Delete `atomic_write` temporaries in `folder` older than `max_age` seconds (left by killed writers); return how many."
-    n = 0
-    for t in Path(folder).glob(f'{TEMP_PREFIX}*.tmp'):
-        try:
-            if is_temp(t.name) and time.time() - t.stat().st_mtime > max_age: t.unlink(); n += 1
-        except FileNotFoundError: pass                         # its writer finished meanwhile
-    return n
-
-def atomic_write_text(path, text: str) -> Path:
-    "Write `text` (UTF-8) to `path` atomically."
-    return atomic_write(path, lambda f: f.write(text.encode()))
-
-def prepare_output_dir(path, overwrite: bool = False, what: str = 'output path', hint: str = 'pass overwrite=True') -> Path:
-    "Create folder `path`; refuse an existing non-empty one unless `overwrite` (errors name `what` and say `hint`)."
-    path = Path(path)
-    if path.exists() and not path.is_dir(): raise FileExistsError(f"{what} {path} exists and is not a folder")
-    if path.exists() and not overwrite and any(not is_temp(p.name) for p in path.iterdir()):
-        raise FileExistsError(f"{what} {path} is not empty; {hint}")
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-def shorten(names, n: int = 5) -> str:
-    "The first `n` of `names`, comma-separated, with how many more there are."
-    names = list(names)
-    return ', '.join(map(str, names[:n])) + (f' and {len(names) - n} more' if len(names) > n else '')
-
-def recorded_outputs(record_path, key: str = 'outputs') -> set[str]:
-    "The relative file names a writer listed under `key` in its JSON record (empty if there is no readable record)."
-    import json
-    try: rec = json.loads(Path(record_path).read_text())
-    except (OSError, ValueError): return set()
-    names = rec.get(key) if isinstance(rec, dict) else None
-    if not isinstance(names, list): return set()
-    return {n for n in names if isinstance(n, str) and n and not Path(n).is_absolute() and '..' not in Path(n).parts}
-
-def foreign_files(folder, names, owned) -> list[str]:
-    "Those of the relative `names` that exist in `folder` but are not in `owned` (this writer must not replace them)."
-    return [n for n in names if n not in owned and (Path(folder) / n).exists()]
 
 # %% ../nbs/00_data.ipynb #af92bcff
 def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]:
@@ -812,17 +720,21 @@ def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]
 def bench_data(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
     from unet3plus.bench import measure, print_table
-    p = argparse.ArgumentParser('unet3plus-bench data', description='JPEG image+mask loading speed, one core, one process.')
+    from unet3plus.testing import make_tiny_spark
+    p = argparse.ArgumentParser('unet3plus-bench data',
+                                description='JPEG image+mask loading speed, one core, one process.')
     p.add_argument('--n', type=int, default=8, help='image+mask pairs per timed round')
     p.add_argument('--size', type=int, default=1024, help='side of the generated JPEGs (px)')
     p.add_argument('--target', type=int, default=512, help='side of the output tensors (px)')
     p.add_argument('--repeats', type=int, default=5, help='timed rounds per loader')
     a = p.parse_args([] if argv is None else list(argv))
-    if a.n < 1 or a.size < 8 or a.target < 1: p.error(f"--n must be >= 1, --size >= 8, --target >= 1 (got {a.n}, {a.size}, {a.target})")
+    if a.n < 1 or a.size < 8 or a.target < 1:
+        p.error(f"--n must be >= 1, --size >= 8, --target >= 1 (got {a.n}, {a.size}, {a.target})")
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     try:
         with tempfile.TemporaryDirectory() as d:
-            root = make_tiny_spark(Path(d), classes=('Cheops',), n_train=a.n, n_val=0, n_test=0, size=a.size, seed=0, noise=3.0)
+            root = make_tiny_spark(Path(d), classes=('Cheops',), n_train=a.n, n_val=0, n_test=0, size=a.size, seed=0,
+                                   noise=3.0)
             fast = SparkSegmentation.from_root(root, 'train', target_size=a.target)
             nodraft = SparkSegmentation.from_root(root, 'train', target_size=a.target, draft=False)
             crop = SparkSegmentation.from_root(root, 'train', target_size=a.target, object_crop=1.0)
@@ -833,7 +745,8 @@ def bench_data(argv: list[str] | None = None) -> dict:
             mkb = np.mean([fast.mask_path(i).stat().st_size for i in range(a.n)]) / 1024
             loaders = {'fast': lambda: [fast[i] for i in range(a.n)], 'crop': crops,
                        'no-draft': lambda: [nodraft[i] for i in range(a.n)],
-                       'naive': lambda: [naive_load(fast.image_path(i), fast.mask_path(i), a.target) for i in range(a.n)]}
+                       'naive': lambda: [naive_load(fast.image_path(i), fast.mask_path(i), a.target)
+                                         for i in range(a.n)]}
             cpu = {k: [] for k in loaders}
             def cpu_timed(k, f):
                 def g(): t0 = time.process_time(); f(); cpu[k].append(time.process_time() - t0)
@@ -842,9 +755,13 @@ def bench_data(argv: list[str] | None = None) -> dict:
     finally: torch.set_num_threads(threads)
     res = {k: a.n / v for k, v in t.items()}
     res_cpu = {k: a.n / float(np.median(v[1:])) for k, v in cpu.items()}
-    rows = [dict(loader=k, samples_per_s=round(res[k], 1), per_cpu_s=round(res_cpu[k], 1), ms_per_sample=round(1000 / res[k], 2),
+    rows = [dict(loader=k, samples_per_s=round(res[k], 1), per_cpu_s=round(res_cpu[k], 1),
+                 ms_per_sample=round(1000 / res[k], 2),
                  vs_naive=f"{res[k] / res['naive']:.2f}x") for k in res]
-    print_table(rows, title=f"data: {a.size} px JPEG image ({kb:.0f} KiB) + mask ({mkb:.0f} KiB) -> {a.target} px tensors, 1 thread, "
-                            f"{a.n} pairs x {a.repeats} rounds (samples_per_s: wall clock; per_cpu_s: per second of this process's CPU time)")
+    print_table(rows,
+                title=f"data: {a.size} px JPEG image ({kb:.0f} KiB) + mask ({mkb:.0f} KiB) -> {a.target} px tensors, 1 "
+                      "thread, "
+                            f"{a.n} pairs x {a.repeats} rounds (samples_per_s: wall clock; per_cpu_s: per second of "
+                            "this process's CPU time)")
     return dict(samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'],
                 ratio_crop_vs_fast=res['crop'] / res['fast'], image_kib=kb, mask_kib=mkb)

@@ -132,7 +132,8 @@ def load_features_state_dict(model: nn.Module, sd: dict, first_conv: str | None 
             if not k.endswith('num_batches_tracked'): missing.append(k)
             continue
         t = sd[src]
-        if t.shape != v.shape and first_conv and src == first_conv + '.weight' and t.ndim == 4 and t.shape[0] == v.shape[0]:
+        if (t.shape != v.shape and first_conv and src == first_conv + '.weight' and t.ndim == 4
+                and t.shape[0] == v.shape[0]):
             t = timm.models.adapt_input_conv(v.shape[1], t)
         if t.shape != v.shape: mismatched.append(f"{k} (checkpoint {tuple(t.shape)}, model {tuple(v.shape)})")
         else: new[k] = t
@@ -140,7 +141,8 @@ def load_features_state_dict(model: nn.Module, sd: dict, first_conv: str | None 
         msg = f"{source} does not fit the backbone:"
         if missing: msg += f" {len(missing)} missing keys: {_listing(missing)};"
         if mismatched: msg += f" {len(mismatched)} mismatched shapes: {_listing(mismatched)};"
-        raise ValueError(msg + " pass the weights of the same timm architecture (e.g. its model.safetensors from the HF hub)")
+        raise ValueError(msg + " pass the weights of the same timm architecture (e.g. its model.safetensors from the "
+                               "HF hub)")
     model.load_state_dict(new, strict=False)
     return model
 
@@ -154,7 +156,8 @@ def weights_help(name: str, hub_id: str | None, err: Exception) -> str:
             f"Hugging Face cache (`huggingface-cli download {hub_id or 'timm/' + name}` on a machine with internet, "
             f"copy HF_HOME) and set HF_HUB_OFFLINE=1; (3) pretrained=False to train from random weights on purpose.")
 
-def create_backbone(name: str, pretrained: bool = False, pretrained_path=None, out_indices=None, **timm_kw) -> nn.Module:
+def create_backbone(name: str, pretrained: bool = False, pretrained_path=None, out_indices=None,
+                    **timm_kw) -> nn.Module:
     "`timm.create_model(name, features_only=True)` with strict local-file loading and clear weight errors."
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('.')[0][:8]}*")[:6]
@@ -164,7 +167,8 @@ def create_backbone(name: str, pretrained: bool = False, pretrained_path=None, o
     if pretrained_path is not None:
         model = timm.create_model(name, pretrained=False, features_only=True, **timm_kw)
         sd = read_state_dict(pretrained_path)
-        return load_features_state_dict(model, sd, model.pretrained_cfg.get('first_conv'), f"pretrained_path {pretrained_path}")
+        return load_features_state_dict(model, sd, model.pretrained_cfg.get('first_conv'),
+                                        f"pretrained_path {pretrained_path}")
     try: return timm.create_model(name, pretrained=pretrained, features_only=True, **timm_kw)
     except (OSError, RuntimeError, ValueError) as e:
         if not pretrained: raise
@@ -181,7 +185,8 @@ class FinePath(nn.Module):
     def __init__(self, in_chans: int, strides, channels):
         super().__init__()
         if len(channels) < len(strides):
-            raise ValueError(f"fine path: {len(strides)} levels need {len(strides)} channel counts, got fine_channels={tuple(channels)}")
+            raise ValueError(f"fine path: {len(strides)} levels need {len(strides)} channel counts, got "
+                             f"fine_channels={tuple(channels)}")
         layers, cin, prev = [], in_chans, 1
         for s, c in zip(strides, channels):
             layers.append(nn.Sequential(ConvBNReLU(cin, c, stride=s // prev), ConvBNReLU(c, c)))
@@ -243,9 +248,13 @@ def create_encoder(name: str, **kw) -> EncoderBase:
     "`'plain'` -> the paper's `PlainEncoder`; any other name -> `Encoder` over that timm backbone."
     if name != 'plain': return Encoder(name, **kw)
     if kw.pop('pretrained', False) or kw.pop('pretrained_path', None) is not None:
-        raise ValueError("create_encoder('plain'): the paper's plain encoder has no pretrained weights; pass pretrained=False")
+        raise ValueError("create_encoder('plain'): the paper's plain encoder has no pretrained weights; pass "
+                         "pretrained=False")
     if kw.pop('fine_levels', 'auto') not in ('auto', None, 0):
-        raise ValueError("create_encoder('plain'): the plain encoder already starts at stride 1; fine_levels must be 'auto' or 0")
+        raise ValueError("create_encoder('plain'): the plain encoder already starts at stride 1; fine_levels must be "
+                         "'auto' or 0")
     bad = set(kw) - {'in_chans', 'filters'}
-    if bad: raise ValueError(f"create_encoder('plain'): unknown options {sorted(bad)}; PlainEncoder takes in_chans, filters")
+    if bad:
+        raise ValueError(f"create_encoder('plain'): unknown options {sorted(bad)}; PlainEncoder takes in_chans, "
+                         "filters")
     return PlainEncoder(**kw)

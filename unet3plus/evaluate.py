@@ -4,27 +4,28 @@
 
 # %% ../nbs/08_evaluate.ipynb #59a09254
 from __future__ import annotations
-import argparse, contextlib, csv, io, json, logging, math, os, sys, time
+import argparse, csv, io, json, logging, math, os, sys, time
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from .data import (CLASSES, PALETTE, SparkSegmentation, as_hw, to_rgb_uint8, atomic_write, atomic_write_text,
-                            prepare_output_dir, shorten, recorded_outputs, foreign_files, format_bbox)
+from .cli import cli_errors
+from .data import CLASSES, PALETTE, SparkSegmentation, as_hw, format_bbox
+from .files import atomic_write, atomic_write_text, prepare_output_dir, shorten, recorded_outputs, foreign_files
 from .predict import (ROI_MODES, resolve_device, amp_context, model_n_classes, predict_scores, upsample_scores,
                                check_finite_scores, resize_image, load_model, predict_classes, original_image, roi_mode,
                                resolve_roi,
-                               training_record, model_input_size)
-from .metrics import BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_confusion, iou_from_confusion, foreground_miou
+                               training_record, collate_eval, input_size)
+from .metrics import (BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_confusion, iou_from_confusion,
+                               foreground_miou, row_normalize)
+from .visual import to_rgb_uint8, error_map, worst_first
 
 # %% auto #0
-__all__ = ['log', 'TN', 'TP', 'FP', 'FN', 'ERROR_NAMES', 'ERROR_COLORS', 'OVERWRITE_HINT', 'EVAL_FILES', 'EXAMPLES_DIR',
-           'DATA_HINT', 'reads_files', 'ResizedInputs', 'collate_eval', 'data_n_classes', 'check_class_counts',
-           'sample_prediction', 'warn_about_dataset', 'summarize', 'sample_names', 'evaluation_roi', 'evaluate',
-           'row_normalize', 'plot_confusion', 'plot_per_spacecraft', 'text_table', 'format_report', 'error_codes',
-           'error_map', 'example_figure', 'worst_first', 'worst_images', 'example_name', 'save_examples', 'json_safe',
-           'eval_output_dir', 'write_outputs', 'synthetic_data_root', 'trained_data', 'parse_args', 'original_message',
-           'cli_errors', 'main', 'input_size', 'run_eval']
+__all__ = ['log', 'OVERWRITE_HINT', 'EVAL_FILES', 'EXAMPLES_DIR', 'DATA_HINT', 'reads_files', 'ResizedInputs', 'data_n_classes',
+           'check_class_counts', 'sample_prediction', 'warn_about_dataset', 'summarize', 'sample_names',
+           'evaluation_roi', 'evaluate', 'plot_confusion', 'plot_per_spacecraft', 'text_table', 'format_report',
+           'example_figure', 'worst_images', 'example_name', 'save_examples', 'json_safe', 'eval_output_dir',
+           'write_outputs', 'synthetic_data_root', 'trained_data', 'parse_args', 'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -50,15 +51,6 @@ class ResizedInputs(Dataset):
         s = dict(image=image, mask=mask, class_name=ds.df.at[i, 'Class'], image_name=ds.df.at[i, 'Image name'], index=i)
         if self.originals: s['original'] = original_image(ds.image_path(i), ds.where(i))   # uint8, for two stages
         return s
-
-def collate_eval(samples: list[dict]) -> dict:
-    "Stack images (same size required); masks are stacked when they share a size, else kept as a list."
-    sizes = {tuple(s['image'].shape) for s in samples}
-    if len(sizes) > 1: raise ValueError(f"images of different sizes {sorted(sizes)} in one batch: set --target_size or --batch_size 1")
-    out = {k: [s[k] for s in samples] for k in samples[0]}
-    out['image'] = torch.stack(out['image'])
-    if 'mask' in out and len({tuple(m.shape) for m in out['mask']}) == 1: out['mask'] = torch.stack(out['mask'])
-    return out
 
 # %% ../nbs/08_evaluate.ipynb #9a34d3c4
 def data_n_classes(ds) -> int:
@@ -164,11 +156,6 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     return res
 
 # %% ../nbs/08_evaluate.ipynb #8a460696
-def row_normalize(matrix) -> np.ndarray:
-    "Confusion matrix with each row divided by its sum (rows with no pixels stay 0)."
-    m = np.asarray(matrix, dtype=np.float64)
-    return m / np.maximum(m.sum(1, keepdims=True), 1)
-
 def plot_confusion(matrix, class_names):
     "A figure with the confusion matrix as counts and row-normalised."
     from matplotlib.figure import Figure
@@ -236,24 +223,6 @@ def format_report(res: dict) -> str:
     return '\n'.join(out) + '\n'
 
 # %% ../nbs/08_evaluate.ipynb #b651d2d8
-TN, TP, FP, FN = 0, 1, 2, 3
-ERROR_NAMES = ['true negative', 'true positive', 'false positive', 'false negative']
-ERROR_COLORS = np.array([[0, 0, 0], [200, 200, 200], [255, 0, 255], [255, 200, 0]], np.uint8)   # indexed by TN, TP, FP, FN
-
-def error_codes(pred, target, cls) -> np.ndarray:
-    "Per-pixel outcome (TN, TP, FP, FN = 0..3) for class(es) `cls` (an int or a list) of class maps `pred` and `target`."
-    p, t = np.asarray(pred), np.asarray(target)
-    if p.shape != t.shape: raise ValueError(f"error_codes: sizes differ, prediction {p.shape} vs target {t.shape}")
-    cs = [int(cls)] if np.ndim(cls) == 0 else [int(c) for c in cls]
-    in_t, in_p, wrong = np.isin(t, cs), np.isin(p, cs), p != t
-    codes = np.full(t.shape, TN, np.uint8)
-    codes[in_t & ~wrong], codes[in_p & ~in_t], codes[in_t & wrong] = TP, FP, FN
-    return codes
-
-def error_map(pred, target, cls) -> np.ndarray:
-    "RGB uint8 `[H,W,3]` of the outcomes for class(es) `cls`: TP light grey, FP magenta, FN amber, TN black."
-    return ERROR_COLORS[error_codes(pred, target, cls)]
-
 def example_figure(image, target, pred, class_names=CLASSES, title: str = ''):
     "Image, ground truth, prediction and one error map per foreground class, side by side."
     from matplotlib.figure import Figure
@@ -268,10 +237,6 @@ def example_figure(image, target, pred, class_names=CLASSES, title: str = ''):
     return fig
 
 # %% ../nbs/08_evaluate.ipynb #99cfc299
-def worst_first(score: float) -> tuple:
-    "Sort key: the lowest score first, undefined (NaN) scores last."
-    return (math.isnan(score), 0.0 if math.isnan(score) else score)
-
 def worst_images(rows: list[dict], k: int) -> list[dict]:
     "The `k` per-image rows with the lowest foreground mIoU (images without foreground last)."
     return sorted(rows, key=lambda r: worst_first(r['fg_miou']))[:k]
@@ -404,39 +369,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.target_size is not None and a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     return a
 
-def original_message(e: BaseException) -> str:
-    "The message of `e`; for one re-raised from a DataLoader worker (`Caught ...`), the worker's own message."
-    msg = str(e)
-    if not (msg.startswith('Caught ') and '\nOriginal Traceback' in msg): return msg
-    lines = msg.splitlines()
-    start = max(i for i, l in enumerate(lines) if 'Traceback (most recent call last)' in l)   # the last of a chain
-    for i in range(start + 1, len(lines)):
-        if lines[i] and not lines[i][0].isspace():                       # the exception line after the indented frames
-            kind, _, first = lines[i].partition(': ')
-            return '\n'.join([first or kind] + lines[i + 1:]).strip()
-    return msg
-
-@contextlib.contextmanager
-def cli_errors(prog: str, enabled: bool = True):
-    "Turn user errors (missing or unreadable file, bad value, refused overwrite) into `PROG: error: MESSAGE`, status 2."
-    try: yield
-    except (OSError, ValueError) as e:
-        if not enabled: raise
-        one_line = ' '.join(l.strip() for l in original_message(e).splitlines() if l.strip())
-        print(f"{prog}: error: {one_line}", file=sys.stderr)
-        raise SystemExit(2) from None
-
 def main(argv=None) -> dict:
     "Entry point of `unet3plus-eval`; from the shell a user error prints one line, status 2; success exits 0."
     a = parse_args(sys.argv[1:] if argv is None else argv)
     with cli_errors('unet3plus-eval', enabled=argv is None): res = run_eval(a)
     return None if argv is None else res   # a console script's sys.exit(main()) must get None for status 0
-
-def input_size(requested, model) -> tuple[int | None, str]:
-    "The input size to predict at (None: the original size) and its source: the flag, the training record or 512."
-    if requested is not None: return requested or None, '--target_size'
-    recorded = training_record(model).get('target_size')
-    return model_input_size(model), 'the training record' if recorded else 'the default'
 
 def run_eval(a: argparse.Namespace) -> dict:
     "Evaluate as the parsed command line `a` says and write the outputs."

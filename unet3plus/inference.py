@@ -12,12 +12,14 @@ import numpy as np, torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
-from .data import (CLASSES, TEST_DIR, SparkTestImages, overlay_classes, as_hw, open_image, atomic_write,
-                            atomic_write_text, remove_stale_temps, is_temp, shorten, recorded_outputs, foreign_files)
+from .cli import cli_errors
+from .data import CLASSES, TEST_DIR, SparkTestImages, as_hw, open_image
+from .files import (atomic_write, atomic_write_text, remove_stale_temps, is_temp, shorten, recorded_outputs,
+                             foreign_files)
 from .predict import (ROI_MODES, resolve_device, amp_context, predict_scores, upsample_scores, load_model,
-                               model_n_classes, predict_classes, original_image, resolve_roi)
+                               model_n_classes, predict_classes, original_image, resolve_roi, collate_eval, input_size)
+from .visual import overlay_classes
 from torch.utils.data import Dataset
-from .evaluate import collate_eval, cli_errors, input_size
 
 # %% auto #0
 __all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'RECORD_DEFAULTS', 'npz_name', 'classes_to_layers',

@@ -16,7 +16,7 @@ __all__ = ['MSSSIM_WEIGHTS', 'LOSSES', 'check_inputs', 'valid_pixels', 'valid_an
 
 # %% ../nbs/05_losses.ipynb #c98f2263
 def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None, name: str = 'loss'):
-    "Raise a ValueError naming `name` unless `logits` [B,C,H,W] and `target` [B,H,W] (long, in 0..C-1 or ignored) match."
+    "Raise a ValueError naming `name` unless `logits` [B,C,H,W] and `target` [B,H,W] (long, 0..C-1 or ignored) match."
     if logits.ndim != 4: raise ValueError(f"{name}: logits must be [B, C, H, W], got shape {tuple(logits.shape)}")
     if target.ndim != 3 or target.shape[0] != logits.shape[0] or target.shape[1:] != logits.shape[2:]:
         raise ValueError(f"{name}: target must be [B, H, W] = {[logits.shape[0], *logits.shape[2:]]} to match logits "
@@ -26,10 +26,12 @@ def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int |
     n = logits.shape[1]
     key = (target._version, n, ignore_index)
     last = getattr(_last_checked, 'entry', None)
-    if last is not None and last[0]() is target and last[1] == key: return     # this very target, unchanged: checked already
+    # this very target, unchanged: checked already
+    if last is not None and last[0]() is target and last[1] == key: return
     bad = (target < 0) | (target >= n)
     if ignore_index is not None: bad &= target != ignore_index
-    if bad.any():                                                   # a device sync: once per target, not once per loss term
+    # a device sync: once per target, not once per loss term
+    if bad.any():
         raise ValueError(f"{name}: target value {target[bad][0].item()} is outside 0..{n - 1} "
                          f"and is not ignore_index ({ignore_index})")
     _last_checked.entry = (weakref.ref(target), key)
@@ -67,7 +69,8 @@ class CELoss(nn.Module):
     "Cross-entropy over the counted pixels, weighted by class; 0 (not NaN) when every pixel is ignored."
     def __init__(self, class_weights=None, ignore_index: int | None = None, label_smoothing: float = 0.0):
         super().__init__()
-        self.class_weights, self.ignore_index, self.label_smoothing = checked_weights(class_weights, 'CELoss'), ignore_index, label_smoothing
+        self.class_weights = checked_weights(class_weights, 'CELoss')
+        self.ignore_index, self.label_smoothing = ignore_index, label_smoothing
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         check_inputs(logits, target, self.ignore_index, 'CELoss')
@@ -84,7 +87,8 @@ class _SoftOverlapLoss(nn.Module):
     def __init__(self, smooth: float = 1.0, include_background: bool = True, class_weights=None,
                  ignore_index: int | None = None, per_image: bool = False, eps: float = 1e-7):
         super().__init__()
-        self.smooth, self.include_background, self.class_weights = smooth, include_background, checked_weights(class_weights, type(self).__name__)
+        self.smooth, self.include_background = smooth, include_background
+        self.class_weights = checked_weights(class_weights, type(self).__name__)
         self.ignore_index, self.per_image, self.eps = ignore_index, per_image, eps
 
     def score(self, inter, pred_sum, true_sum):
@@ -94,7 +98,8 @@ class _SoftOverlapLoss(nn.Module):
         name = type(self).__name__
         check_inputs(logits, target, self.ignore_index, name)
         n = logits.shape[1]
-        if not self.include_background and n < 2: raise ValueError(f"{name}: include_background=False needs >= 2 classes, got {n}")
+        if not self.include_background and n < 2:
+            raise ValueError(f"{name}: include_background=False needs >= 2 classes, got {n}")
         v, g = valid_and_onehot(target, n, self.ignore_index)
         p = logits.softmax(1) * v
         dims = (2, 3) if self.per_image else (0, 2, 3)
@@ -124,13 +129,16 @@ class FocalLoss(nn.Module):
     def __init__(self, gamma: float = 2.0, alpha=None, class_weights=None, ignore_index: int | None = None,
                  activation: str = 'softmax'):
         super().__init__()
-        if activation not in ('softmax', 'sigmoid'): raise ValueError(f"FocalLoss: activation must be 'softmax' or 'sigmoid', got {activation!r}")
+        if activation not in ('softmax', 'sigmoid'):
+            raise ValueError(f"FocalLoss: activation must be 'softmax' or 'sigmoid', got {activation!r}")
         if activation == 'sigmoid' and alpha is not None and not isinstance(alpha, (int, float)):
-            raise ValueError(f"FocalLoss: with activation='sigmoid' alpha is one number in [0, 1] (positives vs negatives), got {alpha!r}; "
+            raise ValueError("FocalLoss: with activation='sigmoid' alpha is one number in [0, 1] (positives vs "
+                             f"negatives), got {alpha!r}; "
                              "use class_weights for per-class weights")
         if gamma < 0: raise ValueError(f"FocalLoss: gamma must be >= 0, got {gamma}")
         self.gamma, self.class_weights = gamma, checked_weights(class_weights, 'FocalLoss')
-        self.alpha = alpha if alpha is None or isinstance(alpha, (int, float)) else checked_weights(alpha, 'FocalLoss alpha')
+        scalar = alpha is None or isinstance(alpha, (int, float))
+        self.alpha = alpha if scalar else checked_weights(alpha, 'FocalLoss alpha')
         self.ignore_index, self.activation = ignore_index, activation
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -147,7 +155,9 @@ class FocalLoss(nn.Module):
         logp = logits.log_softmax(1).gather(1, t).squeeze(1)
         px = -(1 - logp.exp()).pow(self.gamma) * logp
         a = torch.ones(n, dtype=logits.dtype, device=logits.device)
-        if self.alpha is not None: a = a * (class_weight_tensor(self.alpha, n, logits, 'FocalLoss alpha') if not isinstance(self.alpha, (int, float)) else self.alpha)
+        if self.alpha is not None:
+            scalar = isinstance(self.alpha, (int, float))
+            a = a * (self.alpha if scalar else class_weight_tensor(self.alpha, n, logits, 'FocalLoss alpha'))
         if w is not None: a = a * w
         px = px * a[t.squeeze(1)]
         return (px * valid).sum() / valid.sum().clamp_min(1)
@@ -166,7 +176,8 @@ class FocalLoss(nn.Module):
 # %% ../nbs/05_losses.ipynb #137554a1
 class CEDiceLoss(nn.Module):
     "Weighted sum of cross-entropy and soft Dice (0.5 each by default)."
-    def __init__(self, ce_weight: float = 0.5, dice_weight: float = 0.5, class_weights=None, ignore_index: int | None = None,
+    def __init__(self, ce_weight: float = 0.5, dice_weight: float = 0.5, class_weights=None,
+                 ignore_index: int | None = None,
                  smooth: float = 1.0, include_background: bool = True, label_smoothing: float = 0.0):
         super().__init__()
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
@@ -196,7 +207,8 @@ def msssim_levels(h: int, w: int, win_size: int = 11, weights=MSSSIM_WEIGHTS):
     if min(h, w) < win_size: return 1, (1.0,), max(1, min(h, w) - (1 - min(h, w) % 2))   # largest odd window that fits
     n = 1
     while n < len(weights) and min(math.ceil(h / 2 ** n), math.ceil(w / 2 ** n)) >= win_size: n += 1
-    if n == len(weights): return n, tuple(weights), win_size                  # as given (the standard ones sum to 1.0001)
+    # as given (the standard ones sum to 1.0001)
+    if n == len(weights): return n, tuple(weights), win_size
     ws = weights[:n]
     return n, tuple(x / sum(ws) for x in ws), win_size
 
@@ -204,7 +216,8 @@ def _ssim_stats(x, y, m, win, c1, c2):
     "Per-channel mean SSIM and contrast-structure at one scale, each window weighted by its counted mass."
     wm = _blur(m, win)                                      # [B,1,h,w] counted mass of each window
     d = wm.clamp_min(1e-12)
-    msum = m.sum((2, 3), keepdim=True).clamp_min(1e-12)    # centre on the image means: same variances, less cancellation
+    # centre on the image means: same variances, less cancellation
+    msum = m.sum((2, 3), keepdim=True).clamp_min(1e-12)
     xc, yc = x - (x * m).sum((2, 3), keepdim=True) / msum, y - (y * m).sum((2, 3), keepdim=True) / msum
     mxc, myc = _blur(xc * m, win) / d, _blur(yc * m, win) / d
     mx, my = mxc + (x - xc)[..., :1, :1], myc + (y - yc)[..., :1, :1]
@@ -222,10 +235,13 @@ def _pool(x, m):
     pm = F.avg_pool2d(m, 2, padding=pad)
     return F.avg_pool2d(x * m, 2, padding=pad) / pm.clamp_min(1e-12), pm
 
-def ms_ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, win_size: int = 11, win_sigma: float = 1.5,
+def ms_ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, win_size: int = 11,
+            win_sigma: float = 1.5,
             weights=MSSSIM_WEIGHTS, K=(0.01, 0.03), data_range: float = 1.0, normalize: bool = False) -> torch.Tensor:
-    "MS-SSIM of every image and channel [B,C] of maps `x`, `y` [B,C,H,W], counting only pixels where `mask` [B,1,H,W] is set."
-    if x.shape != y.shape or x.ndim != 4: raise ValueError(f"ms_ssim: x and y must be [B, C, H, W] of the same shape, got {tuple(x.shape)} and {tuple(y.shape)}")
+    "MS-SSIM of each image and channel [B,C] of maps `x`, `y` [B,C,H,W], counting pixels where `mask` [B,1,H,W] is set."
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(f"ms_ssim: x and y must be [B, C, H, W] of the same shape, got {tuple(x.shape)} and "
+                         f"{tuple(y.shape)}")
     m = torch.ones_like(x[:, :1]) if mask is None else mask.to(x.dtype)
     n, ws, k = msssim_levels(*x.shape[-2:], win_size, weights)
     win = gaussian_window(k, win_sigma, x.device, x.dtype)
@@ -244,12 +260,14 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None, 
 class MSSSIMLoss(nn.Module):
     "1 - MS-SSIM between softmax probabilities and one-hot targets, per class, averaged over images and classes."
     def __init__(self, win_size: int = 11, win_sigma: float = 1.5, weights=MSSSIM_WEIGHTS, K=(0.01, 0.03),
-                 class_weights=None, ignore_index: int | None = None, include_background: bool = True, normalize: bool = False):
+                 class_weights=None, ignore_index: int | None = None, include_background: bool = True,
+                 normalize: bool = False):
         super().__init__()
         if win_size % 2 != 1: raise ValueError(f"MSSSIMLoss: win_size must be odd, got {win_size}")
         self.normalize = normalize
         self.win_size, self.win_sigma, self.weights, self.K = win_size, win_sigma, tuple(weights), K
-        self.class_weights, self.ignore_index, self.include_background = checked_weights(class_weights, 'MSSSIMLoss'), ignore_index, include_background
+        self.class_weights = checked_weights(class_weights, 'MSSSIMLoss')
+        self.ignore_index, self.include_background = ignore_index, include_background
         self._warned = False
 
     def _warn_scales(self, h, w):
@@ -258,7 +276,8 @@ class MSSSIMLoss(nn.Module):
         if n < len(self.weights) and not self._warned:
             self._warned = True
             need = self.win_size * 2 ** (len(self.weights) - 1)
-            warnings.warn(f"MSSSIMLoss: a {h}x{w} input is too small for {len(self.weights)} scales with a {self.win_size}-px window "
+            warnings.warn(f"MSSSIMLoss: a {h}x{w} input is too small for {len(self.weights)} scales with a "
+                          f"{self.win_size}-px window "
                           f"(needs a side of ~{need} px); using {n} scale(s) with weights renormalised to "
                           f"{tuple(round(x, 4) for x in ws)}" + (f" and a {k}-px window" if k != self.win_size else ''))
 
@@ -267,7 +286,8 @@ class MSSSIMLoss(nn.Module):
         n = logits.shape[1]
         self._warn_scales(*logits.shape[-2:])
         v, g = valid_and_onehot(target, n, self.ignore_index)
-        s = ms_ssim(logits.softmax(1), g, v, self.win_size, self.win_sigma, self.weights, self.K, normalize=self.normalize)   # [B, C]
+        s = ms_ssim(logits.softmax(1), g, v, self.win_size, self.win_sigma, self.weights, self.K,
+                    normalize=self.normalize)   # [B, C]
         w = class_weight_tensor(self.class_weights, n, logits, 'MSSSIMLoss', ones=True)
         if not self.include_background: s, w = s[:, 1:], w[1:]
         counted = (v.flatten(1).sum(1) > 0).to(s.dtype)                     # images with a counted pixel
@@ -277,13 +297,16 @@ class MSSSIMLoss(nn.Module):
 # %% ../nbs/05_losses.ipynb #a3be7e68
 class HybridLoss(nn.Module):
     "UNet3+'s hybrid loss: focal + MS-SSIM + soft IoU, each with its own weight."
-    def __init__(self, focal_weight: float = 1.0, msssim_weight: float = 1.0, iou_weight: float = 1.0, gamma: float = 2.0,
-                 alpha=None, class_weights=None, ignore_index: int | None = None, smooth: float = 1.0, win_size: int = 11,
+    def __init__(self, focal_weight: float = 1.0, msssim_weight: float = 1.0, iou_weight: float = 1.0,
+                 gamma: float = 2.0,
+                 alpha=None, class_weights=None, ignore_index: int | None = None, smooth: float = 1.0,
+                 win_size: int = 11,
                  msssim_normalize: bool = False):
         super().__init__()
         self.focal_weight, self.msssim_weight, self.iou_weight = focal_weight, msssim_weight, iou_weight
         self.focal = FocalLoss(gamma, alpha, class_weights, ignore_index)
-        self.msssim = MSSSIMLoss(win_size, class_weights=class_weights, ignore_index=ignore_index, normalize=msssim_normalize)
+        self.msssim = MSSSIMLoss(win_size, class_weights=class_weights, ignore_index=ignore_index,
+                                 normalize=msssim_normalize)
         self.iou = IoULoss(smooth, class_weights=class_weights, ignore_index=ignore_index)
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -304,10 +327,12 @@ class DeepSupervisionLoss(nn.Module):
         if not outputs: raise ValueError("DeepSupervisionLoss: got no outputs")
         ws = [1 / len(outputs)] * len(outputs) if self.weights is None else self.weights
         if len(ws) != len(outputs):
-            raise ValueError(f"DeepSupervisionLoss: {len(ws)} weights for {len(outputs)} outputs (main + {len(outputs) - 1} aux)")
+            raise ValueError(f"DeepSupervisionLoss: {len(ws)} weights for {len(outputs)} outputs (main + "
+                             f"{len(outputs) - 1} aux)")
         for k, o in enumerate(outputs):
             if o.shape[-2:] != target.shape[-2:]:
-                raise ValueError(f"DeepSupervisionLoss: output {k} is {tuple(o.shape[-2:])} but the target is {tuple(target.shape[-2:])}; "
+                raise ValueError(f"DeepSupervisionLoss: output {k} is {tuple(o.shape[-2:])} but the target is "
+                                 f"{tuple(target.shape[-2:])}; "
                                  "upsample the auxiliary logits to the target size first")
         return sum(w * self.base(o, target) for w, o in zip(ws, outputs))
 
@@ -332,8 +357,10 @@ class CGMLoss(nn.Module):
     def forward(self, cls_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if target.ndim == 3 and not target.is_floating_point(): target = cgm_targets(target, cls_logits.shape[1] + 1)
         if target.shape != cls_logits.shape:
-            raise ValueError(f"CGMLoss: presence targets {tuple(target.shape)} do not match the logits {tuple(cls_logits.shape)}")
-        pw = None if self.pos_weight is None else torch.as_tensor(self.pos_weight, dtype=cls_logits.dtype, device=cls_logits.device)
+            raise ValueError(f"CGMLoss: presence targets {tuple(target.shape)} do not match the logits "
+                             f"{tuple(cls_logits.shape)}")
+        pw = None if self.pos_weight is None else torch.as_tensor(self.pos_weight, dtype=cls_logits.dtype,
+                                                                  device=cls_logits.device)
         return F.binary_cross_entropy_with_logits(cls_logits, target.to(cls_logits.dtype), pos_weight=pw)
 
 # %% ../nbs/05_losses.ipynb #3df09780
@@ -346,5 +373,7 @@ def build_loss(name: str, **kw) -> nn.Module:
     cls = LOSSES[name]
     params = [p for p in inspect.signature(cls.__init__).parameters if p != 'self']
     bad = [k for k in kw if k not in params]
-    if bad: raise ValueError(f"loss {name!r} ({cls.__name__}) does not take {', '.join(bad)}; it takes: {', '.join(params)}")
+    if bad:
+        raise ValueError(f"loss {name!r} ({cls.__name__}) does not take {', '.join(bad)}; it takes: "
+                         f"{', '.join(params)}")
     return cls(**kw)

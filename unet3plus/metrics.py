@@ -10,14 +10,14 @@ import torch, torch.nn.functional as F
 import torch.distributed as dist
 
 # %% auto #0
-__all__ = ['fast_argmax', 'as_class_map', 'fast_bincount', 'confusion_counts', 'metrics_from_matrix', 'code_buffer',
-           'ConfusionMatrix', 'all_reduce_sum', 'GroupedConfusion', 'per_image_confusion', 'iou_from_confusion',
-           'per_image_iou', 'foreground_miou', 'boundary_dilation', 'boundary_counts', 'boundary_iou', 'BoundaryIoU',
-           'bench_metrics']
+__all__ = ['fast_argmax', 'as_class_map', 'fast_bincount', 'confusion_counts', 'metrics_from_matrix', 'row_normalize',
+           'code_buffer', 'ConfusionMatrix', 'all_reduce_sum', 'GroupedConfusion', 'per_image_confusion',
+           'iou_from_confusion', 'per_image_iou', 'foreground_miou', 'boundary_dilation', 'boundary_counts',
+           'boundary_iou', 'BoundaryIoU', 'bench_metrics']
 
 # %% ../nbs/06_metrics.ipynb #66f52735
 def fast_argmax(logits: torch.Tensor) -> torch.Tensor:
-    "Argmax over dim 1 (first maximum wins); on the CPU with few classes a running maximum, several times faster than `argmax(1)`."
+    "Argmax over dim 1 (first maximum wins); on the CPU with few classes a running maximum, faster than `argmax(1)`."
     n = logits.shape[1]
     if logits.device.type != 'cpu' or n > 32 or n < 2: return logits.argmax(1)
     best, pred = logits[:, 0], torch.zeros(logits[:, 0].shape, dtype=torch.uint8, device=logits.device)
@@ -28,16 +28,20 @@ def fast_argmax(logits: torch.Tensor) -> torch.Tensor:
     return pred
 
 def as_class_map(pred: torch.Tensor, target: torch.Tensor, n_classes: int, name: str = 'metric'):
-    "`(class map, came_from_logits)`: `pred` as given if it is a class map shaped like `target`, else its argmax over dim 1."
-    if pred.device != target.device: raise ValueError(f"{name}: prediction is on {pred.device} but target on {target.device}")
+    "`(class map, came_from_logits)`: `pred` if it is a class map shaped like `target`, else its argmax over dim 1."
+    if pred.device != target.device:
+        raise ValueError(f"{name}: prediction is on {pred.device} but target on {target.device}")
     if pred.ndim == target.ndim + 1:
         if pred.shape[1] != n_classes or pred.shape[:1] + pred.shape[2:] != target.shape:
-            raise ValueError(f"{name}: logits {tuple(pred.shape)} do not match target {tuple(target.shape)} with {n_classes} classes")
+            raise ValueError(f"{name}: logits {tuple(pred.shape)} do not match target {tuple(target.shape)} with "
+                             f"{n_classes} classes")
         return fast_argmax(pred.detach()), True
     if pred.shape != target.shape:
-        raise ValueError(f"{name}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ; pass class maps "
+        raise ValueError(f"{name}: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ; pass class "
+                         "maps "
                          f"[B, H, W] or logits [B, {n_classes}, H, W]")
-    if pred.is_floating_point(): raise ValueError(f"{name}: a prediction shaped like the target must be an integer class map, got {pred.dtype}")
+    if pred.is_floating_point():
+        raise ValueError(f"{name}: a prediction shaped like the target must be an integer class map, got {pred.dtype}")
     return pred, False
 
 def fast_bincount(idx: torch.Tensor, minlength: int = 0) -> torch.Tensor:
@@ -47,25 +51,30 @@ def fast_bincount(idx: torch.Tensor, minlength: int = 0) -> torch.Tensor:
     return torch.bincount(flat, minlength=minlength)
 
 def confusion_counts(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int | None = None,
-                     validate: bool = True, name: str = 'ConfusionMatrix', out: torch.Tensor | None = None) -> torch.Tensor:
-    "Confusion matrix int64 [C, C] (rows = target, cols = prediction) of one batch, counted with one bincount (`out`: reusable int64 code buffer)."
+                     validate: bool = True, name: str = 'ConfusionMatrix',
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    "Confusion matrix int64 [C, C] (rows: target, cols: prediction) of a batch, one bincount (`out`: a code buffer)."
     C = n_classes
     p, from_logits = as_class_map(pred, target, C, name)
     t = target if target.dtype == torch.int64 or p.dtype == torch.int64 else target.long()   # int64 codes, no overflow
     if validate and not from_logits and p.numel():
         lo, hi = torch.aminmax(p)
-        if lo < 0 or hi >= C: raise ValueError(f"{name}: predicted class {(lo if lo < 0 else hi).item()} is outside 0..{C - 1}")
+        if lo < 0 or hi >= C:
+            raise ValueError(f"{name}: predicted class {(lo if lo < 0 else hi).item()} is outside 0..{C - 1}")
     shift = -ignore_index if ignore_index is not None and ignore_index < 0 else 0
     if out is not None and (out.shape != t.shape or out.dtype != torch.int64 or out.device != t.device): out = None
     idx = torch.add(p, t, alpha=C, out=out)                              # k = C * target + prediction
     if shift: idx += C * shift
     try: counts = fast_bincount(idx, C * (C + shift))
     except (ValueError, RuntimeError):
-        raise ValueError(f"{name}: target value {t.min().item()} is outside 0..{C - 1} and is not ignore_index ({ignore_index})") from None
+        raise ValueError(f"{name}: target value {t.min().item()} is outside 0..{C - 1} and is not ignore_index "
+                         f"({ignore_index})") from None
     rows = F.pad(counts, (0, -counts.numel() % C)).view(-1, C)            # row r holds target value r - shift
     extra = rows.sum(1).nonzero().flatten() - shift
     bad = extra[((extra < 0) | (extra >= C)) & (extra != (ignore_index if ignore_index is not None else -10**9))]
-    if bad.numel(): raise ValueError(f"{name}: target value {bad[0].item()} is outside 0..{C - 1} and is not ignore_index ({ignore_index})")
+    if bad.numel():
+        raise ValueError(f"{name}: target value {bad[0].item()} is outside 0..{C - 1} and is not ignore_index "
+                         f"({ignore_index})")
     return rows[shift:shift + C].clone()
 
 # %% ../nbs/06_metrics.ipynb #6b2a2483
@@ -81,7 +90,7 @@ def _nanmean(x: np.ndarray) -> float:
     return float(x.mean()) if x.size else float('nan')
 
 def metrics_from_matrix(matrix, bg_index: int | None = 0) -> dict:
-    "Per-class iou, dice, precision, recall, support and the means (NaN classes left out) from a [C, C] confusion matrix."
+    "Per-class iou, dice, precision, recall, support and the means (NaN classes left out) of a [C, C] confusion matrix."
     m = torch.as_tensor(matrix).detach().cpu().double().numpy()
     tp, support, predicted = np.diag(m), m.sum(1), m.sum(0)
     fp, fn = predicted - tp, support - tp
@@ -92,8 +101,15 @@ def metrics_from_matrix(matrix, bg_index: int | None = 0) -> dict:
     total = m.sum()
     return dict(iou=iou.tolist(), dice=dice.tolist(), precision=precision.tolist(), recall=recall.tolist(),
                 support=[int(s) for s in support], pixel_acc=float(tp.sum() / total) if total else float('nan'),
-                miou=_nanmean(iou), miou_no_bg=_nanmean(iou[keep]), mdice=_nanmean(dice), mdice_no_bg=_nanmean(dice[keep]),
+                miou=_nanmean(iou), miou_no_bg=_nanmean(iou[keep]), mdice=_nanmean(dice),
+                mdice_no_bg=_nanmean(dice[keep]),
                 fwiou=float(np.nansum(iou * support) / total) if total else float('nan'), n_pixels=int(total))
+
+# %% ../nbs/06_metrics.ipynb #8c33b5b3
+def row_normalize(matrix) -> np.ndarray:
+    "Confusion matrix with each row divided by its sum (rows with no pixels stay 0)."
+    m = np.asarray(matrix, dtype=np.float64)
+    return m / np.maximum(m.sum(1, keepdims=True), 1)
 
 # %% ../nbs/06_metrics.ipynb #25a453f3
 _buffers = threading.local()
@@ -102,12 +118,14 @@ def code_buffer(like: torch.Tensor) -> torch.Tensor:
     "An int64 buffer shaped like `like`, kept per thread and device and reused while the shape stays the same."
     cache = _buffers.__dict__.setdefault('by_device', {})
     buf = cache.get(like.device)
-    if buf is None or buf.shape != like.shape: buf = cache[like.device] = torch.empty(like.shape, dtype=torch.int64, device=like.device)
+    if buf is None or buf.shape != like.shape:
+        buf = cache[like.device] = torch.empty(like.shape, dtype=torch.int64, device=like.device)
     return buf
 
 class ConfusionMatrix:
     "Accumulated confusion matrix of a segmentation task (rows = target, cols = prediction) and its metrics."
-    def __init__(self, n_classes: int, ignore_index: int | None = None, validate: bool = True, class_names=None, bg_index: int | None = 0):
+    def __init__(self, n_classes: int, ignore_index: int | None = None, validate: bool = True, class_names=None,
+                 bg_index: int | None = 0):
         if n_classes < 1: raise ValueError(f"ConfusionMatrix: n_classes must be >= 1, got {n_classes}")
         if class_names is not None and len(class_names) != n_classes:
             raise ValueError(f"ConfusionMatrix: {len(class_names)} class_names for {n_classes} classes")
@@ -128,7 +146,7 @@ class ConfusionMatrix:
         return self
 
     def compute(self) -> dict:
-        "Per-class `iou`, `dice`, `precision`, `recall`, `support` and `pixel_acc`, `miou`, `miou_no_bg`, `mdice`, `mdice_no_bg`, `fwiou`."
+        "Per-class `iou`, `dice`, `precision`, `recall`, `support`; `pixel_acc`, `miou`, `mdice` (+ `_no_bg`), `fwiou`."
         return metrics_from_matrix(self.matrix, self.bg_index)
 
     def all_reduce(self, group=None) -> 'ConfusionMatrix':
@@ -139,7 +157,8 @@ class ConfusionMatrix:
     def table(self) -> pd.DataFrame:
         "Per-class scores as a DataFrame indexed by class name."
         r = self.compute()
-        return pd.DataFrame({k: r[k] for k in ('iou', 'dice', 'precision', 'recall', 'support')}, index=self.class_names)
+        return pd.DataFrame({k: r[k] for k in ('iou', 'dice', 'precision', 'recall', 'support')},
+                            index=self.class_names)
 
     def __repr__(self): return f"ConfusionMatrix(n_classes={self.n_classes}, pixels={int(self.matrix.sum())})"
 
@@ -154,8 +173,10 @@ def all_reduce_sum(t: torch.Tensor, group=None) -> torch.Tensor:
 # %% ../nbs/06_metrics.ipynb #535074f2
 class GroupedConfusion:
     "One ConfusionMatrix per group (e.g. spacecraft type), updated image by image from a list of group names."
-    def __init__(self, n_classes: int, ignore_index: int | None = None, groups=None, class_names=None, validate: bool = True):
-        self.n_classes, self.ignore_index, self.class_names, self.validate = n_classes, ignore_index, class_names, validate
+    def __init__(self, n_classes: int, ignore_index: int | None = None, groups=None, class_names=None,
+                 validate: bool = True):
+        self.n_classes, self.ignore_index = n_classes, ignore_index
+        self.class_names, self.validate = class_names, validate
         self.matrices: dict[str, ConfusionMatrix] = {}
         for name in groups or []: self._get(name)
 
@@ -178,8 +199,10 @@ class GroupedConfusion:
 
     def add(self, matrices: torch.Tensor, groups: list[str]) -> 'GroupedConfusion':
         "Add per-image confusion matrices [B, C, C] (`per_image_confusion`) whose image b belongs to group `groups[b]`."
-        if matrices.ndim != 3 or matrices.shape[1:] != (self.n_classes, self.n_classes) or len(groups) != matrices.shape[0]:
-            raise ValueError(f"GroupedConfusion.add: {len(groups)} group names and matrices of shape {tuple(matrices.shape)}; "
+        square = matrices.ndim == 3 and matrices.shape[1:] == (self.n_classes, self.n_classes)
+        if not square or len(groups) != matrices.shape[0]:
+            raise ValueError(f"GroupedConfusion.add: {len(groups)} group names and matrices of shape "
+                             f"{tuple(matrices.shape)}; "
                              f"expected [{len(groups)}, {self.n_classes}, {self.n_classes}]")
         for b, name in enumerate(groups):
             cm = self._get(name)
@@ -225,27 +248,32 @@ class GroupedConfusion:
         return self
 
 # %% ../nbs/06_metrics.ipynb #1e25062d
-def per_image_confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int | None = None) -> torch.Tensor:
+def per_image_confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int,
+                        ignore_index: int | None = None) -> torch.Tensor:
     "Confusion matrix of each image, int64 [B, C, C] (rows = target), counted with one bincount."
     C, B = n_classes, target.shape[0]
     p, _ = as_class_map(pred, target, C, 'per_image_confusion')
     p, t = p.long(), target.long()
     valid = (t >= 0) & (t < C)
     bad = ~valid if ignore_index is None else ~valid & (t != ignore_index)
-    if bad.any(): raise ValueError(f"per_image_confusion: target value {t[bad][0].item()} is outside 0..{C - 1} and is not ignore_index ({ignore_index})")
-    if p.numel() and (p.min() < 0 or p.max() >= C): raise ValueError(f"per_image_confusion: predicted classes must be in 0..{C - 1}")
+    if bad.any():
+        raise ValueError(f"per_image_confusion: target value {t[bad][0].item()} is outside 0..{C - 1} and is not "
+                         f"ignore_index ({ignore_index})")
+    if p.numel() and (p.min() < 0 or p.max() >= C):
+        raise ValueError(f"per_image_confusion: predicted classes must be in 0..{C - 1}")
     img = torch.arange(B, device=t.device).view(B, *[1] * (t.ndim - 1))
     idx = torch.where(valid, img * C * C + t * C + p, B * C * C)
     return fast_bincount(idx, B * C * C + 1)[:-1].view(B, C, C)
 
 def iou_from_confusion(matrix) -> torch.Tensor:
-    "Per-class IoU, float64 [..., C], of confusion matrices [..., C, C]; NaN for a class in neither target nor prediction."
+    "Per-class IoU, float64 [..., C], of confusion matrices [..., C, C]; NaN for a class neither true nor predicted."
     m = torch.as_tensor(matrix).double()
     tp = m.diagonal(dim1=-2, dim2=-1)
     union = m.sum(-1) + m.sum(-2) - tp
     return torch.where(union > 0, tp / union.clamp_min(1), torch.full_like(tp, float('nan')))
 
-def per_image_iou(pred: torch.Tensor, target: torch.Tensor, n_classes: int, ignore_index: int | None = None) -> torch.Tensor:
+def per_image_iou(pred: torch.Tensor, target: torch.Tensor, n_classes: int,
+                  ignore_index: int | None = None) -> torch.Tensor:
     "IoU of each class in each image, float [B, C], NaN where the class is in neither target nor prediction."
     return iou_from_confusion(per_image_confusion(pred, target, n_classes, ignore_index)).float()
 
@@ -286,7 +314,8 @@ def boundary_iou(pred: torch.Tensor, target: torch.Tensor, n_classes: int, dilat
                  dilation_ratio: float = 0.02, ignore_index: int | None = None) -> torch.Tensor:
     "Boundary IoU (Cheng et al. 2021) of each class in each image, float [B, C], NaN where both bands are empty."
     inter, union = boundary_counts(pred, target, n_classes, dilation, dilation_ratio, ignore_index)
-    return torch.where(union > 0, inter / union.clamp_min(1), torch.full(union.shape, float('nan'), device=union.device))
+    return torch.where(union > 0, inter / union.clamp_min(1),
+                       torch.full(union.shape, float('nan'), device=union.device))
 
 class BoundaryIoU:
     "Boundary IoU accumulated over a data set: per class, the summed intersections over the summed unions."
@@ -298,7 +327,8 @@ class BoundaryIoU:
 
     def reset(self) -> 'BoundaryIoU':
         "Zero the counts."
-        self.inter = torch.zeros(self.n_classes, dtype=torch.int64); self.union = torch.zeros(self.n_classes, dtype=torch.int64)
+        self.inter = torch.zeros(self.n_classes,
+                                 dtype=torch.int64); self.union = torch.zeros(self.n_classes, dtype=torch.int64)
         return self
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> 'BoundaryIoU':
@@ -344,22 +374,27 @@ def bench_metrics(argv: list[str] | None = None) -> dict:
     tm = MulticlassConfusionMatrix(a.classes, ignore_index=a.ignore_index).to(a.device)
     tm_fast = MulticlassConfusionMatrix(a.classes, ignore_index=a.ignore_index, validate_args=False).to(a.device)
     sync = torch.cuda.synchronize if a.device.startswith('cuda') else None
-    fns = {'ours: class maps': lambda: ours.update(pred, target), 'torchmetrics: class maps': lambda: tm.update(pred, target),
+    fns = {'ours: class maps': lambda: ours.update(pred, target),
+           'torchmetrics: class maps': lambda: tm.update(pred, target),
            'torchmetrics (validate_args=False): class maps': lambda: tm_fast.update(pred, target),
-           'ours: logits': lambda: ours.update(logits, target), 'torchmetrics: logits': lambda: tm.update(logits, target)}
+           'ours: logits': lambda: ours.update(logits, target),
+           'torchmetrics: logits': lambda: tm.update(logits, target)}
     secs = measure(fns, repeats=a.repeats, warmup=1, sync=sync)
-    if not torch.equal(ours.matrix.cpu(), tm.confmat.cpu()): raise RuntimeError("bench_metrics: ours and torchmetrics' confusion matrices differ")
+    if not torch.equal(ours.matrix.cpu(), tm.confmat.cpu()):
+        raise RuntimeError("bench_metrics: ours and torchmetrics' confusion matrices differ")
     n = target.numel()
     rows = [dict(candidate=k, ms=s * 1e3, mpix_per_s=n / s / 1e6,
                  speedup_vs_torchmetrics=secs[f"torchmetrics: {k.split(': ')[1]}"] / s) for k, s in secs.items()]
     print_table(rows, f"ConfusionMatrix.update, {a.batch}x{a.size}x{a.size}, {a.classes} classes, {a.device} "
                       f"(torch threads: {torch.get_num_threads()})")
     out = {r['candidate']: r for r in rows}
-    if a.device == 'cpu':                                                  # CPU time does not grow when others load the machine
+    # CPU time does not grow when others load the machine
+    if a.device == 'cpu':
         for k in ('ours: class maps', 'torchmetrics (validate_args=False): class maps'):
             f = fns[k]; cpu = []
             for _ in range(a.repeats):
                 c0 = time.process_time(); f(); cpu.append(time.process_time() - c0)
             out[k]['mpix_per_cpu_s'] = n / sorted(cpu)[len(cpu) // 2] / 1e6
-            print(f"{k}: {out[k]['mpix_per_cpu_s']:.0f} Mpixel per CPU-second (all threads' CPU time; load-independent)")
+            print(f"{k}: {out[k]['mpix_per_cpu_s']:.0f} Mpixel per CPU-second (all threads' CPU time; "
+                  "load-independent)")
     return out

@@ -9,16 +9,16 @@ from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
-from .data import atomic_write, atomic_write_text, prepare_output_dir
+from fastcore.basics import patch
+from .files import atomic_write, atomic_write_text, prepare_output_dir
 from .encoders import create_encoder
 from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM
 
 # %% auto #0
-__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CONFIG_NAME',
-           'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'SEED_BACKBONES', 'UNet3Plus', 'probabilities', 'predict',
-           'is_model_card', 'model_card', 'check_config', 'save_pretrained', 'read_config', 'check_finite',
-           'read_weights', 'from_pretrained', 'summary', 'export_onnx', 'check_onnx', 'conv_peak', 'build_peer',
-           'make_steps', 'step_gflops', 'train_peak_mb', 'bench_model']
+__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME', 'LEGACY_WEIGHTS_NAME', 'CONFIG_NAME',
+           'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'LEGACY_BACKBONES', 'UNet3Plus', 'is_model_card', 'model_card',
+           'check_config', 'read_config', 'check_finite', 'read_weights', 'conv_peak', 'build_peer', 'make_steps',
+           'step_gflops', 'train_peak_mb', 'bench_model']
 
 # %% ../nbs/04_model.ipynb #706ea4ec
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
@@ -115,7 +115,8 @@ class UNet3Plus(nn.Module):
 @torch.no_grad()
 def _no_grad_probs(model, x, cgm_threshold): return model.probabilities(x, cgm_threshold)
 
-def probabilities(self, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> torch.Tensor:
+@patch
+def probabilities(self: UNet3Plus, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> torch.Tensor:
     "Class probabilities [B, C, H, W] (softmax, or sigmoid for one class), CGM suppression applied."
     out = self(x)
     if self.n_classes == 1: return torch.sigmoid(out['logits'])
@@ -123,14 +124,13 @@ def probabilities(self, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> t
     if 'cls_logits' in out and cgm_threshold is not None: probs = CGM.suppress(probs, out['cls_logits'], cgm_threshold)
     return probs
 
-def predict(self, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> torch.Tensor:
+@patch
+def predict(self: UNet3Plus, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> torch.Tensor:
     "Probabilities [B, C, H, W] of a [0, 1] image batch, in eval mode without gradients."
     was_training = self.training
     self.eval()
     try: return _no_grad_probs(self, x, cgm_threshold)
     finally: self.train(was_training)
-
-UNet3Plus.probabilities, UNet3Plus.predict = probabilities, predict
 
 # %% ../nbs/04_model.ipynb #d35e0e95
 CARD_NAME, CARD_MARK = 'README.md', '<!-- model card written by unet3plus save_pretrained'
@@ -220,7 +220,7 @@ def model_card(config: dict, training: dict | None = None) -> str:
     return '\n'.join(out)
 
 # %% ../nbs/04_model.ipynb #8f36103b
-WEIGHTS_NAME, SEED_WEIGHTS_NAME, CONFIG_NAME = 'model.safetensors', 'unet3plus_model.pt', 'config.json'
+WEIGHTS_NAME, LEGACY_WEIGHTS_NAME, CONFIG_NAME = 'model.safetensors', 'unet3plus_model.pt', 'config.json'
 CONFIG_ALIASES = {'num_classes': 'n_classes', 'classes': 'n_classes', 'encoder_name': 'backbone', 'encoder': 'backbone'}
 CONFIG_TYPES = dict(backbone=(str,), n_classes=(int,), cat_channels=(int,), deep_supervision=(bool,), cgm=(bool,),
                     cgm_dropout=(int, float), freeze_backbone=(bool,), branch_order=(str,),
@@ -263,7 +263,8 @@ def _config_text(config: dict, training) -> str:
     except (TypeError, ValueError) as e:
         raise ValueError(f"save_pretrained: the training record is not plain JSON: {e}") from None
 
-def save_pretrained(self, save_dir, overwrite: bool = False, training: dict | None = None) -> Path:
+@patch
+def save_pretrained(self: UNet3Plus, save_dir, overwrite: bool = False, training: dict | None = None) -> Path:
     "Write `config.json` (with the `training` record), `model.safetensors` and a model card `README.md` to `save_dir`."
     from safetensors.torch import save
     training = self.training_record if training is None else training
@@ -283,7 +284,7 @@ def save_pretrained(self, save_dir, overwrite: bool = False, training: dict | No
     return d
 
 def read_config(load_dir) -> dict:
-    "The model config in `load_dir/config.json`, seed aliases (num_classes...) mapped to ours, types checked."
+    "The model config in `load_dir/config.json`, old aliases (num_classes...) mapped to ours, types checked."
     f = Path(load_dir) / CONFIG_NAME
     if not f.is_file(): raise FileNotFoundError(f"from_pretrained: {f} not found (expected {CONFIG_NAME} next to the weights)")
     try: raw = json.loads(f.read_text())
@@ -301,7 +302,7 @@ def check_finite(sd: dict, where) -> dict:
     return sd
 
 def read_weights(load_dir) -> dict:
-    "The state_dict in `load_dir` (model.safetensors, or the seed's unet3plus_model.pt), checked to be finite."
+    "The state_dict in `load_dir` (model.safetensors, or the original scripts' unet3plus_model.pt), checked to be finite."
     d = Path(load_dir)
     if (d / WEIGHTS_NAME).is_file():
         from safetensors.torch import load_file
@@ -310,8 +311,8 @@ def read_weights(load_dir) -> dict:
         except Exception as e:          # the parser's own error type; any failure means the file is unreadable
             raise ValueError(f"from_pretrained: cannot read {f} (empty, truncated or not safetensors?): {e}") from None
         return check_finite(sd, f)
-    if (d / SEED_WEIGHTS_NAME).is_file():
-        f = d / SEED_WEIGHTS_NAME
+    if (d / LEGACY_WEIGHTS_NAME).is_file():
+        f = d / LEGACY_WEIGHTS_NAME
         try: sd = torch.load(f, map_location='cpu', weights_only=True)
         except Exception as e:
             why = str(e) or type(e).__name__
@@ -321,7 +322,7 @@ def read_weights(load_dir) -> dict:
         if not isinstance(sd, dict):
             raise ValueError(f"from_pretrained: {f} holds a {type(sd).__name__}, not a state_dict")
         return check_finite({k.removeprefix('module.'): v for k, v in sd.items()}, f)
-    raise FileNotFoundError(f"from_pretrained: no {WEIGHTS_NAME} or {SEED_WEIGHTS_NAME} in {d}")
+    raise FileNotFoundError(f"from_pretrained: no {WEIGHTS_NAME} or {LEGACY_WEIGHTS_NAME} in {d}")
 
 def _check_overrides(cfg: dict, overrides: dict, where):
     "Raise if `overrides` change a key that fixes the weights' shapes."
@@ -332,9 +333,9 @@ def _check_overrides(cfg: dict, overrides: dict, where):
         if k in ('deep_supervision', 'cgm') and v and not cfg.get(k, False):
             raise ValueError(f"from_pretrained({where}): the checkpoint has no {k} weights; build a new model with {k}=True")
 
-@classmethod
-def from_pretrained(cls, load_dir, map_location='cpu', **overrides) -> 'UNet3Plus':
-    "Rebuild a model saved by `save_pretrained` (or in the seed's layout) from `load_dir`, without network."
+@patch(cls_method=True)
+def from_pretrained(cls: UNet3Plus, load_dir, map_location='cpu', **overrides) -> 'UNet3Plus':
+    "Rebuild a model saved by `save_pretrained` (or by the original UNet3+ scripts) from `load_dir`, without network."
     d = Path(load_dir)
     if not d.is_dir(): raise FileNotFoundError(f"from_pretrained: {d} is not a directory")
     cfg = read_config(d)
@@ -354,7 +355,6 @@ def from_pretrained(cls, load_dir, map_location='cpu', **overrides) -> 'UNet3Plu
     model.training_record = cfg.get('training')                            # how it was trained; not used to build it
     return model.to(map_location)
 
-UNet3Plus.save_pretrained, UNet3Plus.from_pretrained = save_pretrained, from_pretrained
 UNet3Plus.training_record = None     # a model built in Python has no record; from_pretrained sets the saved one
 
 # %% ../nbs/04_model.ipynb #03c94f25
@@ -363,7 +363,8 @@ def _gflops(fn) -> tuple:
     with FlopCounterMode(display=False) as fc: res = fn()
     return res, fc.get_total_flops() / 1e9
 
-def summary(self, size=512, batch: int = 1, verbose: bool = True) -> dict:
+@patch
+def summary(self: UNet3Plus, size=512, batch: int = 1, verbose: bool = True) -> dict:
     "Parameters (M) and GFLOPs per part (encoder / decoder / heads) for a `batch` of `size` images (as padded)."
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     dev = self.mean.device
@@ -385,15 +386,14 @@ def summary(self, size=512, batch: int = 1, verbose: bool = True) -> dict:
     if verbose: print('\n'.join(f'{k:>14}: {v:.3f}' if isinstance(v, float) else f'{k:>14}: {v}' for k, v in row.items()))
     return row
 
-UNet3Plus.summary = summary
-
 # %% ../nbs/04_model.ipynb #40f47d33
 class _InferenceGraph(nn.Module):
     "The graph `export_onnx` writes: [0, 1] images -> class probabilities."
     def __init__(self, model, cgm_threshold): super().__init__(); self.model, self.cgm_threshold = model, cgm_threshold
     def forward(self, x): return self.model.probabilities(x, self.cgm_threshold)
 
-def export_onnx(self, path, size=512, batch: int = 1, cgm_threshold: float | None = 0.5, opset: int = 18) -> Path:
+@patch
+def export_onnx(self: UNet3Plus, path, size=512, batch: int = 1, cgm_threshold: float | None = 0.5, opset: int = 18) -> Path:
     "Export the inference graph (image in [0, 1] -> probs) to ONNX at a fixed `size`."
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     path, was_training = Path(path), self.training
@@ -407,17 +407,16 @@ def export_onnx(self, path, size=512, batch: int = 1, cgm_threshold: float | Non
     finally: self.train(was_training)
     return path
 
-def check_onnx(self, path, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> float:
+@patch
+def check_onnx(self: UNet3Plus, path, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> float:
     "Max absolute difference between onnxruntime and PyTorch probabilities on `x`."
     import onnxruntime as ort
     sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
     got = sess.run(['probs'], {'image': x.cpu().numpy()})[0]
     return float((torch.from_numpy(got) - self.predict(x, cgm_threshold).cpu()).abs().max())
 
-UNet3Plus.export_onnx, UNet3Plus.check_onnx = export_onnx, check_onnx
-
 # %% ../nbs/04_model.ipynb #e75234cd
-SEED_BACKBONES = ['convnext_tiny', 'convnext_small', 'convnext_base', 'hrnet_w18', 'hrnet_w32', 'hrnet_w48',
+LEGACY_BACKBONES = ['convnext_tiny', 'convnext_small', 'convnext_base', 'hrnet_w18', 'hrnet_w32', 'hrnet_w48',
                   'efficientnet_b0', 'efficientnet_b3', 'resnet34', 'resnet50']
 
 # %% ../nbs/04_model.ipynb #1e19f77d

@@ -10,15 +10,17 @@ from typing import NamedTuple
 import numpy as np, torch, torch.nn.functional as F
 from fastcore.basics import patch
 from PIL import Image
-from .data import as_hw, as_numpy, mask_bbox, shorten, open_image, decode_rgb
+from .data import as_hw, as_numpy, mask_bbox, open_image, decode_rgb
+from .files import shorten
 from .model import UNet3Plus
 
 # %% auto #0
 __all__ = ['log', 'TTA_FLIPS', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 'ROI_NEAR', 'ROI_MAX_ZOOM', 'ROI_MODES', 'resolve_device',
            'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores', 'check_finite_scores',
-           'resize_image', 'load_model', 'training_record', 'model_input_size', 'label_components', 'dilate',
-           'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window', 'paste_window', 'original_image',
-           'predict_classes', 'roi_mode', 'trained_with_crops', 'resolve_roi', 'image_tensor']
+           'resize_image', 'load_model', 'training_record', 'model_input_size', 'input_size', 'collate_eval',
+           'label_components', 'dilate', 'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window',
+           'paste_window', 'original_image', 'predict_classes', 'roi_mode', 'trained_with_crops', 'resolve_roi',
+           'image_tensor']
 
 # %% ../nbs/13_predict.ipynb #d055a1f1
 log = logging.getLogger('unet3plus.predict')
@@ -109,6 +111,23 @@ def training_record(model) -> dict:
 def model_input_size(model, default=DEFAULT_INPUT_SIZE):
     "The input size `model` was trained at (int or [H, W], from its training record), else `default`."
     return training_record(model).get('target_size') or default
+
+# %% ../nbs/13_predict.ipynb #6a488ca3
+def input_size(requested, model) -> tuple[int | None, str]:
+    "The input size to predict at (None: the original size) and its source: the flag, the training record or 512."
+    if requested is not None: return requested or None, '--target_size'
+    recorded = training_record(model).get('target_size')
+    return model_input_size(model), 'the training record' if recorded else 'the default'
+
+# %% ../nbs/13_predict.ipynb #c437b815
+def collate_eval(samples: list[dict]) -> dict:
+    "Stack images (same size required); masks are stacked when they share a size, else kept as a list."
+    sizes = {tuple(s['image'].shape) for s in samples}
+    if len(sizes) > 1: raise ValueError(f"images of different sizes {sorted(sizes)} in one batch: set --target_size or --batch_size 1")
+    out = {k: [s[k] for s in samples] for k in samples[0]}
+    out['image'] = torch.stack(out['image'])
+    if 'mask' in out and len({tuple(m.shape) for m in out['mask']}) == 1: out['mask'] = torch.stack(out['mask'])
+    return out
 
 # %% ../nbs/13_predict.ipynb #95cde905
 def label_components(fg) -> tuple[np.ndarray, int]:

@@ -4,15 +4,18 @@
 
 # %% ../nbs/01_synthetic.ipynb #bb68e11e
 from __future__ import annotations
-import argparse, colorsys, json, math, os, shutil, sys, tempfile
+import argparse, colorsys, json, math, os, shutil, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .data import (SPACECRAFT, atomic_write_text, classes_to_rgb, jpeg_roundtrip, mask_bbox, overlay_classes,
-                            make_layout, write_sample, write_test_image, write_split_csv)
+from .cli import OneLineParser, cli_errors
+from .data import (SPACECRAFT, classes_to_rgb, jpeg_roundtrip, mask_bbox, make_layout, write_sample,
+                            write_test_image, write_split_csv)
+from .files import atomic_write_text
+from .visual import overlay_classes
 
 # %% auto #0
 __all__ = ['KINDS', 'BLUE_PANELS', 'GREY_METAL', 'APERTURE', 'STYLES', 'STYLE_TABLE', 'BUILDERS', 'EXTRAS', 'BACKGROUNDS',
@@ -22,15 +25,15 @@ __all__ = ['KINDS', 'BLUE_PANELS', 'GREY_METAL', 'APERTURE', 'STYLES', 'STYLE_TA
            'wing_frame', 'wing', 'round_array', 'is_named', 'in_part', 'held_out', 'check_style', 'Draws', 'hsv',
            'log_uniform', 'body_material', 'panel_look', 'arrays', 'make_cheops', 'make_lisa', 'make_obs',
            'make_proba2', 'make_proba3', 'make_proba3ocs', 'make_smart1', 'make_soho', 'make_venus', 'make_xmm',
-           'radiator_plate', 'extra_part', 'appendages', 'build_model', 'random_rotation', 'Camera', 'random_extent',
-           'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample', 'smooth_size', 'earth_layer',
-           'earth', 'textured', 'background_kind', 'background', 'sun_glare', 'motion_blur', 'vignette', 'sensor_noise',
-           'tone_curve', 'camera_effects', 'luminance', 'integral', 'window_sum', 'block_size', 'check_pair',
-           'block_contrast', 'invisible_pixels', 'invisible_shares', 'visibility_stats', 'take_picture', 'pack',
-           'shade', 'sun_buffer', 'in_shadow', 'class_codes', 'coverage_to_classes', 'random_surface', 'cell_index',
-           'surface_light', 'env_weight', 'draw_model', 'render_sample', 'show_samples', 'show_styles', 'sample_rng',
-           'sample_spec', 'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base', 'synthetic_root',
-           'OneLineParser', 'parse_args', 'main', 'bench_synth']
+           'radiator_plate', 'extra_part', 'appendages', 'build_spacecraft', 'random_rotation', 'Camera',
+           'random_extent', 'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample', 'smooth_size',
+           'earth_layer', 'earth', 'textured', 'background_kind', 'background', 'sun_glare', 'motion_blur', 'vignette',
+           'sensor_noise', 'tone_curve', 'camera_effects', 'luminance', 'integral', 'window_sum', 'block_size',
+           'check_pair', 'block_contrast', 'invisible_pixels', 'invisible_shares', 'visibility_stats', 'take_picture',
+           'pack', 'shade', 'sun_buffer', 'in_shadow', 'class_codes', 'coverage_to_classes', 'random_surface',
+           'cell_index', 'surface_light', 'env_weight', 'draw_model', 'render_sample', 'show_samples', 'show_styles',
+           'sample_rng', 'sample_spec', 'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base',
+           'synthetic_root', 'parse_args', 'main', 'bench_synth']
 
 # %% ../nbs/01_synthetic.ipynb #cbc4b01b
 KINDS = ('paint', 'foil', 'metal', 'cells', 'plate')    # surface textures, see `surface_light`
@@ -497,7 +500,7 @@ def appendages(faces: list[Face], d: Draws, max_n: int = 4) -> list[Face]:
         extra += extra_part(EXTRAS[int(d.rng.integers(len(EXTRAS)))], host, d)
     return faces + extra
 
-def build_model(spacecraft: str, rng: np.random.Generator, style: str = 'default', log: list | None = None
+def build_spacecraft(spacecraft: str, rng: np.random.Generator, style: str = 'default', log: list | None = None
                 ) -> list[Face]:
     "The faces of a random instance of `spacecraft` in `style`, with extra structures, centred on its bounding box."
     if spacecraft not in BUILDERS:
@@ -1043,7 +1046,7 @@ def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int 
                   style: str = 'default'):
     "One `spacecraft` at `size` px in `style`: (image uint8 [S,S,3], classes uint8 [S,S], bbox (x1, y1, x2, y2))."
     if size < 16: raise ValueError(f"render_sample: size must be >= 16 px, got {size}")
-    m = pack(build_model(spacecraft, rng, style))
+    m = pack(build_spacecraft(spacecraft, rng, style))
     radius = np.linalg.norm(m['verts'], axis=1).max()
     sun = rng.normal(size=3); sun /= np.linalg.norm(sun)
     if sun[2] > 0 and rng.random() < 0.85: sun[2] = -sun[2]    # mostly lit from the camera's side
@@ -1229,10 +1232,6 @@ def synthetic_root(cache_dir=None, n_train: int = 2000, n_val: int = 400, n_test
     return final
 
 # %% ../nbs/01_synthetic.ipynb #fcb213fa
-class OneLineParser(argparse.ArgumentParser):
-    "An `ArgumentParser` whose usage errors are one line, `PROG: error: MESSAGE`, with exit status 2."
-    def error(self, message): self.exit(2, f"{self.prog}: error: {message}\n")
-
 def parse_args(argv=None) -> argparse.Namespace:
     "Flags of `unet3plus-synth`."
     p = OneLineParser(prog='unet3plus-synth', description=
@@ -1252,12 +1251,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     "Entry point of `unet3plus-synth`: status 0 on success; a user error prints one line and exits with status 2."
     a = parse_args(argv)
-    try:
+    with cli_errors('unet3plus-synth'):                      # bad values, a refused or unusable --out
         out = write_dataset(a.out, a.n_train, a.n_val, a.n_test, a.size, a.seed, workers=a.workers,
                             progress=not a.quiet, style=a.style)
-    except (ValueError, OSError) as e:                       # bad values, a refused or unusable --out
-        print(f"unet3plus-synth: error: {e}", file=sys.stderr)
-        sys.exit(2)
     print(f"wrote {a.n_train} train, {a.n_val} val, {a.n_test} test images ({a.size} px, {a.style} style, "
           f"seed {a.seed}) to {out}")
 

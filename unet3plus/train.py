@@ -14,7 +14,9 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
-from .data import CLASSES, atomic_write_text
+from .cli import cli_errors
+from .data import CLASSES
+from .files import atomic_write_text
 from .metrics import ConfusionMatrix, all_reduce_sum
 
 # %% auto #0
@@ -22,13 +24,12 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'RUN_LEFTOVERS'
            'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'precision_of',
            'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'ResumableSampler', 'ShardSampler',
            'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root', 'check_files',
-           'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet',
-           'fit_in_memory', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state',
-           'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'save_model',
-           'train_command', 'data_record', 'input_size_of', 'train_record', 'previous_run', 'check_save_path',
-           'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch', 'validate', 'init_engine',
-           'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main',
-           'loop_speed', 'bench_train']
+           'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'replace_dir', 'rng_state',
+           'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag', 'clean_partial_checkpoints',
+           'save_checkpoint', 'load_checkpoint', 'save_model', 'train_command', 'data_record', 'input_size_of',
+           'train_record', 'previous_run', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last',
+           'train_epoch', 'validation_epoch', 'init_engine', 'setup_logging', 'plot_history', 'training_report',
+           'train', 'build_parser', 'parse_args', 'main', 'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -356,41 +357,6 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     if not decay and not no_decay: raise ValueError("the model has no trainable parameters (is everything frozen?)")
     return [g for g in (dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)) if g['params']]
 
-# %% ../nbs/07_train.ipynb #6a46d775
-class TinySegNet(nn.Module):
-    "A small BatchNorm-free segmentation net for tests: conv-GELU, a strided conv, upsampling, a 1x1 head."
-    def __init__(self, n_classes=3, width=8):
-        super().__init__()
-        self.a = nn.Conv2d(3, width, 3, padding=1); self.b = nn.Conv2d(width, width, 3, stride=2, padding=1)
-        self.head = nn.Conv2d(2 * width, n_classes, 1)
-    def forward(self, x):
-        a = nn.functional.gelu(self.a(x)); b = nn.functional.gelu(self.b(a))
-        return self.head(torch.cat([a, nn.functional.interpolate(b, size=a.shape[-2:], mode='nearest')], 1))
-
-class ColourSet(Dataset):
-    "Random images; the class of a pixel is its brightest channel."
-    def __init__(self, n, size=16, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.x = torch.rand(n, 3, size, size, generator=g)
-        self.y = self.x.argmax(1)
-    def __len__(self): return len(self.x)
-    def __getitem__(self, i): return dict(image=self.x[i], mask=self.y[i])
-
-def fit_in_memory(model: nn.Module, dataset, steps: int = 20, batch_size: int = 4, lr: float = 5e-3, class_weights=None) -> nn.Module:
-    "`steps` Adam steps of cross-entropy on `dataset` held in memory, for smoke tests and quick looks (`train` is the real loop)."
-    if len(dataset) == 0: raise ValueError("fit_in_memory: the data set is empty")
-    dev = next(model.parameters()).device
-    xs = torch.stack([torch.as_tensor(dataset[i]['image']) for i in range(len(dataset))]).to(dev)
-    ys = torch.stack([torch.as_tensor(dataset[i]['mask']) for i in range(len(dataset))]).long().to(dev)
-    w = None if class_weights is None else torch.as_tensor(class_weights, dtype=torch.float32, device=dev)
-    opt = torch.optim.Adam(model.parameters(), lr)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randperm(len(xs))[:batch_size]
-        loss = nn.functional.cross_entropy(as_outputs(model(xs[idx]))['logits'], ys[idx], weight=w)
-        opt.zero_grad(); loss.backward(); opt.step()
-    return model.eval()
-
 # %% ../nbs/07_train.ipynb #3975f858
 def replace_dir(tmp: Path, final: Path):
     "Move the finished folder `tmp` to `final`, replacing an older `final` (the old one goes aside first)."
@@ -658,7 +624,7 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
     return dict(loss=state['epoch_loss'] / max(state['epoch_batches'], 1), images=images, seconds=time.perf_counter() - t0)
 
 @torch.no_grad()
-def validate(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False) -> dict:
+def validation_epoch(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False) -> dict:
     "Validation loss and confusion-matrix metrics, summed over all ranks."
     engine.eval()
     dev, dt = engine.device, _input_dtype(engine)
@@ -835,7 +801,7 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
         last = ep + 1 == cfg.epochs or hit_max
         msg = f"epoch {ep + 1}/{cfg.epochs}: train loss {r['loss']:.4f}, {rec['images_per_s']:.1f} img/s"
         if (ep + 1) % cfg.validate_every == 0 or last:
-            m = _jsonable(validate(engine, val_dl, loss_fn, cfg.n_classes, pad_batches=engine.zero_optimization_stage() == 3))
+            m = _jsonable(validation_epoch(engine, val_dl, loss_fn, cfg.n_classes, pad_batches=engine.zero_optimization_stage() == 3))
             rec.update({k: m[k] for k in ('val_loss', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'pixel_acc', 'iou', 'dice') if k in m})
             score = rec['val_loss'] if cfg.monitor == 'val_loss' else rec[cfg.monitor]
             msg += f", val loss {rec['val_loss']:.4f}, mIoU {rec['miou']:.4f}, mDice {rec['mdice']:.4f}"
@@ -944,10 +910,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
 def main(argv: Sequence[str] | None = None):
     "Entry point of `unet3plus-train`."
     cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    try: train(cfg)
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, NonFiniteLoss) as e:
-        print(f"unet3plus-train: error: {e}", file=sys.stderr)
-        sys.exit(2)
+    with cli_errors('unet3plus-train', errors=(NonFiniteLoss,)): train(cfg)
     return 0
 
 # %% ../nbs/07_train.ipynb #0bc180c8

@@ -14,9 +14,11 @@ from matplotlib.figure import Figure
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.patches import Patch
 import ipywidgets as W
-from .data import CLASSES, PALETTE, overlay_classes, as_numpy, to_rgb_uint8
-from .evaluate import TN, TP, FP, FN, ERROR_NAMES, ERROR_COLORS, row_normalize, error_codes, worst_first
-from .metrics import per_image_confusion, iou_from_confusion, foreground_miou
+from fastcore.basics import patch
+from .data import CLASSES, PALETTE, as_numpy
+from .metrics import per_image_confusion, iou_from_confusion, foreground_miou, row_normalize
+from .visual import (TN, TP, FP, FN, ERROR_NAMES, ERROR_COLORS, error_codes, worst_first, overlay_classes,
+                              to_rgb_uint8)
 
 # %% auto #0
 __all__ = ['as_classes', 'colorize', 'overlay', 'error_overlay', 'error_counts', 'heatmap', 'image_confusion', 'format_score',
@@ -139,220 +141,242 @@ class PredictionViewer:
         return ' / '.join(s for s in (sc, name) if s) or f'#{i}'
 
 # %% ../nbs/10_viewer.ipynb #eea5878a
-class PredictionViewer(PredictionViewer):
-    def _store(self, i: int, probs: torch.Tensor, mask):
-        "Cache sample `i`'s class map, confusion matrix and probabilities."
-        if probs.ndim != 3 or probs.shape[0] != self.n_classes:
-            raise ValueError(f"model.predict gave probabilities of shape {tuple(probs.shape)} for sample {i}; "
-                             f"expected [{self.n_classes}, H, W] for classes {self.class_names}")
-        target = as_classes(mask)
-        pred = probs.argmax(0).to(torch.uint8).cpu().numpy()
-        _check_same_size(pred, target, f"prediction vs mask of sample {i}")
-        self._maps[i] = (pred.shape, zlib.compress(np.ascontiguousarray(pred).tobytes(), 1))
-        self.confusions[i] = image_confusion(pred, target, self.n_classes)
-        self._probs[i] = probs.detach().to(torch.float16).cpu().numpy()
-        self._probs.move_to_end(i)
-        while len(self._probs) > max(self.cache_probs, 1): self._probs.popitem(last=False)
+@patch
+def _store(self: PredictionViewer, i: int, probs: torch.Tensor, mask):
+    "Cache sample `i`'s class map, confusion matrix and probabilities."
+    if probs.ndim != 3 or probs.shape[0] != self.n_classes:
+        raise ValueError(f"model.predict gave probabilities of shape {tuple(probs.shape)} for sample {i}; "
+                         f"expected [{self.n_classes}, H, W] for classes {self.class_names}")
+    target = as_classes(mask)
+    pred = probs.argmax(0).to(torch.uint8).cpu().numpy()
+    _check_same_size(pred, target, f"prediction vs mask of sample {i}")
+    self._maps[i] = (pred.shape, zlib.compress(np.ascontiguousarray(pred).tobytes(), 1))
+    self.confusions[i] = image_confusion(pred, target, self.n_classes)
+    self._probs[i] = probs.detach().to(torch.float16).cpu().numpy()
+    self._probs.move_to_end(i)
+    while len(self._probs) > max(self.cache_probs, 1): self._probs.popitem(last=False)
 
-    def predict_all(self, indices: Iterable[int] | None = None, force_probs: bool = False):
-        "Run the model once on every sample of `indices` (default: all) not predicted yet."
-        todo = [i for i in (range(len(self.dataset)) if indices is None else indices)
-                if i not in self.confusions or (force_probs and i not in self._probs)]
-        for s in range(0, len(todo), self.batch_size):
-            items = [(i, self.dataset[i]) for i in todo[s:s + self.batch_size]]
-            by_size = {}
-            for i, it in items: by_size.setdefault(tuple(it['image'].shape), []).append((i, it))
-            for group in by_size.values():
-                x = torch.stack([torch.as_tensor(it['image'], dtype=torch.float32) for _, it in group]).to(self._device())
-                probs = self.model.predict(x)
-                self.n_predicted += len(group)
-                for (i, it), p in zip(group, probs):
-                    self._store(i, p, it['mask']); self._names[i] = str(it.get('image_name', f'#{i}'))
-            if hasattr(self, 'status') and len(todo) > self.batch_size:
-                self.status.value = f"predicted {min(s + self.batch_size, len(todo))} / {len(todo)} images"
+@patch
+def predict_all(self: PredictionViewer, indices: Iterable[int] | None = None, force_probs: bool = False):
+    "Run the model once on every sample of `indices` (default: all) not predicted yet."
+    todo = [i for i in (range(len(self.dataset)) if indices is None else indices)
+            if i not in self.confusions or (force_probs and i not in self._probs)]
+    for s in range(0, len(todo), self.batch_size):
+        items = [(i, self.dataset[i]) for i in todo[s:s + self.batch_size]]
+        by_size = {}
+        for i, it in items: by_size.setdefault(tuple(it['image'].shape), []).append((i, it))
+        for group in by_size.values():
+            x = torch.stack([torch.as_tensor(it['image'], dtype=torch.float32) for _, it in group]).to(self._device())
+            probs = self.model.predict(x)
+            self.n_predicted += len(group)
+            for (i, it), p in zip(group, probs):
+                self._store(i, p, it['mask']); self._names[i] = str(it.get('image_name', f'#{i}'))
+        if hasattr(self, 'status') and len(todo) > self.batch_size:
+            self.status.value = f"predicted {min(s + self.batch_size, len(todo))} / {len(todo)} images"
 
-    def _device(self) -> torch.device:
-        "The device of the model's parameters (CPU for a model without any)."
-        params = getattr(self.model, 'parameters', None)
-        p = next(iter(params()), None) if callable(params) else None
-        return p.device if p is not None else torch.device('cpu')
+@patch
+def _device(self: PredictionViewer) -> torch.device:
+    "The device of the model's parameters (CPU for a model without any)."
+    params = getattr(self.model, 'parameters', None)
+    p = next(iter(params()), None) if callable(params) else None
+    return p.device if p is not None else torch.device('cpu')
 
-    def class_map(self, i: int) -> np.ndarray:
-        "Predicted class map `[H,W]` (uint8) of sample `i`."
-        if i not in self._maps: self.predict_all([i])
-        shape, data = self._maps[i]
-        return np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape)
+@patch
+def class_map(self: PredictionViewer, i: int) -> np.ndarray:
+    "Predicted class map `[H,W]` (uint8) of sample `i`."
+    if i not in self._maps: self.predict_all([i])
+    shape, data = self._maps[i]
+    return np.frombuffer(zlib.decompress(data), np.uint8).reshape(shape)
 
-    def prediction(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        "Class map `[H,W]` and probabilities `[C,H,W]` of sample `i`, computed once and cached."
-        if i not in self._probs: self.predict_all([i], force_probs=True)
-        self._probs.move_to_end(i)
-        return self.class_map(i), self._probs[i].astype(np.float32)
+@patch
+def prediction(self: PredictionViewer, i: int) -> tuple[np.ndarray, np.ndarray]:
+    "Class map `[H,W]` and probabilities `[C,H,W]` of sample `i`, computed once and cached."
+    if i not in self._probs: self.predict_all([i], force_probs=True)
+    self._probs.move_to_end(i)
+    return self.class_map(i), self._probs[i].astype(np.float32)
 
-    def iou(self, i: int) -> np.ndarray:
-        "Per-class IoU of sample `i` (NaN for a class in neither truth nor prediction)."
-        if i not in self.confusions: self.predict_all([i])
-        return iou_from_confusion(self.confusions[i]).numpy()
+@patch
+def iou(self: PredictionViewer, i: int) -> np.ndarray:
+    "Per-class IoU of sample `i` (NaN for a class in neither truth nor prediction)."
+    if i not in self.confusions: self.predict_all([i])
+    return iou_from_confusion(self.confusions[i]).numpy()
 
-    def score(self, i: int) -> float:
-        "Sample `i`'s mean foreground IoU, the key of the worst-first order."
-        return foreground_miou(self.iou(i))
+@patch
+def score(self: PredictionViewer, i: int) -> float:
+    "Sample `i`'s mean foreground IoU, the key of the worst-first order."
+    return foreground_miou(self.iou(i))
 
-    def table(self):
-        "A DataFrame with the spacecraft, image name, per-class IoU and score of every predicted sample."
-        import pandas as pd
-        rows = [dict(index=i, spacecraft=self.spacecraft[i], image=self._names.get(i, ''),
-                     **{f'iou_{n}': v for n, v in zip(self.class_names, self.iou(i))}, score=self.score(i))
-                for i in sorted(self.confusions)]
-        return pd.DataFrame(rows).set_index('index') if rows else pd.DataFrame()
+@patch
+def table(self: PredictionViewer):
+    "A DataFrame with the spacecraft, image name, per-class IoU and score of every predicted sample."
+    import pandas as pd
+    rows = [dict(index=i, spacecraft=self.spacecraft[i], image=self._names.get(i, ''),
+                 **{f'iou_{n}': v for n, v in zip(self.class_names, self.iou(i))}, score=self.score(i))
+            for i in sorted(self.confusions)]
+    return pd.DataFrame(rows).set_index('index') if rows else pd.DataFrame()
 
 # %% ../nbs/10_viewer.ipynb #4f3ffe26
-class PredictionViewer(PredictionViewer):
-    def _build_widgets(self):
-        "Create the controls and output widgets and wire their callbacks."
-        wide = dict(style={'description_width': '80px'})
-        options = ['all'] + sorted({n for n in self.spacecraft if n})
-        self.spacecraft_filter = W.Dropdown(options=options, value='all', description='spacecraft', **wide)
-        self.order_by = W.Dropdown(options=['data set order', 'worst IoU first'], description='order', **wide)
-        self.sample = W.IntSlider(0, min=0, max=max(len(self.order) - 1, 0), description='sample',
-                                  continuous_update=False, layout=W.Layout(width='420px'), **wide)
-        self.pick = W.Dropdown(description='image', layout=W.Layout(width='420px'), **wide)
-        self.toggles = [W.ToggleButton(value=c != 0, description=n, tooltip=f'show {n}',
-                                       layout=W.Layout(width='110px')) for c, n in enumerate(self.class_names)]
-        for c, t in enumerate(self.toggles): t.style.text_color = _hex(self.palette[c]) if c else '#444444'
-        self.opacity = W.FloatSlider(0.5, min=0.0, max=1.0, step=0.05, description='opacity',
-                                     continuous_update=False, **wide)
-        self.focus = W.Dropdown(options=[('all classes', -1)] + [(n, c) for c, n in enumerate(self.class_names)],
-                                value=-1, description='focus', **wide)
-        self.figure = W.Image(format='png', layout=W.Layout(max_width='100%'))
-        self.iou_box, self.status = W.HTML(), W.HTML()
-        self.sample.add_class('u3p-sample'); self.opacity.add_class('u3p-opacity'); self.figure.add_class('u3p-figure'); self.status.add_class('u3p-status')
-        self.spacecraft_filter.observe(self._on_order, 'value'); self.order_by.observe(self._on_order, 'value')
-        self.sample.observe(self._on_sample, 'value'); self.pick.observe(self._on_pick, 'value')
-        for w in self.toggles + [self.opacity, self.focus]: w.observe(self._on_draw, 'value')
-        self.widget = W.VBox([W.HBox([self.spacecraft_filter, self.order_by]), W.HBox([self.sample, self.pick]),
-                              W.HBox([W.Label('classes', layout=W.Layout(width='84px'))] + self.toggles),
-                              W.HBox([self.opacity, self.focus]), self.figure, W.HBox([self.iou_box, self.status])])
-        self.widget.add_class('u3p-viewer')
+@patch
+def _build_widgets(self: PredictionViewer):
+    "Create the controls and output widgets and wire their callbacks."
+    wide = dict(style={'description_width': '80px'})
+    options = ['all'] + sorted({n for n in self.spacecraft if n})
+    self.spacecraft_filter = W.Dropdown(options=options, value='all', description='spacecraft', **wide)
+    self.order_by = W.Dropdown(options=['data set order', 'worst IoU first'], description='order', **wide)
+    self.sample = W.IntSlider(0, min=0, max=max(len(self.order) - 1, 0), description='sample',
+                              continuous_update=False, layout=W.Layout(width='420px'), **wide)
+    self.pick = W.Dropdown(description='image', layout=W.Layout(width='420px'), **wide)
+    self.toggles = [W.ToggleButton(value=c != 0, description=n, tooltip=f'show {n}',
+                                   layout=W.Layout(width='110px')) for c, n in enumerate(self.class_names)]
+    for c, t in enumerate(self.toggles): t.style.text_color = _hex(self.palette[c]) if c else '#444444'
+    self.opacity = W.FloatSlider(0.5, min=0.0, max=1.0, step=0.05, description='opacity',
+                                 continuous_update=False, **wide)
+    self.focus = W.Dropdown(options=[('all classes', -1)] + [(n, c) for c, n in enumerate(self.class_names)],
+                            value=-1, description='focus', **wide)
+    self.figure = W.Image(format='png', layout=W.Layout(max_width='100%'))
+    self.iou_box, self.status = W.HTML(), W.HTML()
+    self.sample.add_class('u3p-sample'); self.opacity.add_class('u3p-opacity'); self.figure.add_class('u3p-figure'); self.status.add_class('u3p-status')
+    self.spacecraft_filter.observe(self._on_order, 'value'); self.order_by.observe(self._on_order, 'value')
+    self.sample.observe(self._on_sample, 'value'); self.pick.observe(self._on_pick, 'value')
+    for w in self.toggles + [self.opacity, self.focus]: w.observe(self._on_draw, 'value')
+    self.widget = W.VBox([W.HBox([self.spacecraft_filter, self.order_by]), W.HBox([self.sample, self.pick]),
+                          W.HBox([W.Label('classes', layout=W.Layout(width='84px'))] + self.toggles),
+                          W.HBox([self.opacity, self.focus]), self.figure, W.HBox([self.iou_box, self.status])])
+    self.widget.add_class('u3p-viewer')
 
-    def _label(self, i: int) -> str:
-        "Dropdown label of sample `i`: index, name and (once predicted) score."
-        return f"{i}: {self._image_name(i)}" + (f"  (IoU {format_score(self.score(i))})" if i in self.confusions else '')
+@patch
+def _label(self: PredictionViewer, i: int) -> str:
+    "Dropdown label of sample `i`: index, name and (once predicted) score."
+    return f"{i}: {self._image_name(i)}" + (f"  (IoU {format_score(self.score(i))})" if i in self.confusions else '')
 
-    def _reorder(self):
-        "Recompute the browsing order from the spacecraft filter and the sort choice, then show its first sample."
-        sc = self.spacecraft_filter.value
-        order = [i for i in range(len(self.dataset)) if sc == 'all' or self.spacecraft[i] == sc]
-        if self.order_by.value == 'worst IoU first':
-            self.predict_all(order)
-            order.sort(key=lambda i: worst_first(self.score(i)))          # stable: ties keep index order
-        self.order, self._busy = order, True
-        try:
-            self.sample.value = 0; self.sample.max = len(order) - 1
-            self.pick.options = [(self._label(i), k) for k, i in enumerate(order)]
-            self.pick.value = 0
-        finally: self._busy = False
-        self.render()
+@patch
+def _reorder(self: PredictionViewer):
+    "Recompute the browsing order from the spacecraft filter and the sort choice, then show its first sample."
+    sc = self.spacecraft_filter.value
+    order = [i for i in range(len(self.dataset)) if sc == 'all' or self.spacecraft[i] == sc]
+    if self.order_by.value == 'worst IoU first':
+        self.predict_all(order)
+        order.sort(key=lambda i: worst_first(self.score(i)))          # stable: ties keep index order
+    self.order, self._busy = order, True
+    try:
+        self.sample.value = 0; self.sample.max = len(order) - 1
+        self.pick.options = [(self._label(i), k) for k, i in enumerate(order)]
+        self.pick.value = 0
+    finally: self._busy = False
+    self.render()
 
-    def _on_order(self, change): self._reorder()
-    def _on_draw(self, change): self.render()
+@patch
+def _on_order(self: PredictionViewer, change): self._reorder()
+@patch
+def _on_draw(self: PredictionViewer, change): self.render()
 
-    def _on_sample(self, change):
-        "Slider moved: follow with the dropdown and redraw."
-        if self._busy: return
-        self._busy = True
-        try: self.pick.value = self.sample.value
-        finally: self._busy = False
-        self.render()
+@patch
+def _on_sample(self: PredictionViewer, change):
+    "Slider moved: follow with the dropdown and redraw."
+    if self._busy: return
+    self._busy = True
+    try: self.pick.value = self.sample.value
+    finally: self._busy = False
+    self.render()
 
-    def _on_pick(self, change):
-        "Dropdown changed: move the slider (which redraws)."
-        if not self._busy and change['new'] is not None: self.sample.value = change['new']
+@patch
+def _on_pick(self: PredictionViewer, change):
+    "Dropdown changed: move the slider (which redraws)."
+    if not self._busy and change['new'] is not None: self.sample.value = change['new']
 
-    def show(self, i: int):
-        "Show data set index `i` (switching the spacecraft filter to `all` if it hides it)."
-        if not 0 <= i < len(self.dataset): raise IndexError(f"show: index {i} out of range for {len(self.dataset)} samples")
-        if i not in self.order: self.spacecraft_filter.value = 'all'
-        self.sample.value = self.order.index(i)
+@patch
+def show(self: PredictionViewer, i: int):
+    "Show data set index `i` (switching the spacecraft filter to `all` if it hides it)."
+    if not 0 <= i < len(self.dataset): raise IndexError(f"show: index {i} out of range for {len(self.dataset)} samples")
+    if i not in self.order: self.spacecraft_filter.value = 'all'
+    self.sample.value = self.order.index(i)
 
-    def _repr_mimebundle_(self, **kw):
-        "Display as the widget."
-        return self.widget._repr_mimebundle_(**kw)
+@patch
+def _repr_mimebundle_(self: PredictionViewer, **kw):
+    "Display as the widget."
+    return self.widget._repr_mimebundle_(**kw)
 
 # %% ../nbs/10_viewer.ipynb #45a09a06
-class PredictionViewer(PredictionViewer):
-    def visible_classes(self) -> list[int]:
-        "Classes drawn now: the focused class, or every class whose toggle is on."
-        return [self.focus.value] if self.focus.value >= 0 else [c for c, t in enumerate(self.toggles) if t.value]
+@patch
+def visible_classes(self: PredictionViewer) -> list[int]:
+    "Classes drawn now: the focused class, or every class whose toggle is on."
+    return [self.focus.value] if self.focus.value >= 0 else [c for c, t in enumerate(self.toggles) if t.value]
 
-    def display_step(self, shape) -> int:
-        "Subsampling step that brings an image of `shape` (H, W, ...) to at most `max_side` pixels a side."
-        return max(1, -(-max(shape[:2]) // self.max_side))
+@patch
+def display_step(self: PredictionViewer, shape) -> int:
+    "Subsampling step that brings an image of `shape` (H, W, ...) to at most `max_side` pixels a side."
+    return max(1, -(-max(shape[:2]) // self.max_side))
 
-    def display_inputs(self, i: int) -> tuple:
-        "Image, truth, prediction and probabilities of sample `i` at display resolution, kept while `i` is on screen."
-        key = (i, self.max_side, id(self.dataset), id(self.model))             # what the cached arrays depend on
-        if getattr(self, '_shown', (None, None))[0] != key:
-            item = self.dataset[i]                              # decoded once per sample, not once per redraw
-            img, target = to_rgb_uint8(item['image']), as_classes(item['mask'])
-            pred, probs = self.prediction(i)
-            k = self.display_step(img.shape)
-            self._shown = (key, tuple(np.ascontiguousarray(a) for a in (img[::k, ::k], target[::k, ::k], pred[::k, ::k], probs[:, ::k, ::k])))
-        return self._shown[1]
+@patch
+def display_inputs(self: PredictionViewer, i: int) -> tuple:
+    "Image, truth, prediction and probabilities of sample `i` at display resolution, kept while `i` is on screen."
+    key = (i, self.max_side, id(self.dataset), id(self.model))             # what the cached arrays depend on
+    if getattr(self, '_shown', (None, None))[0] != key:
+        item = self.dataset[i]                              # decoded once per sample, not once per redraw
+        img, target = to_rgb_uint8(item['image']), as_classes(item['mask'])
+        pred, probs = self.prediction(i)
+        k = self.display_step(img.shape)
+        self._shown = (key, tuple(np.ascontiguousarray(a) for a in (img[::k, ::k], target[::k, ::k], pred[::k, ::k], probs[:, ::k, ::k])))
+    return self._shown[1]
 
-    def draw_panels(self, i: int) -> dict[str, np.ndarray]:
-        "The five panels of sample `i` as RGB arrays (every `display_step`-th pixel), with the current controls."
-        img, target, pred, probs = self.display_inputs(i)
-        vis, a, f = self.visible_classes(), self.opacity.value, self.focus.value
-        return {'image': img, 'ground truth': overlay(img, target, a, vis, self.palette),
-                'prediction': overlay(img, pred, a, vis, self.palette), 'errors': error_overlay(img, pred, target, vis),
-                'probability': heatmap(probs[f] if f >= 0 else probs.max(0))}
+@patch
+def draw_panels(self: PredictionViewer, i: int) -> dict[str, np.ndarray]:
+    "The five panels of sample `i` as RGB arrays (every `display_step`-th pixel), with the current controls."
+    img, target, pred, probs = self.display_inputs(i)
+    vis, a, f = self.visible_classes(), self.opacity.value, self.focus.value
+    return {'image': img, 'ground truth': overlay(img, target, a, vis, self.palette),
+            'prediction': overlay(img, pred, a, vis, self.palette), 'errors': error_overlay(img, pred, target, vis),
+            'probability': heatmap(probs[f] if f >= 0 else probs.max(0))}
 
-    def _titles(self, i: int) -> list[str]:
-        "Titles of the five panels."
-        f, vis = self.focus.value, self.visible_classes()
-        return [self.spacecraft[i] or 'image', 'ground truth', 'prediction',
-                'errors: ' + (', '.join(self.class_names[c] for c in vis) or 'none'),
-                f'P({self.class_names[f]})' if f >= 0 else 'confidence (max P)']
+@patch
+def _titles(self: PredictionViewer, i: int) -> list[str]:
+    "Titles of the five panels."
+    f, vis = self.focus.value, self.visible_classes()
+    return [self.spacecraft[i] or 'image', 'ground truth', 'prediction',
+            'errors: ' + (', '.join(self.class_names[c] for c in vis) or 'none'),
+            f'P({self.class_names[f]})' if f >= 0 else 'confidence (max P)']
 
-    def _figure(self, i: int, panels: dict) -> Figure:
-        "The matplotlib figure of the panels side by side (built once per image size, then only updated)."
-        shape = panels['image'].shape
-        if getattr(self, '_fig_shape', None) != shape:
-            n, w = len(panels), self.panel_size
-            self._fig = Figure(figsize=(w * n, w * shape[0] / shape[1] + 0.35), dpi=self.dpi)
-            self._fig_shape, self._artists = shape, []
-            for k, arr in enumerate(panels.values()):
-                ax = self._fig.add_axes((k / n + 0.003, 0, 1 / n - 0.006, w * shape[0] / shape[1] / (w * shape[0] / shape[1] + 0.35)))
-                ax.set_axis_off()
-                im = ax.imshow(arr, interpolation='nearest')
-                txt = ax.text(0.5, 1.02, '', transform=ax.transAxes, ha='center', va='bottom', fontsize=9)
-                self._artists.append((im, txt))
-        for (im, txt), arr, t in zip(self._artists, panels.values(), self._titles(i)):
-            im.set_data(arr); txt.set_text(t)
-        return self._fig
+@patch
+def _figure(self: PredictionViewer, i: int, panels: dict) -> Figure:
+    "The matplotlib figure of the panels side by side (built once per image size, then only updated)."
+    shape = panels['image'].shape
+    if getattr(self, '_fig_shape', None) != shape:
+        n, w = len(panels), self.panel_size
+        self._fig = Figure(figsize=(w * n, w * shape[0] / shape[1] + 0.35), dpi=self.dpi)
+        self._fig_shape, self._artists = shape, []
+        for k, arr in enumerate(panels.values()):
+            ax = self._fig.add_axes((k / n + 0.003, 0, 1 / n - 0.006, w * shape[0] / shape[1] / (w * shape[0] / shape[1] + 0.35)))
+            ax.set_axis_off()
+            im = ax.imshow(arr, interpolation='nearest')
+            txt = ax.text(0.5, 1.02, '', transform=ax.transAxes, ha='center', va='bottom', fontsize=9)
+            self._artists.append((im, txt))
+    for (im, txt), arr, t in zip(self._artists, panels.values(), self._titles(i)):
+        im.set_data(arr); txt.set_text(t)
+    return self._fig
 
-    def _iou_html(self, i: int) -> str:
-        "HTML table of sample `i`'s per-class IoU and pixel counts."
-        m, iou = self.confusions[i], self.shown_iou
-        rows = ''.join(f"<tr><td><span style='color:{_hex(self.palette[c]) if c else '#444'}'>&#9632;</span> {html.escape(n)}</td>"
-                       f"<td>{format_score(iou[c])}</td><td>{m[c].sum()}</td><td>{m[:, c].sum()}</td></tr>"
-                       for c, n in enumerate(self.class_names))
-        legend = ' &nbsp; '.join(f"<span style='color:{_hex(ERROR_COLORS[k])}'>&#9632;</span> {ERROR_NAMES[k]}" for k in (TP, FP, FN))
-        return (f"<table style='font-size:12px'><tr><th>class</th><th>IoU</th><th>true px</th><th>predicted px</th></tr>{rows}"
-                f"<tr><td><b>score</b> (mean foreground)</td><td><b>{format_score(self.score(i))}</b></td></tr></table>"
-                f"<div style='font-size:12px'>errors panel: {legend}; true negatives dimmed</div>")
+@patch
+def _iou_html(self: PredictionViewer, i: int) -> str:
+    "HTML table of sample `i`'s per-class IoU and pixel counts."
+    m, iou = self.confusions[i], self.shown_iou
+    rows = ''.join(f"<tr><td><span style='color:{_hex(self.palette[c]) if c else '#444'}'>&#9632;</span> {html.escape(n)}</td>"
+                   f"<td>{format_score(iou[c])}</td><td>{m[c].sum()}</td><td>{m[:, c].sum()}</td></tr>"
+                   for c, n in enumerate(self.class_names))
+    legend = ' &nbsp; '.join(f"<span style='color:{_hex(ERROR_COLORS[k])}'>&#9632;</span> {ERROR_NAMES[k]}" for k in (TP, FP, FN))
+    return (f"<table style='font-size:12px'><tr><th>class</th><th>IoU</th><th>true px</th><th>predicted px</th></tr>{rows}"
+            f"<tr><td><b>score</b> (mean foreground)</td><td><b>{format_score(self.score(i))}</b></td></tr></table>"
+            f"<div style='font-size:12px'>errors panel: {legend}; true negatives dimmed</div>")
 
-    def render(self):
-        "Redraw the current sample with the current controls."
-        i = self.order[self.sample.value]
-        self.index, self.panels = i, self.draw_panels(i)
-        self.shown_iou = self.iou(i)
-        self.figure.value = _render_png(self._figure(i, self.panels))
-        self.iou_box.value = self._iou_html(i)
-        self.status.value = (f"<b>{html.escape(self._image_name(i))}</b> (data set index {i})<br>"
-                             f"sample {self.sample.value + 1} of {len(self.order)}; images predicted so far: {self.n_predicted}")
-        self.renders += 1
+@patch
+def render(self: PredictionViewer):
+    "Redraw the current sample with the current controls."
+    i = self.order[self.sample.value]
+    self.index, self.panels = i, self.draw_panels(i)
+    self.shown_iou = self.iou(i)
+    self.figure.value = _render_png(self._figure(i, self.panels))
+    self.iou_box.value = self._iou_html(i)
+    self.status.value = (f"<b>{html.escape(self._image_name(i))}</b> (data set index {i})<br>"
+                         f"sample {self.sample.value + 1} of {len(self.order)}; images predicted so far: {self.n_predicted}")
+    self.renders += 1
 
 # %% ../nbs/10_viewer.ipynb #8496c35a
 def worst_cases(viewer: PredictionViewer, cls: int, k: int = 4, indices: Iterable[int] | None = None) -> list[tuple[int, float]]:
