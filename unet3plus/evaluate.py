@@ -331,7 +331,8 @@ def write_outputs(res: dict, output_path, overwrite: bool = False, examples=()) 
     table = io.StringIO(newline='')
     w = csv.DictWriter(table, fieldnames=list(res['per_image'][0]) if res['per_image'] else ['index']); w.writeheader(); w.writerows(res['per_image'])
     atomic_write_text(paths['per_image'], table.getvalue())
-    for key, fig in (('confusion', plot_confusion(res['confusion_matrix'], res['settings']['class_names'])), ('per_spacecraft', plot_per_spacecraft(res)),
+    for key, fig in (('confusion', plot_confusion(res['confusion_matrix'], res['settings']['class_names'])),
+                     ('per_spacecraft', plot_per_spacecraft(res)),
                      ('reliability', plot_reliability(res.get('calibration')))):
         atomic_write(paths[key], lambda f: fig.savefig(f, format='png', dpi=100))
     atomic_write_text(paths['report'], format_report(res))

@@ -366,7 +366,7 @@ class Calibration:
         return self
 
     def update(self, probs: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> 'Calibration':
-        "Add a batch: class probabilities `probs` [B,C,H,W] (or one sigmoid channel) and the true classes `target` [B,H,W]."
+        "Add a batch: class probabilities `probs` [B,C,H,W] (or one sigmoid channel) and true classes `target` [B,H,W]."
         if probs.ndim != 4 or target.shape != probs.shape[:1] + probs.shape[2:]:
             raise ValueError(f"Calibration: expected probs [B,C,H,W] and target [B,H,W], got {tuple(probs.shape)} "
                              f"and {tuple(target.shape)}")
@@ -374,15 +374,17 @@ class Calibration:
         conf, pred = probs.detach().max(1)
         keep = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
         t = target[keep]
-        if t.numel() and (int(t.min()) < 0 or int(t.max()) >= probs.shape[1]):
-            raise ValueError(f"Calibration: target holds class {int(t.max()) if int(t.max()) >= probs.shape[1] else int(t.min())}"
-                             f" outside 0..{probs.shape[1] - 1} (and is not ignore_index={ignore_index})")
+        bad = t[(t < 0) | (t >= probs.shape[1])]
+        if bad.numel():
+            raise ValueError(f"Calibration: target holds class {int(bad[0])} outside 0..{probs.shape[1] - 1} "
+                             f"(and is not ignore_index={ignore_index})")
         conf = conf[keep].double()
         k = (conf * self.n_bins).long().clamp_(0, self.n_bins - 1)
         dev = conf.device
         self.counts = self.counts.to(dev) + torch.bincount(k, minlength=self.n_bins)
         self.conf_sums = self.conf_sums.to(dev) + torch.bincount(k, weights=conf, minlength=self.n_bins)
-        self.acc_sums = self.acc_sums.to(dev) + torch.bincount(k, weights=(pred[keep] == t).double(), minlength=self.n_bins)
+        right = (pred[keep] == t).double()
+        self.acc_sums = self.acc_sums.to(dev) + torch.bincount(k, weights=right, minlength=self.n_bins)
         return self
 
     def all_reduce(self, group=None) -> 'Calibration':
