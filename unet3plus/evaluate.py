@@ -17,15 +17,16 @@ from .predict import (ROI_MODES, resolve_device, amp_context, model_n_classes, p
                                resolve_roi,
                                training_record, collate_eval, input_size)
 from .metrics import (BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_confusion, iou_from_confusion,
-                               foreground_miou, row_normalize)
+                               foreground_miou, row_normalize, Calibration)
 from .visual import to_rgb_uint8, error_map, worst_first
 
 # %% auto #0
 __all__ = ['log', 'OVERWRITE_HINT', 'EVAL_FILES', 'EXAMPLES_DIR', 'DATA_HINT', 'reads_files', 'ResizedInputs', 'data_n_classes',
            'check_class_counts', 'sample_prediction', 'warn_about_dataset', 'summarize', 'sample_names',
-           'evaluation_roi', 'evaluate', 'plot_confusion', 'plot_per_spacecraft', 'text_table', 'format_report',
-           'example_figure', 'worst_images', 'example_name', 'save_examples', 'json_safe', 'eval_output_dir',
-           'write_outputs', 'synthetic_data_root', 'trained_data', 'parse_args', 'main', 'run_eval']
+           'evaluation_roi', 'evaluate', 'calibration_sample', 'calibration_line', 'plot_confusion',
+           'plot_per_spacecraft', 'plot_reliability', 'text_table', 'format_report', 'example_figure', 'worst_images',
+           'example_name', 'save_examples', 'json_safe', 'eval_output_dir', 'write_outputs', 'synthetic_data_root',
+           'trained_data', 'parse_args', 'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -117,9 +118,10 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
                         num_workers=num_workers, collate_fn=collate_eval)
     groups, rows, t0 = GroupedConfusion(n), [], time.perf_counter()          # per spacecraft; .total() pools them
     biou = BoundaryIoU(n) if boundary else None
+    calib = None if use_roi else Calibration()                               # of one-stage probabilities
     for batch in tqdm(loader, desc='evaluate', disable=not progress):
         x, names = batch['image'].to(device), sample_names(batch)
-        if eval_size == 'input':
+        if eval_size == 'input' or not use_roi:                     # one stage: keep the scores (for calibration)
             with amp_context(device, fp16): scores = predict_scores(model, x, tta=tta).float()
             check_finite_scores(scores, names)
         else:
@@ -129,13 +131,14 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
         for j in range(len(x)):
             mask = batch['mask'][j].to(device)
             if int(mask.max()) >= n: raise ValueError(f"mask of {batch['image_name'][j]} holds class {int(mask.max())} but the model has {n} classes")
-            pred, target = sample_prediction(scores[j], mask, 'input') if eval_size == 'input' else (preds[j], mask)
+            pred, target = sample_prediction(scores[j], mask, eval_size) if not use_roi else (preds[j], mask)
             if pred.shape != target.shape:
                 raise ValueError(f"{names[j]}: the image is {tuple(pred.shape)}, its mask {tuple(target.shape)} (H, W)")
             name = batch.get('class_name', [''] * len(x))[j]
             cm = per_image_confusion(pred[None], target[None], n)              # counted once: for its group and its own IoU
             groups.add(cm, [name])
             if biou is not None: biou.update(pred[None], target[None])
+            if calib is not None: calib.update(*calibration_sample(scores[j], mask))
             ious = iou_from_confusion(cm[0]).tolist()
             rows.append(dict(index=batch['index'][j], image_name=batch['image_name'][j], class_name=name,
                              **{f'iou_{c}': v for c, v in zip(class_names, ious)}, fg_miou=foreground_miou(ious)))
@@ -148,12 +151,25 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
         for c, v in zip(class_names, b['boundary_iou']): res['per_class'][c]['boundary_iou'] = float(v)
     res['per_spacecraft'] = {g: dict(n_images=sum(r['class_name'] == g for r in rows), **summarize(cm, class_names)) for g, cm in sorted(groups.matrices.items())}
     res['per_image'] = rows
+    res['calibration'] = calib.compute() if calib is not None else None
     res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, roi=use_roi,
                            roi_mode=roi_mode(roi),
                            fp16=fp16 and device.type == 'cuda',
                            device=str(device), n_images=len(rows), n_classes=n, class_names=class_names,
                            seconds=round(seconds, 3), images_per_s=round(len(rows) / max(seconds, 1e-9), 3))
     return res
+
+# %% ../nbs/08_evaluate.ipynb #143d404a
+def calibration_sample(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    "What `Calibration` counts of one sample: its probabilities [1,C,h,w] and its mask resized (nearest) to them."
+    return scores[None].float().softmax(1), sample_prediction(scores, mask, 'input')[1][None]
+
+def calibration_line(res: dict) -> str:
+    "The report's line on calibration (ECE, MCE), or why it was not measured."
+    c = res.get('calibration')
+    if not c: return 'calibration: not measured (two-stage ROI predictions have no single probability map)'
+    return (f"calibration (top-class probability per pixel at the input size, {c['n_bins']} bins, "
+            f"{c['n_pixels']} pixels): ECE {c['ece']:.4f}, MCE {c['mce']:.4f} (reliability_diagram.png)")
 
 # %% ../nbs/08_evaluate.ipynb #8a460696
 def plot_confusion(matrix, class_names):
@@ -187,6 +203,24 @@ def plot_per_spacecraft(res: dict):
            title='IoU per spacecraft class'); ax.invert_yaxis(); ax.legend(loc='lower right'); ax.grid(axis='x', alpha=0.3)
     return fig
 
+# %% ../nbs/08_evaluate.ipynb #b8b92204
+def plot_reliability(cal: dict | None):
+    "A reliability diagram of a `Calibration.compute()` result: accuracy vs confidence per bin, pixels per bin."
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(5, 6)); top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+    top.plot([0, 1], [0, 1], '--', color='grey', label='calibrated')
+    top.set(xlim=(0, 1), ylim=(0, 1), ylabel='accuracy')
+    bottom.set(xlabel='confidence (top-class probability)', ylabel='pixels')
+    if not cal:
+        top.set_title('calibration not measured (two-stage ROI)'); return fig
+    bins = cal['bins']; lo = [b['lower'] for b in bins]; w = [b['upper'] - b['lower'] for b in bins]
+    top.bar(lo, [b['accuracy'] or 0 for b in bins], width=w, align='edge', edgecolor='black', label='accuracy')
+    top.set_title(f"ECE {cal['ece']:.4f}   MCE {cal['mce']:.4f}"); top.legend(loc='upper left')
+    bottom.bar(lo, [b['count'] for b in bins], width=w, align='edge', color='tab:orange', edgecolor='black')
+    if any(b['count'] for b in bins): bottom.set_yscale('log')
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/08_evaluate.ipynb #03cac973
 def text_table(header: list[str], rows: list[list]) -> str:
     "An aligned plain-text table; floats with 4 decimals."
@@ -209,7 +243,7 @@ def format_report(res: dict) -> str:
                                              ['mDice', o['mdice']], ['mDice (no background)', o['mdice_no_bg']]]
                                             + ([['frequency-weighted IoU', o['fwiou']]] if 'fwiou' in o else [])
                                             + ([['boundary mIoU', o['mboundary_iou']], ['boundary mIoU (no background)', o['mboundary_iou_no_bg']]]
-                                               if 'mboundary_iou' in o else [])), '']
+                                               if 'mboundary_iou' in o else [])), '', calibration_line(res), '']
     keys = [k for k in ('iou', 'dice', 'precision', 'recall', 'boundary_iou', 'support') if k in res['per_class'][names[0]]]
     heads = dict(iou='IoU', dice='Dice', boundary_iou='boundary IoU')
     out += [text_table(['class'] + [heads.get(k, k) for k in keys],
@@ -264,7 +298,8 @@ def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, d
 # %% ../nbs/08_evaluate.ipynb #16cc8c72
 OVERWRITE_HINT = 'choose another --output_path or pass --overwrite'
 EVAL_FILES = dict(metrics='metrics.json', per_image='per_image.csv', confusion='confusion_matrix.png',
-                  per_spacecraft='per_spacecraft.png', report='evaluation_report.txt')
+                  per_spacecraft='per_spacecraft.png', reliability='reliability_diagram.png',
+                  report='evaluation_report.txt')
 EXAMPLES_DIR = 'examples'
 
 def json_safe(o):
@@ -296,7 +331,9 @@ def write_outputs(res: dict, output_path, overwrite: bool = False, examples=()) 
     table = io.StringIO(newline='')
     w = csv.DictWriter(table, fieldnames=list(res['per_image'][0]) if res['per_image'] else ['index']); w.writeheader(); w.writerows(res['per_image'])
     atomic_write_text(paths['per_image'], table.getvalue())
-    for key, fig in (('confusion', plot_confusion(res['confusion_matrix'], res['settings']['class_names'])), ('per_spacecraft', plot_per_spacecraft(res))):
+    for key, fig in (('confusion', plot_confusion(res['confusion_matrix'], res['settings']['class_names'])),
+                     ('per_spacecraft', plot_per_spacecraft(res)),
+                     ('reliability', plot_reliability(res.get('calibration')))):
         atomic_write(paths[key], lambda f: fig.savefig(f, format='png', dpi=100))
     atomic_write_text(paths['report'], format_report(res))
     return paths

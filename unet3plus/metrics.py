@@ -13,7 +13,7 @@ import torch.distributed as dist
 __all__ = ['fast_argmax', 'as_class_map', 'fast_bincount', 'confusion_counts', 'metrics_from_matrix', 'row_normalize',
            'code_buffer', 'ConfusionMatrix', 'all_reduce_sum', 'GroupedConfusion', 'per_image_confusion',
            'iou_from_confusion', 'per_image_iou', 'foreground_miou', 'boundary_dilation', 'boundary_counts',
-           'boundary_iou', 'BoundaryIoU', 'bench_metrics']
+           'boundary_iou', 'BoundaryIoU', 'Calibration', 'bench_metrics']
 
 # %% ../nbs/06_metrics.ipynb #66f52735
 def fast_argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -349,6 +349,64 @@ class BoundaryIoU:
         b = np.where(u > 0, i / np.maximum(u, 1), np.nan)
         keep = np.arange(self.n_classes) != (self.bg_index if self.bg_index is not None else -1)
         return dict(boundary_iou=b.tolist(), mboundary_iou=_nanmean(b), mboundary_iou_no_bg=_nanmean(b[keep]))
+
+# %% ../nbs/06_metrics.ipynb #9793521f
+class Calibration:
+    "Streaming calibration of the top-class probability per pixel: per-bin counts, confidence and accuracy sums."
+    def __init__(self, n_bins: int = 15):
+        if n_bins < 1: raise ValueError(f"Calibration: n_bins must be >= 1, got {n_bins}")
+        self.n_bins = n_bins
+        self.reset()
+
+    def reset(self) -> 'Calibration':
+        "Zero the sums."
+        self.counts = torch.zeros(self.n_bins, dtype=torch.int64)
+        self.conf_sums = torch.zeros(self.n_bins, dtype=torch.float64)
+        self.acc_sums = torch.zeros(self.n_bins, dtype=torch.float64)
+        return self
+
+    def update(self, probs: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None) -> 'Calibration':
+        "Add a batch: class probabilities `probs` [B,C,H,W] (or one sigmoid channel) and true classes `target` [B,H,W]."
+        if probs.ndim != 4 or target.shape != probs.shape[:1] + probs.shape[2:]:
+            raise ValueError(f"Calibration: expected probs [B,C,H,W] and target [B,H,W], got {tuple(probs.shape)} "
+                             f"and {tuple(target.shape)}")
+        if probs.shape[1] == 1: probs = torch.cat([1 - probs, probs], 1)
+        conf, pred = probs.detach().max(1)
+        keep = target != ignore_index if ignore_index is not None else torch.ones_like(target, dtype=torch.bool)
+        t = target[keep]
+        bad = t[(t < 0) | (t >= probs.shape[1])]
+        if bad.numel():
+            raise ValueError(f"Calibration: target holds class {int(bad[0])} outside 0..{probs.shape[1] - 1} "
+                             f"(and is not ignore_index={ignore_index})")
+        conf = conf[keep].double()
+        k = (conf * self.n_bins).long().clamp_(0, self.n_bins - 1)
+        dev = conf.device
+        self.counts = self.counts.to(dev) + torch.bincount(k, minlength=self.n_bins)
+        self.conf_sums = self.conf_sums.to(dev) + torch.bincount(k, weights=conf, minlength=self.n_bins)
+        right = (pred[keep] == t).double()
+        self.acc_sums = self.acc_sums.to(dev) + torch.bincount(k, weights=right, minlength=self.n_bins)
+        return self
+
+    def all_reduce(self, group=None) -> 'Calibration':
+        "Sum the bins over all ranks (no-op unless torch.distributed is initialised)."
+        both = all_reduce_sum(torch.stack([self.counts.double(), self.conf_sums, self.acc_sums]), group)
+        self.counts, self.conf_sums, self.acc_sums = both[0].round().long(), both[1].clone(), both[2].clone()
+        return self
+
+    def compute(self) -> dict:
+        "`ece`, `mce` (NaN without pixels), `n_pixels` and `bins`: lower, upper, count, mean confidence and accuracy."
+        n, c, a = (v.cpu().double().numpy() for v in (self.counts, self.conf_sums, self.acc_sums))
+        full = n > 0
+        conf, acc = np.where(full, c / np.maximum(n, 1), np.nan), np.where(full, a / np.maximum(n, 1), np.nan)
+        gap, total = np.abs(acc - conf), n.sum()
+        ece = float((n[full] * gap[full]).sum() / total) if total else float('nan')
+        mce = float(gap[full].max()) if total else float('nan')
+        bins = [dict(lower=k / self.n_bins, upper=(k + 1) / self.n_bins, count=int(n[k]),
+                     confidence=float(conf[k]) if full[k] else None, accuracy=float(acc[k]) if full[k] else None)
+                for k in range(self.n_bins)]
+        return dict(ece=ece, mce=mce, n_bins=self.n_bins, n_pixels=int(total), bins=bins)
+
+    def __repr__(self): return f"Calibration(n_bins={self.n_bins}, pixels={int(self.counts.sum())})"
 
 # %% ../nbs/06_metrics.ipynb #02e1a676
 def bench_metrics(argv: list[str] | None = None) -> dict:

@@ -388,9 +388,13 @@ def summary(self: UNet3Plus, size=512, batch: int = 1, verbose: bool = True) -> 
 
 # %% ../nbs/04_model.ipynb #40f47d33
 class _InferenceGraph(nn.Module):
-    "The graph `export_onnx` writes: [0, 1] images -> class probabilities."
-    def __init__(self, model, cgm_threshold): super().__init__(); self.model, self.cgm_threshold = model, cgm_threshold
-    def forward(self, x): return self.model.probabilities(x, self.cgm_threshold)
+    "The graph `export_onnx` writes: [0, 1] images -> class probabilities (`outputs='logits'`: logits[, cls_logits])."
+    def __init__(self, model, cgm_threshold, outputs: str = 'probs'):
+        super().__init__(); self.model, self.cgm_threshold, self.outputs = model, cgm_threshold, outputs
+    def forward(self, x):
+        if self.outputs == 'probs': return self.model.probabilities(x, self.cgm_threshold)
+        out = self.model(x)
+        return (out['logits'], out['cls_logits']) if 'cls_logits' in out else out['logits']
 
 @patch
 def export_onnx(self: UNet3Plus, path, size=512, batch: int = 1, cgm_threshold: float | None = 0.5, opset: int = 18) -> Path:
@@ -408,12 +412,21 @@ def export_onnx(self: UNet3Plus, path, size=512, batch: int = 1, cgm_threshold: 
     return path
 
 @patch
-def check_onnx(self: UNet3Plus, path, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> float:
-    "Max absolute difference between onnxruntime and PyTorch probabilities on `x`."
+def check_onnx(self: UNet3Plus, path, x: torch.Tensor, cgm_threshold: float | None = 0.5,
+               outputs: str = 'probs') -> float:
+    "Max absolute difference between onnxruntime and PyTorch on `x`: the probabilities, or all outputs (`'logits'`)."
     import onnxruntime as ort
-    sess = ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
-    got = sess.run(['probs'], {'image': x.cpu().numpy()})[0]
-    return float((torch.from_numpy(got) - self.predict(x, cgm_threshold).cpu()).abs().max())
+    sess = ort.InferenceSession(path if isinstance(path, bytes) else str(path), providers=['CPUExecutionProvider'])
+    got = sess.run(None, {'image': x.cpu().numpy()})
+    if outputs == 'probs': return float((torch.from_numpy(got[0]) - self.predict(x, cgm_threshold).cpu()).abs().max())
+    was_training = self.training
+    self.eval()
+    try:
+        with torch.no_grad(): ref = _InferenceGraph(self, None, outputs)(x)
+    finally: self.train(was_training)
+    ref = ref if isinstance(ref, tuple) else (ref,)
+    if len(got) != len(ref): raise ValueError(f"check_onnx: {path} has {len(got)} outputs, the model {len(ref)}")
+    return max(float((torch.from_numpy(g) - r.cpu()).abs().max()) for g, r in zip(got, ref))
 
 # %% ../nbs/04_model.ipynb #e75234cd
 LEGACY_BACKBONES = ['convnext_tiny', 'convnext_small', 'convnext_base', 'hrnet_w18', 'hrnet_w32', 'hrnet_w48',
