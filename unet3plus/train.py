@@ -49,6 +49,7 @@ class TrainConfig:
     data_root: str | None = None
     target_size: int = 512
     augment: bool = True
+    photometric: bool = True
     object_crop: float = 0.0
     downsample: bool = False
     downsample_size: int = 1000
@@ -304,11 +305,12 @@ def check_files(ds, shown: int = 3):
 
 def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     "Training (augmented) and validation SPARK data sets for `cfg`."
-    from unet3plus.data import SparkSegmentation
+    from unet3plus.data import SparkSegmentation, SegAugment
     root = resolve_data_root(cfg)
+    augment = SegAugment(photometric=False) if cfg.augment and not cfg.photometric else cfg.augment
     sub_tr = cfg.downsample_size if cfg.downsample else None
     sub_va = max(1, cfg.downsample_size // 5) if cfg.downsample else None
-    tr = SparkSegmentation.from_root(root, 'train', target_size=cfg.target_size, augment=cfg.augment, subset=sub_tr,
+    tr = SparkSegmentation.from_root(root, 'train', target_size=cfg.target_size, augment=augment, subset=sub_tr,
                                      seed=cfg.seed, object_crop=cfg.object_crop)
     va = SparkSegmentation.from_root(root, 'val', target_size=cfg.target_size, augment=False, subset=sub_va, seed=cfg.seed)
     if len(tr) == 0 or len(va) == 0: raise ValueError(f"data set under {root} is empty (train: {len(tr)}, val: {len(va)} samples)")
@@ -859,6 +861,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--data_root', default=d.data_root, help='SPARK root (train.csv, val.csv, images/, mask/); default: built-in synthetic set')
     g.add_argument('--target_size', type=int, default=d.target_size, help='train/validate at this square size')
     g.add_argument('--no_augment', dest='augment', action='store_false', help='no training augmentation')
+    g.add_argument('--no_photometric', dest='photometric', action='store_false',
+                   help='augment without the photometric part (hue rotation, channel permutation, grayscale, gamma, JPEG)')
     g.add_argument('--object_crop', type=float, default=d.object_crop,
                    help='probability that a training sample is a square crop around its spacecraft (side x1.1-1.8 '
                         'of its box, random position, resized to --target_size) instead of the full frame')
