@@ -14,10 +14,12 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from .data import (CLASSES, TEST_DIR, SparkTestImages, overlay_classes, as_hw, open_image, atomic_write,
                             atomic_write_text, remove_stale_temps, is_temp, shorten, recorded_outputs, foreign_files)
-from .predict import (ROI_MODES, resolve_device, amp_context, predict_scores, upsample_scores, load_model,
+from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, predict_scores,
+                               upsample_scores, load_model,
                                model_n_classes, predict_classes, original_image, resolve_roi)
 from torch.utils.data import Dataset
 from .evaluate import collate_eval, cli_errors, input_size
+from .decoder import resolve_precision
 
 # %% auto #0
 __all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'RECORD_DEFAULTS', 'npz_name', 'classes_to_layers',
@@ -285,7 +287,7 @@ class WithOriginals(Dataset):
     def __getitem__(self, i): return dict(self.ds[i], original=original_image(self.ds.files[i]))
 
 def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0, tta: bool = False,
-                   fp16: bool = False, overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
+                   precision='auto', overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
                    device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True,
                    roi='auto') -> dict:
     "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
@@ -306,11 +308,12 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
     done = {i for i in mine if (out / names[i]).exists() and valid_npz(out / names[i], sizes[names[i]])}
     broken = [names[i] for i in mine if i not in done and (out / names[i]).exists()]
     todo = [i for i in mine if i not in done]
+    device = resolve_device(device); model = model.to(device).eval()
+    precision = resolve_precision(precision, device)
     how = (f"input size {'x'.join(map(str, as_hw(target_size))) if target_size else 'original'}, "
-           f"{'two stages' if use_roi else 'one stage'}{', TTA' if tta else ''}")
+           f"{'two stages' if use_roi else 'one stage'}{', TTA' if tta else ''}, {precision} on {device}")
     log.info("%d test images, %d in this shard: %d already done, %d to predict (%s)%s", len(names), len(mine),
              len(done), len(todo), how, f" ({len(broken)} files unreadable or wrong, redone)" if broken else '')
-    device = resolve_device(device); model = model.to(device).eval()
     if save_visualizations: (out / VIS_DIR).mkdir(exist_ok=True)
     written, pending, t0 = [], collections.deque(), time.perf_counter()
     loader = DataLoader(Subset(WithOriginals(ds) if use_roi else ds, todo), batch_size=batch_size,
@@ -319,7 +322,7 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
         for batch in tqdm(loader, desc='predict', disable=not progress or not todo):
             originals = batch['original'] if use_roi else batch['orig_size']
             maps, _ = predict_classes(model, batch['image'].to(device), originals, tta=tta, roi=use_roi,
-                                      names=batch['image_name'], fp16=fp16)          # NaN scores: an error naming them
+                                      names=batch['image_name'], precision=precision)   # NaN scores: an error
             for j, name in enumerate(batch['image_name']):             # (`zip` is a flag here)
                 classes = maps[j].byte().cpu().numpy()
                 pending.append(pool.submit(save_prediction, out, ds.folder / name, classes, save_visualizations))
@@ -335,7 +338,8 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
         report = check_submission(zip_path or out, ds.folder)             # raises, listing every problem
         log.info("%s", report)
     return dict(output_dir=out, zip=zip_path, written=written, skipped=[names[i] for i in sorted(done)], report=report,
-                seconds=seconds, images_per_s=len(written) / seconds if written and seconds > 0 else None)
+                seconds=seconds, images_per_s=len(written) / seconds if written and seconds > 0 else None,
+                precision=precision)
 
 # %% ../nbs/09_inference.ipynb #e8956965
 def parse_args(argv=None) -> argparse.Namespace:
@@ -349,8 +353,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='model input size; 0 = original; default: the size the model was trained at, else 512')
     p.add_argument('--num_workers', type=int, default=2, help='data loader processes decoding JPEGs')
     p.add_argument('--writers', type=int, default=4, help='threads compressing and writing the .npz files')
-    p.add_argument('--fp16', dest='fp16', action='store_true', default=True, help='float16 autocast on CUDA (default)')
-    p.add_argument('--no_fp16', dest='fp16', action='store_false')
+    add_precision_flags(p)
     p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
                    help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
@@ -389,15 +392,15 @@ def run_infer(a: argparse.Namespace):
     model = load_model(a.model_path, device)
     size, _ = input_size(a.target_size, model)
     r = predict_folder(model, a.data_path, a.output_dir, target_size=size, batch_size=a.batch_size,
-                       num_workers=a.num_workers, tta=a.tta, fp16=a.fp16, overwrite=a.overwrite,
+                       num_workers=a.num_workers, tta=a.tta, precision=a.precision, overwrite=a.overwrite,
                        save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,
                        writers=a.writers, shard=a.shard, roi=a.roi)
     print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r
 
 # %% ../nbs/09_inference.ipynb #36efff9d
-def infer_once(model, x: torch.Tensor, tta: bool, orig=(1024, 1024), fp16: bool = False) -> list[bytes]:
+def infer_once(model, x: torch.Tensor, tta: bool, orig=(1024, 1024), precision: str = 'fp32') -> list[bytes]:
     "The submission path for a batch: scores, upsampling to `orig`, arg-max, layers, compressed npz bytes."
-    with amp_context(x.device, fp16): scores = predict_scores(model, x, tta=tta).float()
+    with amp_context(x.device, precision): scores = predict_scores(model, x, tta=tta).float()
     out = []
     for s in scores:
         classes = scores_to_classes(s, orig)
@@ -412,14 +415,14 @@ def bench_infer(argv=None) -> dict:
     p.add_argument('--backbone', default='resnet18', help='timm encoder (random init; default small enough for a CPU)')
     p.add_argument('--sizes', type=int, nargs='+', default=[512, 1024]); p.add_argument('--orig', type=int, default=1024, help='original image size')
     p.add_argument('--batch_size', type=int, default=1); p.add_argument('--repeats', type=int, default=3); p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--fp16', action='store_true'); p.add_argument('--device', default=None)
+    add_precision_flags(p, 'fp32'); p.add_argument('--device', default=None)
     p.add_argument('--writers', type=int, default=4, help='writer threads compared with serial writing'); p.add_argument('--n_files', type=int, default=8)
     a = p.parse_args([] if argv is None else argv)
     device = resolve_device(a.device)
     model = UNet3Plus(a.backbone, n_classes=3, pretrained=False).to(device).eval()
     torch.manual_seed(0)
     xs = {s: torch.rand(a.batch_size, 3, s, s, device=device) for s in a.sizes}
-    fns = {f'{s}px {"tta" if t else "plain"}': (lambda s=s, t=t: infer_once(model, xs[s], t, (a.orig, a.orig), a.fp16)) for s in a.sizes for t in (False, True)}
+    fns = {f'{s}px {"tta" if t else "plain"}': (lambda s=s, t=t: infer_once(model, xs[s], t, (a.orig, a.orig), a.precision)) for s in a.sizes for t in (False, True)}
     yy, xx = np.mgrid[:a.orig, :a.orig] / a.orig                      # a spacecraft-like map: a body disc and a panel bar
     classes = np.where((yy - .5) ** 2 + (xx - .5) ** 2 < .02, 1, np.where((abs(yy - .5) < .03) & (abs(xx - .5) < .4), 2, 0))
     layers, pool = classes_to_layers(classes), ThreadPoolExecutor(a.writers)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/13_predict.ipynb #b4737f51
 from __future__ import annotations
-import contextlib, logging, math
+import logging, math
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, torch, torch.nn.functional as F
@@ -12,13 +12,15 @@ from fastcore.basics import patch
 from PIL import Image
 from .data import as_hw, as_numpy, mask_bbox, shorten, open_image, decode_rgb
 from .model import UNet3Plus
+from .decoder import PRECISIONS, resolve_precision, precision_autocast
 
 # %% auto #0
 __all__ = ['log', 'TTA_FLIPS', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 'ROI_NEAR', 'ROI_MAX_ZOOM', 'ROI_MODES', 'resolve_device',
-           'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores', 'check_finite_scores',
-           'resize_image', 'load_model', 'training_record', 'model_input_size', 'label_components', 'dilate',
-           'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window', 'paste_window', 'original_image',
-           'predict_classes', 'roi_mode', 'trained_with_crops', 'resolve_roi', 'image_tensor']
+           'amp_context', 'add_precision_flags', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores',
+           'check_finite_scores', 'resize_image', 'load_model', 'training_record', 'model_input_size',
+           'label_components', 'dilate', 'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window',
+           'paste_window', 'original_image', 'predict_classes', 'roi_mode', 'trained_with_crops', 'resolve_roi',
+           'image_tensor']
 
 # %% ../nbs/13_predict.ipynb #d055a1f1
 log = logging.getLogger('unet3plus.predict')
@@ -40,15 +42,18 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         except Exception: raise ValueError(f"device {dev} requested but it is not available on this machine") from None
     return dev
 
-_fallback_logged = set()
+def amp_context(device, precision: str = 'fp32'):
+    "The autocast of `precision` ('auto', 'fp32', 'bf16', 'fp16') on `device`, as `resolve_precision` rules."
+    device = torch.device(device)
+    return precision_autocast(device, resolve_precision(precision, device))
 
-def amp_context(device: torch.device, fp16: bool = False):
-    "Autocast to float16 on CUDA when `fp16`; on other devices log (once) the fallback to fp32."
-    if not fp16: return contextlib.nullcontext()
-    if device.type == 'cuda': return torch.autocast('cuda', dtype=torch.float16)
-    if device.type not in _fallback_logged:
-        log.warning("--fp16 requested but running on %s: falling back to fp32", device.type); _fallback_logged.add(device.type)
-    return contextlib.nullcontext()
+def add_precision_flags(p, default: str = 'auto'):
+    "Add `--precision` and the older spellings `--fp16` (= fp16) and `--no_fp16` (= fp32) to parser `p`."
+    p.add_argument('--precision', choices=PRECISIONS, default=default,
+                   help='autocast of the forward passes; auto: bf16 on CPUs with AMX-BF16 or AVX512-BF16, else fp32; '
+                        'bf16 (fp16 without bf16) on CUDA')
+    p.add_argument('--fp16', dest='precision', action='store_const', const='fp16', help='same as --precision fp16')
+    p.add_argument('--no_fp16', dest='precision', action='store_const', const='fp32', help='same as --precision fp32')
 
 # %% ../nbs/13_predict.ipynb #a81ec900
 TTA_FLIPS = ((), (-1,), (-2,))  # identity, horizontal flip, vertical flip
@@ -82,7 +87,7 @@ def check_finite_scores(scores: torch.Tensor, names) -> torch.Tensor:
     if bool(torch.isfinite(scores).all()): return scores
     bad = [n for n, s in zip(names, scores) if not bool(torch.isfinite(s).all())]
     raise ValueError(f"the model's outputs hold NaN or inf for {shorten(bad)}: are its weights finite? "
-                     "(with --fp16, try without)")
+                     "(with --precision fp16 or bf16, try --precision fp32)")
 
 # %% ../nbs/13_predict.ipynb #5e8fc20c
 def resize_image(img: torch.Tensor, size) -> torch.Tensor:
@@ -221,13 +226,13 @@ def _image_hw(o) -> tuple[int, int]:
     return tuple(o.shape[-2:]) if isinstance(o, torch.Tensor) and o.ndim == 3 else as_hw(tuple(int(v) for v in o))
 
 def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: bool = False, names=None,
-                    fp16: bool = False, margin: float = ROI_MARGIN, near: float = ROI_NEAR,
+                    precision: str = 'fp32', margin: float = ROI_MARGIN, near: float = ROI_NEAR,
                     max_zoom: float = ROI_MAX_ZOOM):
     "Class maps (long [H,W]) at the original sizes and the stage-2 windows: one stage, or two with `roi` (see above)."
     names = list(names) if names is not None else [f'image {i}' for i in range(len(x))]
     if len(originals) != len(x): raise ValueError(f"predict_classes: {len(originals)} originals for {len(x)} images")
     sizes = [_image_hw(o) for o in originals]
-    with amp_context(x.device, fp16): s1 = check_finite_scores(predict_scores(model, x, tta=tta).float(), names)
+    with amp_context(x.device, precision): s1 = check_finite_scores(predict_scores(model, x, tta=tta).float(), names)
     windows = [None] * len(x)
     if roi:
         side = x.shape[-1]
@@ -244,7 +249,7 @@ def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: b
     classes = [None if windows[j] else upsample_scores(s1[j][None], hw)[0].argmax(0) for j, hw in enumerate(sizes)]
     if todo:
         crops = torch.stack([cut_window(originals[j], windows[j], x.shape[-2:]) for j in todo]).to(x.device, x.dtype)
-        with amp_context(x.device, fp16): s2 = predict_scores(model, crops, tta=tta).float()
+        with amp_context(x.device, precision): s2 = predict_scores(model, crops, tta=tta).float()
         check_finite_scores(s2, [names[j] for j in todo])
         for k, j in enumerate(todo): classes[j] = paste_window(s2[k], windows[j], sizes[j])
     return classes, windows
@@ -293,13 +298,14 @@ def image_tensor(image) -> torch.Tensor:
     return t.float()
 
 @patch
-def segment(self: UNet3Plus, image, roi='auto', tta: bool = False, size=None, fp16: bool = False) -> np.ndarray:
+def segment(self: UNet3Plus, image, roi='auto', tta: bool = False, size=None, precision: str = 'auto') -> np.ndarray:
     "Class map uint8 [H,W] of one image (uint8 [H,W,3] or float [3,H,W], any size), in two stages per `roi`."
     img = image_tensor(image)
     size = as_hw(size or model_input_size(self))
     x = resize_image(img, size)[None].to(self.mean.device)
     was_training = self.training
     self.eval()
-    try: classes, _ = predict_classes(self, x, [img], tta=tta, roi=resolve_roi(roi, self, size), fp16=fp16)
+    try: classes, _ = predict_classes(self, x, [img], tta=tta, roi=resolve_roi(roi, self, size),
+                                     precision=resolve_precision(precision, x.device))
     finally: self.train(was_training)
     return classes[0].byte().cpu().numpy()
