@@ -5,6 +5,7 @@
 # %% ../nbs/13_predict.ipynb #b4737f51
 from __future__ import annotations
 import logging, math
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 import numpy as np, torch, torch.nn.functional as F
@@ -17,7 +18,7 @@ from .decoder import PRECISIONS, resolve_precision, precision_autocast
 # %% auto #0
 __all__ = ['log', 'TTA_FLIPS', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 'ROI_NEAR', 'ROI_MAX_ZOOM', 'ROI_MODES', 'resolve_device',
            'amp_context', 'add_precision_flags', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores',
-           'check_finite_scores', 'resize_image', 'load_model', 'training_record', 'model_input_size',
+           'class_map', 'check_finite_scores', 'resize_image', 'load_model', 'training_record', 'model_input_size',
            'label_components', 'dilate', 'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window',
            'paste_window', 'original_image', 'predict_classes', 'roi_mode', 'trained_with_crops', 'resolve_roi',
            'image_tensor']
@@ -81,6 +82,10 @@ def upsample_scores(scores: torch.Tensor, size) -> torch.Tensor:
     size = tuple(size)
     if tuple(scores.shape[-2:]) == size: return scores
     return F.interpolate(scores, size=size, mode='bilinear', align_corners=False)
+
+def class_map(scores: torch.Tensor) -> torch.Tensor:
+    "Arg-max over the class dimension of scores [C,H,W] or [B,C,H,W] (long); ties go to the lower class, as `argmax`."
+    return scores.movedim(-3, -1).contiguous().argmax(-1)       # on a CPU ~5x faster than a strided arg-max
 
 def check_finite_scores(scores: torch.Tensor, names) -> torch.Tensor:
     "`scores` [B, ...] if all are finite (one check per batch), else a ValueError naming the images that are not."
@@ -207,7 +212,7 @@ def cut_window(image: torch.Tensor, win: Window, size=None) -> torch.Tensor:
 def paste_window(scores: torch.Tensor, win: Window, image_hw) -> torch.Tensor:
     "Class map (long [H,W]) of an image: the arg-max of the window's `scores` [C,h,w] resized to it, 0 elsewhere."
     H, W = as_hw(image_hw)
-    classes = upsample_scores(scores[None], (win.side, win.side))[0].argmax(0)
+    classes = class_map(upsample_scores(scores[None], (win.side, win.side))[0])
     out = torch.zeros(H, W, dtype=torch.long, device=scores.device)
     y0, y1, x0, x1 = max(win.top, 0), min(win.top + win.side, H), max(win.left, 0), min(win.left + win.side, W)
     if y1 > y0 and x1 > x0: out[y0:y1, x0:x1] = classes[y0 - win.top:y1 - win.top, x0 - win.left:x1 - win.left]
@@ -225,9 +230,13 @@ def _image_hw(o) -> tuple[int, int]:
     "(H, W) of an image tensor [3,H,W] or of a size."
     return tuple(o.shape[-2:]) if isinstance(o, torch.Tensor) and o.ndim == 3 else as_hw(tuple(int(v) for v in o))
 
+def _one_stage_map(scores: torch.Tensor, hw) -> torch.Tensor:
+    "Class map at the original size `hw` of one image's scores [C,h,w]."
+    return class_map(upsample_scores(scores[None], hw)[0])
+
 def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: bool = False, names=None,
                     precision: str = 'fp32', margin: float = ROI_MARGIN, near: float = ROI_NEAR,
-                    max_zoom: float = ROI_MAX_ZOOM):
+                    max_zoom: float = ROI_MAX_ZOOM, lazy: bool = False):
     "Class maps (long [H,W]) at the original sizes and the stage-2 windows: one stage, or two with `roi` (see above)."
     names = list(names) if names is not None else [f'image {i}' for i in range(len(x))]
     if len(originals) != len(x): raise ValueError(f"predict_classes: {len(originals)} originals for {len(x)} images")
@@ -240,19 +249,21 @@ def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: b
             raise ValueError(f"two-stage (ROI) prediction needs a square input size, got {tuple(x.shape[-2:])}")
         if not max_zoom > 0: raise ValueError(f"predict_classes: max_zoom must be > 0, got {max_zoom}")
         for j, (s, hw) in enumerate(zip(s1, sizes)):
-            box = foreground_box(s.argmax(0), near)
+            box = foreground_box(class_map(s), near)
             if box is None: continue
             if not isinstance(originals[j], torch.Tensor) or originals[j].ndim != 3:
                 raise ValueError(f"two-stage (ROI) prediction needs {names[j]} at its original resolution")
             windows[j] = square_window(scale_box(box, s.shape[-2:], hw), hw, margin, side / max_zoom)
     todo = [j for j, w in enumerate(windows) if w is not None]
-    classes = [None if windows[j] else upsample_scores(s1[j][None], hw)[0].argmax(0) for j, hw in enumerate(sizes)]
+    maps = [None if windows[j] else partial(_one_stage_map, s1[j], hw) for j, hw in enumerate(sizes)]
     if todo:
         crops = torch.stack([cut_window(originals[j], windows[j], x.shape[-2:]) for j in todo]).to(x.device, x.dtype)
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            crops = crops.contiguous(memory_format=torch.channels_last)
         with amp_context(x.device, precision): s2 = predict_scores(model, crops, tta=tta).float()
         check_finite_scores(s2, [names[j] for j in todo])
-        for k, j in enumerate(todo): classes[j] = paste_window(s2[k], windows[j], sizes[j])
-    return classes, windows
+        for k, j in enumerate(todo): maps[j] = partial(paste_window, s2[k], windows[j], sizes[j])
+    return (maps if lazy else [m() for m in maps]), windows
 
 # %% ../nbs/13_predict.ipynb #ec2e30f6
 ROI_MODES = ('auto', 'on', 'off')
