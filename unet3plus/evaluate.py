@@ -12,13 +12,15 @@ from tqdm.auto import tqdm
 from .cli import cli_errors
 from .data import CLASSES, PALETTE, SparkSegmentation, as_hw, format_bbox
 from .files import atomic_write, atomic_write_text, prepare_output_dir, shorten, recorded_outputs, foreign_files
-from .predict import (ROI_MODES, resolve_device, amp_context, model_n_classes, predict_scores, upsample_scores,
+from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, model_n_classes,
+                               predict_scores, upsample_scores,
                                check_finite_scores, resize_image, load_model, predict_classes, original_image, roi_mode,
                                resolve_roi,
-                               training_record, collate_eval, input_size)
+                               training_record, collate_eval, input_size, model_input_size)
 from .metrics import (BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_confusion, iou_from_confusion,
                                foreground_miou, row_normalize, Calibration)
 from .visual import to_rgb_uint8, error_map, worst_first
+from .decoder import resolve_precision
 
 # %% auto #0
 __all__ = ['log', 'OVERWRITE_HINT', 'EVAL_FILES', 'EXAMPLES_DIR', 'DATA_HINT', 'reads_files', 'ResizedInputs', 'data_n_classes',
@@ -102,7 +104,7 @@ def evaluation_roi(roi, model, target_size, eval_size: str) -> bool:
         return False
     return on
 
-def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers: int = 0, device=None, fp16: bool = False,
+def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers: int = 0, device=None, precision='auto',
              tta: bool = False, eval_size: str = 'original', class_names=None, boundary: bool = True,
              progress: bool = True,
              roi='auto') -> dict:
@@ -114,6 +116,7 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     class_names = list(class_names or (CLASSES if n == len(CLASSES) else [f'class_{i}' for i in range(n)]))
     if len(class_names) != n: raise ValueError(f"{len(class_names)} class_names {class_names} for a {n}-class model")
     device = resolve_device(device); model = model.to(device).eval()
+    precision = resolve_precision(precision, device)
     loader = DataLoader(ResizedInputs(dataset, target_size, originals=use_roi), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_eval)
     groups, rows, t0 = GroupedConfusion(n), [], time.perf_counter()          # per spacecraft; .total() pools them
@@ -122,12 +125,12 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     for batch in tqdm(loader, desc='evaluate', disable=not progress):
         x, names = batch['image'].to(device), sample_names(batch)
         if eval_size == 'input' or not use_roi:                     # one stage: keep the scores (for calibration)
-            with amp_context(device, fp16): scores = predict_scores(model, x, tta=tta).float()
+            with amp_context(device, precision): scores = predict_scores(model, x, tta=tta).float()
             check_finite_scores(scores, names)
         else:
             sizes = [m.shape[-2:] for m in batch['mask']]
             preds, windows = predict_classes(model, x, batch['original'] if use_roi else sizes,
-                                             tta=tta, roi=use_roi, names=names, fp16=fp16)
+                                             tta=tta, roi=use_roi, names=names, precision=precision)
         for j in range(len(x)):
             mask = batch['mask'][j].to(device)
             if int(mask.max()) >= n: raise ValueError(f"mask of {batch['image_name'][j]} holds class {int(mask.max())} but the model has {n} classes")
@@ -154,7 +157,7 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     res['calibration'] = calib.compute() if calib is not None else None
     res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, roi=use_roi,
                            roi_mode=roi_mode(roi),
-                           fp16=fp16 and device.type == 'cuda',
+                           precision=precision,
                            device=str(device), n_images=len(rows), n_classes=n, class_names=class_names,
                            seconds=round(seconds, 3), images_per_s=round(len(rows) / max(seconds, 1e-9), 3))
     return res
@@ -237,7 +240,9 @@ def format_report(res: dict) -> str:
     roi = ('on' if s.get('roi') else 'off') + (' (auto)' if s.get('roi_mode') == 'auto' else '')
     out = ['UNet3+ evaluation report', '=' * 24,
            f"images: {s['n_images']}   input size: {size}   metrics at: {s['eval_size']} resolution   "
-           f"TTA: {s['tta']}   ROI (two stages): {roi}   device: {s['device']}   {s['images_per_s']} images/s",
+           f"TTA: {s['tta']}   ROI (two stages): {roi}   device: {s['device']}   "
+           f"precision: {s.get('precision', 'fp32')}   "
+           f"{s['images_per_s']} images/s",
            *([f"data: {s['data_from']}"] if s.get('data_from') else []), '',
            text_table(['overall', 'value'], [['pixel accuracy', o['pixel_acc']], ['mIoU', o['miou']], ['mIoU (no background)', o['miou_no_bg']],
                                              ['mDice', o['mdice']], ['mDice (no background)', o['mdice_no_bg']]]
@@ -279,16 +284,17 @@ def example_name(rank: int, row: dict) -> str:
     "The file name of the `rank`-th example figure: `003_XMM_Newton_image_00012_img.png`."
     return f"{rank:03d}_{row['class_name'].replace(' ', '_')}_{Path(row['image_name']).stem}.png"
 
-def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, device=None, fp16: bool = False,
+def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, device=None, precision='auto',
                   tta: bool = False, class_names=CLASSES, roi: bool = False) -> list[Path]:
     "Predict the images of `rows` again (as `evaluate` did) and save one example figure each under `out_dir`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True); device = resolve_device(device); paths = []
+    precision = resolve_precision(precision, device)
     inputs = ResizedInputs(dataset, target_size, originals=roi)
     for rank, r in enumerate(rows):
         s = inputs[r['index']]
         original = s['original'] if roi else s['mask'].shape[-2:]
         (pred,), _ = predict_classes(model, s['image'][None].to(device), [original],
-                                     tta=tta, roi=roi, names=[r['image_name']], fp16=fp16)
+                                     tta=tta, roi=roi, names=[r['image_name']], precision=precision)
         pred = pred.cpu()
         title = f"{r['class_name']} / {r['image_name']}: foreground mIoU {r['fg_miou']:.3f}"
         fig = example_figure(s['image'], s['mask'].numpy(), pred.numpy(), class_names, title)
@@ -388,7 +394,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--output_path', default='evaluation_results'); p.add_argument('--overwrite', action='store_true')
     p.add_argument('--save_examples', action='store_true', help='save figures of the worst images under OUTPUT/examples')
     p.add_argument('--n_examples', type=int, default=16)
-    p.add_argument('--fp16', action='store_true', help='float16 autocast (CUDA only; CPU falls back to fp32)')
+    add_precision_flags(p)
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
@@ -430,13 +436,14 @@ def run_eval(a: argparse.Namespace) -> dict:
     size, size_from = input_size(a.target_size, model)
     ds = SparkSegmentation(a.val_csv, a.image_root, a.mask_root, a.split, target_size=None, subset=subset, seed=seed)
     res = evaluate(model, ds, target_size=size, batch_size=a.batch_size, num_workers=a.num_workers, device=device,
-                   fp16=a.fp16, tta=a.tta, eval_size=a.eval_size, boundary=not a.no_boundary, roi=a.roi)
+                   precision=a.precision, tta=a.tta, eval_size=a.eval_size, boundary=not a.no_boundary, roi=a.roi)
     res['settings'].update(model_path=str(a.model_path), val_csv=str(a.val_csv), split=a.split,
                            target_size_from=size_from,
                            data_from=data_from, subset=subset)
     worst = worst_images(res['per_image'], a.n_examples) if a.save_examples else []
     paths = write_outputs(res, out, overwrite=a.overwrite, examples=[example_name(i, r) for i, r in enumerate(worst)])
-    if worst: save_examples(model, ds, worst, out / EXAMPLES_DIR, target_size=size, device=device, fp16=a.fp16,
+    if worst: save_examples(model, ds, worst, out / EXAMPLES_DIR, target_size=size, device=device,
+                            precision=res['settings']['precision'],
                             tta=a.tta, class_names=res['settings']['class_names'], roi=res['settings']['roi'])
     print(format_report(res)); log.info("wrote %s", ', '.join(str(p) for p in paths.values()))
     return res

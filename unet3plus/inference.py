@@ -4,30 +4,31 @@
 
 # %% ../nbs/09_inference.ipynb #d58b4ad4
 from __future__ import annotations
-import argparse, collections, hashlib, io, json, logging, re, sys, time, zipfile
+import argparse, collections, hashlib, io, json, logging, re, shutil, statistics, sys, tempfile, time, zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
-from PIL import Image
+from PIL import Image, ImageDraw
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from .cli import cli_errors
 from .data import CLASSES, TEST_DIR, SparkTestImages, as_hw, open_image
 from .files import (atomic_write, atomic_write_text, remove_stale_temps, is_temp, shorten, recorded_outputs,
                              foreign_files)
-from .predict import (ROI_MODES, resolve_device, amp_context, predict_scores, upsample_scores, load_model,
+from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, predict_scores, upsample_scores, load_model,
                                model_n_classes, predict_classes, original_image, resolve_roi, collate_eval, input_size)
 from .visual import overlay_classes
 from torch.utils.data import Dataset
+from .decoder import resolve_precision
 
 # %% auto #0
 __all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'RECORD_DEFAULTS', 'npz_name', 'classes_to_layers',
            'scores_to_classes', 'layers_to_classes', 'write_npz', 'read_npz', 'SubmissionReport', 'test_image_sizes',
            'submission_entries', 'check_array', 'check_submission', 'valid_npz', 'overlay_name', 'run_settings',
            'file_fingerprint', 'test_set_identity', 'output_names', 'input_differences', 'record_differences',
-           'read_record', 'owned_outputs', 'prepare_run', 'save_prediction', 'make_zip', 'WithOriginals',
-           'predict_folder', 'parse_args', 'main', 'run_infer', 'infer_once', 'bench_infer']
+           'read_record', 'owned_outputs', 'prepare_run', 'save_prediction', 'save_map', 'make_zip', 'WithOriginals',
+           'predict_folder', 'parse_args', 'main', 'run_infer', 'write_bench_images', 'bare_forwards', 'bench_infer']
 
 # %% ../nbs/09_inference.ipynb #26ea51f7
 log = logging.getLogger('unet3plus.inference')
@@ -269,6 +270,10 @@ def save_prediction(out: Path, image_path: Path, classes: np.ndarray, visualize:
                      lambda f: Image.fromarray(overlay_classes(rgb, classes)).save(f, format='PNG'))
     return name
 
+def save_map(out: Path, image_path: Path, class_map, visualize: bool = False) -> str:
+    "`save_prediction` of a lazy class map (a function giving the long [H,W] map, from `predict_classes`)."
+    return save_prediction(out, image_path, class_map().byte().cpu().numpy(), visualize)
+
 def make_zip(folder, zip_path=None, names=None) -> Path:
     "A flat `submission.zip` of the folder's `test_*_layer.npz` files (or of `names` among them), written atomically."
     folder = Path(folder); zip_path = Path(zip_path or folder / ZIP_NAME)
@@ -287,7 +292,7 @@ class WithOriginals(Dataset):
     def __getitem__(self, i): return dict(self.ds[i], original=original_image(self.ds.files[i]))
 
 def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0, tta: bool = False,
-                   fp16: bool = False, overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
+                   precision='auto', overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
                    device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True,
                    roi='auto') -> dict:
     "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
@@ -308,23 +313,25 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
     done = {i for i in mine if (out / names[i]).exists() and valid_npz(out / names[i], sizes[names[i]])}
     broken = [names[i] for i in mine if i not in done and (out / names[i]).exists()]
     todo = [i for i in mine if i not in done]
+    device = resolve_device(device); model = model.to(device, memory_format=torch.channels_last).eval()
+    precision = resolve_precision(precision, device)
     how = (f"input size {'x'.join(map(str, as_hw(target_size))) if target_size else 'original'}, "
-           f"{'two stages' if use_roi else 'one stage'}{', TTA' if tta else ''}")
+           f"{'two stages' if use_roi else 'one stage'}{', TTA' if tta else ''}, {precision} on {device}")
     log.info("%d test images, %d in this shard: %d already done, %d to predict (%s)%s", len(names), len(mine),
              len(done), len(todo), how, f" ({len(broken)} files unreadable or wrong, redone)" if broken else '')
-    device = resolve_device(device); model = model.to(device).eval()
     if save_visualizations: (out / VIS_DIR).mkdir(exist_ok=True)
-    written, pending, t0 = [], collections.deque(), time.perf_counter()
+    written, pending, second_stages, t0 = [], collections.deque(), 0, time.perf_counter()
     loader = DataLoader(Subset(WithOriginals(ds) if use_roi else ds, todo), batch_size=batch_size,
-                        num_workers=num_workers, collate_fn=collate_eval)
+                        num_workers=num_workers, collate_fn=collate_eval, pin_memory=device.type == 'cuda')
     with ThreadPoolExecutor(max(1, writers)) as pool:
         for batch in tqdm(loader, desc='predict', disable=not progress or not todo):
             originals = batch['original'] if use_roi else batch['orig_size']
-            maps, _ = predict_classes(model, batch['image'].to(device), originals, tta=tta, roi=use_roi,
-                                      names=batch['image_name'], fp16=fp16)          # NaN scores: an error naming them
+            x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            maps, windows = predict_classes(model, x, originals, tta=tta, roi=use_roi, names=batch['image_name'],
+                                            precision=precision, lazy=True)      # NaN scores: an error
+            second_stages += sum(w is not None for w in windows)
             for j, name in enumerate(batch['image_name']):             # (`zip` is a flag here)
-                classes = maps[j].byte().cpu().numpy()
-                pending.append(pool.submit(save_prediction, out, ds.folder / name, classes, save_visualizations))
+                pending.append(pool.submit(save_map, out, ds.folder / name, maps[j], save_visualizations))
             while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)): written.append(pending.popleft().result())
         while pending: written.append(pending.popleft().result())
     seconds = time.perf_counter() - t0
@@ -337,7 +344,8 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
         report = check_submission(zip_path or out, ds.folder)             # raises, listing every problem
         log.info("%s", report)
     return dict(output_dir=out, zip=zip_path, written=written, skipped=[names[i] for i in sorted(done)], report=report,
-                seconds=seconds, images_per_s=len(written) / seconds if written and seconds > 0 else None)
+                seconds=seconds, images_per_s=len(written) / seconds if written and seconds > 0 else None,
+                precision=precision, second_stages=second_stages)
 
 # %% ../nbs/09_inference.ipynb #e8956965
 def parse_args(argv=None) -> argparse.Namespace:
@@ -351,8 +359,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='model input size; 0 = original; default: the size the model was trained at, else 512')
     p.add_argument('--num_workers', type=int, default=2, help='data loader processes decoding JPEGs')
     p.add_argument('--writers', type=int, default=4, help='threads compressing and writing the .npz files')
-    p.add_argument('--fp16', dest='fp16', action='store_true', default=True, help='float16 autocast on CUDA (default)')
-    p.add_argument('--no_fp16', dest='fp16', action='store_false')
+    add_precision_flags(p)
     p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
                    help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
@@ -391,50 +398,84 @@ def run_infer(a: argparse.Namespace):
     model = load_model(a.model_path, device)
     size, _ = input_size(a.target_size, model)
     r = predict_folder(model, a.data_path, a.output_dir, target_size=size, batch_size=a.batch_size,
-                       num_workers=a.num_workers, tta=a.tta, fp16=a.fp16, overwrite=a.overwrite,
+                       num_workers=a.num_workers, tta=a.tta, precision=a.precision, overwrite=a.overwrite,
                        save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,
                        writers=a.writers, shard=a.shard, roi=a.roi)
     print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r
 
 # %% ../nbs/09_inference.ipynb #36efff9d
-def infer_once(model, x: torch.Tensor, tta: bool, orig=(1024, 1024), fp16: bool = False) -> list[bytes]:
-    "The submission path for a batch: scores, upsampling to `orig`, arg-max, layers, compressed npz bytes."
-    with amp_context(x.device, fp16): scores = predict_scores(model, x, tta=tta).float()
-    out = []
-    for s in scores:
-        classes = scores_to_classes(s, orig)
-        b = io.BytesIO(); np.savez_compressed(b, data=classes_to_layers(classes)); out.append(b.getvalue())
-    return out
+def write_bench_images(folder, n: int, size: int = 1024, seed: int = 0) -> Path:
+    "`n` spacecraft-like test JPEGs `test_XXXXX_img.jpg` (`size` px: a noisy background, a body, a panel bar)."
+    folder, rng = Path(folder), np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        im = Image.fromarray((rng.random((64, 64, 3)) * 60).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+        d, (cx, cy) = ImageDraw.Draw(im), rng.integers(size * 3 // 10, size * 7 // 10, 2)
+        r = size // int(rng.integers(6, 16))
+        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(int(v) for v in rng.integers(100, 255, 3)))
+        bar = tuple(int(v) for v in rng.integers(50, 200, 3))
+        d.rectangle([cx - 3 * r, cy - r // 4, cx + 3 * r, cy + r // 4], fill=bar)
+        px = np.asarray(im).astype(np.float32) + rng.normal(0, 8, (size, size, 3))
+        Image.fromarray(px.clip(0, 255).astype(np.uint8)).save(folder / f'test_{i:05d}_img.jpg', quality=90)
+    return folder
+
+def bare_forwards(model, x: torch.Tensor, n: int, precision: str, tta: bool = False):
+    "The forward passes alone of `n` images in batches like `x` (pre-decoded, on the model's device), in `precision`."
+    for s in range(0, n, len(x)):
+        with amp_context(x.device, precision): predict_scores(model, x[:min(len(x), n - s)], tta=tta)
 
 def bench_infer(argv=None) -> dict:
-    "`unet3plus-bench infer`: images/s at several input sizes with and without flip TTA, in one process."
-    from unet3plus.bench import measure, print_table, peak_rss_mb, ratio
+    "`unet3plus-bench infer`: `predict_folder` end to end (decode, model, ROI, npz) vs its bare forward passes."
+    from unet3plus.bench import (measure_rounds, round_ratios, print_table, peak_rss_mb, add_precision_arg,
+                                 bench_precisions)
     from unet3plus.model import UNet3Plus
     p = argparse.ArgumentParser('unet3plus-bench infer', description=bench_infer.__doc__)
     p.add_argument('--backbone', default='resnet18', help='timm encoder (random init; default small enough for a CPU)')
-    p.add_argument('--sizes', type=int, nargs='+', default=[512, 1024]); p.add_argument('--orig', type=int, default=1024, help='original image size')
-    p.add_argument('--batch_size', type=int, default=1); p.add_argument('--repeats', type=int, default=3); p.add_argument('--warmup', type=int, default=1)
-    p.add_argument('--fp16', action='store_true'); p.add_argument('--device', default=None)
-    p.add_argument('--writers', type=int, default=4, help='writer threads compared with serial writing'); p.add_argument('--n_files', type=int, default=8)
+    p.add_argument('--size', type=int, default=512, help='model input size')
+    p.add_argument('--orig', type=int, default=1024, help='side of the test JPEGs')
+    p.add_argument('--n_images', type=int, default=16); p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--num_workers', type=int, default=2); p.add_argument('--writers', type=int, default=4)
+    p.add_argument('--roi', choices=('off', 'on', 'both'), default='both', help='one stage, two stages or both')
+    p.add_argument('--tta', action='store_true'); p.add_argument('--device', default=None)
+    p.add_argument('--repeats', type=int, default=3); p.add_argument('--warmup', type=int, default=1)
+    add_precision_arg(p)
     a = p.parse_args([] if argv is None else argv)
-    device = resolve_device(a.device)
-    model = UNet3Plus(a.backbone, n_classes=3, pretrained=False).to(device).eval()
+    device, precisions = resolve_device(a.device), bench_precisions(a.precision)
+    rois = ['off', 'on'] if a.roi == 'both' else [a.roi]
     torch.manual_seed(0)
-    xs = {s: torch.rand(a.batch_size, 3, s, s, device=device) for s in a.sizes}
-    fns = {f'{s}px {"tta" if t else "plain"}': (lambda s=s, t=t: infer_once(model, xs[s], t, (a.orig, a.orig), a.fp16)) for s in a.sizes for t in (False, True)}
-    yy, xx = np.mgrid[:a.orig, :a.orig] / a.orig                      # a spacecraft-like map: a body disc and a panel bar
-    classes = np.where((yy - .5) ** 2 + (xx - .5) ** 2 < .02, 1, np.where((abs(yy - .5) < .03) & (abs(xx - .5) < .4), 2, 0))
-    layers, pool = classes_to_layers(classes), ThreadPoolExecutor(a.writers)
-    fns['npz only'] = lambda: [np.savez_compressed(io.BytesIO(), data=layers) for _ in range(a.batch_size)]
-    fns[f'npz x{a.n_files} serial'] = lambda: [np.savez_compressed(io.BytesIO(), data=layers) for _ in range(a.n_files)]
-    fns[f'npz x{a.n_files} {a.writers} threads'] = lambda: list(pool.map(lambda _: np.savez_compressed(io.BytesIO(), data=layers), range(a.n_files)))
-    sync = torch.cuda.synchronize if device.type == 'cuda' else None
-    t = measure(fns, repeats=a.repeats, warmup=a.warmup, sync=sync); pool.shutdown()
-    base = f'{a.sizes[0]}px plain'
-    n_of = lambda k: a.n_files if k.startswith(f'npz x{a.n_files}') else a.batch_size
-    rows = [dict(case=k, seconds=v, images_per_s=n_of(k) / v, vs_plain_same_size=ratio(v, t[k.replace('tta', 'plain')]) if 'px' in k else '',
-                 vs_first=ratio(v, t[base])) for k, v in t.items()]
-    rows[-1]['vs_plain_same_size'] = 'vs serial ' + ratio(t[f'npz x{a.n_files} {a.writers} threads'], t[f'npz x{a.n_files} serial'])
-    print_table(rows, f"unet3plus-bench infer: backbone {a.backbone}, batch {a.batch_size}, originals {a.orig}px, device {device}, "
-                      f"{torch.get_num_threads()} threads, peak RSS {peak_rss_mb():.0f} MiB (time ratios: higher is slower)")
+    model = UNet3Plus(a.backbone, n_classes=3, pretrained=False).to(device, memory_format=torch.channels_last).eval()
+    tmp = Path(tempfile.mkdtemp(prefix='unet3plus-bench-infer-'))
+    try:
+        imgs = write_bench_images(tmp / 'test', a.n_images, a.orig)
+        ds = SparkTestImages(imgs, a.size)
+        x = torch.stack([ds[i]['image'] for i in range(min(a.batch_size, len(ds)))]).to(device)
+        x = x.contiguous(memory_format=torch.channels_last)                  # as predict_folder feeds the model
+        fns, stage2 = {}, {}
+        for prec in precisions:
+            for roi in rois:
+                k = f'{prec}, roi {roi}'
+                def e2e(k=k, prec=prec, roi=roi):
+                    r = predict_folder(model, imgs, tmp / 'out', target_size=a.size, batch_size=a.batch_size, tta=a.tta,
+                                       num_workers=a.num_workers, writers=a.writers, precision=prec, roi=roi,
+                                       overwrite=True, zip=False, progress=False, device=device)
+                    stage2[k] = r['second_stages']
+                fns[f'{k}: end to end'] = e2e
+                fns[f'{k}: bare forward'] = lambda k=k, prec=prec: bare_forwards(model, x, a.n_images + stage2[k],
+                                                                                  prec, a.tta)
+        quiet = logging.getLogger('unet3plus.inference')
+        level = quiet.level; quiet.setLevel(logging.ERROR)              # not each round's --overwrite notice
+        try: t = measure_rounds(fns, repeats=a.repeats, warmup=a.warmup)
+        finally: quiet.setLevel(level)
+    finally: shutil.rmtree(tmp, ignore_errors=True)
+    rows = []
+    for k in stage2:
+        e, b = f'{k}: end to end', f'{k}: bare forward'
+        lo, med, hi = round_ratios(t, e, b)
+        rows.append(dict(case=k, end_to_end_img_s=a.n_images / statistics.median(t[e]),
+                         bare_forward_img_s=a.n_images / statistics.median(t[b]), second_stages=stage2[k],
+                         e2e_over_bare=f'{med:.3f}x ({lo:.3f}-{hi:.3f})'))
+    print_table(rows, f"unet3plus-bench infer: predict_folder on {a.n_images} JPEGs of {a.orig}px at {a.size}px, "
+                      f"backbone {a.backbone}, batch {a.batch_size}, {a.num_workers} loader workers, "
+                      f"{a.writers} writer threads, TTA {a.tta}, device {device}, {torch.get_num_threads()} threads, "
+                      f"peak RSS {peak_rss_mb():.0f} MiB (e2e over bare: per-round median and range)")
     return dict(times=t, rows=rows)

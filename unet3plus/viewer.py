@@ -19,6 +19,8 @@ from .data import CLASSES, PALETTE, as_numpy
 from .metrics import per_image_confusion, iou_from_confusion, foreground_miou, row_normalize
 from .visual import (TN, TP, FP, FN, ERROR_NAMES, ERROR_COLORS, error_codes, worst_first, overlay_classes,
                               to_rgb_uint8)
+from .decoder import resolve_precision
+from .predict import amp_context
 
 # %% auto #0
 __all__ = ['as_classes', 'colorize', 'overlay', 'error_overlay', 'error_counts', 'heatmap', 'image_confusion', 'format_score',
@@ -110,7 +112,8 @@ def _render_png(fig: Figure) -> bytes:
 class PredictionViewer:
     "Browse a model's predictions on a segmentation data set: overlays, errors, per-class IoU, probabilities."
     def __init__(self, model, dataset, class_names: Sequence[str] = CLASSES, palette=PALETTE,
-                 batch_size: int = 8, cache_probs: int = 32, max_side: int = 384, panel_size: float = 2.4, dpi: int = 72):
+                 batch_size: int = 8, cache_probs: int = 32, max_side: int = 384, panel_size: float = 2.4,
+                 dpi: int = 72, precision: str = 'auto'):
         if len(dataset) == 0: raise ValueError("PredictionViewer: the data set is empty")
         if not hasattr(model, 'predict'): raise TypeError(f"PredictionViewer: model {type(model).__name__} has no predict(images) method")
         first = dataset[0]
@@ -120,7 +123,7 @@ class PredictionViewer:
         self.n_classes = len(self.class_names)
         self.palette = _palette(palette, np.array([self.n_classes - 1]))
         self.batch_size, self.cache_probs, self.panel_size, self.dpi = batch_size, cache_probs, panel_size, dpi
-        self.max_side = max_side
+        self.max_side, self.precision = max_side, resolve_precision(precision, self._device())
         self.spacecraft = self._spacecraft_names()
         self._maps, self.confusions, self._probs, self._names = {}, {}, OrderedDict(), {}
         self.n_predicted, self.renders, self.panels, self._busy = 0, 0, {}, False
@@ -167,7 +170,7 @@ def predict_all(self: PredictionViewer, indices: Iterable[int] | None = None, fo
         for i, it in items: by_size.setdefault(tuple(it['image'].shape), []).append((i, it))
         for group in by_size.values():
             x = torch.stack([torch.as_tensor(it['image'], dtype=torch.float32) for _, it in group]).to(self._device())
-            probs = self.model.predict(x)
+            with amp_context(x.device, self.precision): probs = self.model.predict(x).float()
             self.n_predicted += len(group)
             for (i, it), p in zip(group, probs):
                 self._store(i, p, it['mask']); self._names[i] = str(it.get('image_name', f'#{i}'))
