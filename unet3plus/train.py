@@ -20,16 +20,17 @@ from .files import atomic_write_text
 from .metrics import ConfusionMatrix, all_reduce_sum
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'log', 'TrainConfig', 'read_ds_config',
-           'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'precision_of',
-           'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'ResumableSampler', 'ShardSampler',
-           'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root', 'check_files',
-           'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'replace_dir', 'rng_state',
-           'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag', 'clean_partial_checkpoints',
-           'save_checkpoint', 'load_checkpoint', 'save_model', 'train_command', 'data_record', 'input_size_of',
-           'train_record', 'previous_run', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last',
-           'train_epoch', 'validation_epoch', 'init_engine', 'setup_logging', 'plot_history', 'training_report',
-           'train', 'build_parser', 'parse_args', 'main', 'loop_speed', 'bench_train']
+__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'MODEL_FOLDER_FILES', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'log', 'TrainConfig',
+           'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge',
+           'precision_of', 'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'ResumableSampler',
+           'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root',
+           'check_files', 'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'replace_dir',
+           'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag',
+           'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'check_model_folder', 'save_model',
+           'train_command', 'data_record', 'input_size_of', 'train_record', 'previous_run', 'check_save_path',
+           'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch', 'validation_epoch', 'init_engine',
+           'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main',
+           'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -463,9 +464,21 @@ def _write_module(module: nn.Module, out: Path, training: dict | None = None):
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}, str(out / 'model.safetensors'))
 
+MODEL_FOLDER_FILES = ('config.json', 'model.safetensors', 'README.md')   # what `_write_module` puts in a model folder
+
+def check_model_folder(out: Path):
+    "Refuse to replace the model folder `out` if it holds a file `save_model` did not write (it would be lost)."
+    from unet3plus.model import is_model_card
+    if not out.is_dir(): return
+    for f in sorted(out.iterdir()):
+        if f.name not in MODEL_FOLDER_FILES or (f.name == 'README.md' and not is_model_card(f)):
+            raise FileExistsError(f"{f} was not written by unet3plus-train: move it out of {out} so the model can be "
+                                  "saved there (the last checkpoint is intact)")
+
 def save_model(engine, out, training: dict | None = None) -> Path:
     "Save the engine's module as a `from_pretrained` folder at `out` with its `training` record (atomic, ZeRO-3 too)."
     out = Path(out); module = engine.module if hasattr(engine, 'module') else engine
+    check_model_folder(out)
     def write():
         if is_main():
             tmp = out.with_name(f'.tmp-{out.name}')
