@@ -1082,6 +1082,9 @@ def torchrun_main(argv: Sequence[str] | None = None) -> int:
     from torch.distributed.run import parse_args as torchrun_args, run
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)      # inherited by the workers until train's StopSignals takes over
+    if 'SLURM_STEP_ID' in os.environ:                  # SLURM signals every process of the step, the workers too:
+        os.environ['TORCHELASTIC_SIGNALS_TO_HANDLE'] = 'SIGINT,SIGHUP,SIGQUIT'   # no SIGKILL 30 s after SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # and no death while the workers still write their checkpoint
     try: run(torchrun_args(sys.argv[1:] if argv is None else list(argv)))
     except ChildFailedError as e:
         if {f.exitcode for f in e.failures.values()} != {REQUEUE_STATUS}: raise
