@@ -4,12 +4,12 @@
 
 # %% ../nbs/11_bench.ipynb #af7fafc1
 from __future__ import annotations
-import argparse, importlib, resource, statistics, sys, time
+import argparse, importlib, os, platform, resource, statistics, sys, time
 from typing import Callable
 
 # %% auto #0
-__all__ = ['BENCHES', 'measure_rounds', 'measure', 'round_ratios', 'peak_rss_mb', 'ratio', 'print_table', 'get_bench',
-           'run_bench', 'main']
+__all__ = ['BENCH_PRECISIONS', 'BENCHES', 'measure_rounds', 'measure', 'round_ratios', 'peak_rss_mb', 'ratio', 'print_table',
+           'host_line', 'bench_precisions', 'add_precision_arg', 'get_bench', 'run_bench', 'main']
 
 # %% ../nbs/11_bench.ipynb #18ddb395
 def measure_rounds(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, sync: Callable | None = None) -> dict[str, list[float]]:
@@ -55,9 +55,41 @@ def print_table(rows: list[dict], title: str = "") -> str:
     print(text)
     return text
 
+# %% ../nbs/11_bench.ipynb #22cf9e70
+BENCH_PRECISIONS = ('fp32', 'bf16', 'both')
+
+def host_line() -> str:
+    "One line naming this machine: CPU, cores, AVX-512 / AVX512-BF16 / AMX, torch threads, GPU, precision 'auto' picks."
+    import torch
+    from unet3plus.decoder import cpu_capabilities, resolve_precision
+    c = cpu_capabilities()
+    yn = lambda k: 'yes' if c.get(k) else 'no'
+    cpu = c.get('cpu_name') or platform.processor() or 'unknown CPU'
+    gpu = f"; GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ''
+    return (f"host: {cpu}, {c.get('num_physical_cores', os.cpu_count())} cores, AVX-512 {yn('avx512_f')}, "
+            f"AVX512-BF16 {yn('avx512_bf16')}, AMX-BF16 {yn('amx_bf16')}; torch {torch.__version__.split('+')[0]}, "
+            f"{torch.get_num_threads()} threads{gpu}; precision auto = {resolve_precision('auto', 'cpu')} on the CPU")
+
+def bench_precisions(choice: str | None = None, fast_bf16: bool | None = None) -> list[str]:
+    "Precisions a benchmark runs: `choice` ('fp32', 'bf16' or 'both'); by default both where bf16 is fast, else fp32."
+    if choice is None:
+        if fast_bf16 is None:
+            from unet3plus.decoder import cpu_has_fast_bf16
+            import torch
+            fast_bf16 = cpu_has_fast_bf16() or torch.cuda.is_available()
+        choice = 'both' if fast_bf16 else 'fp32'
+    if choice not in BENCH_PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(BENCH_PRECISIONS)}, got {choice!r}")
+    return ['fp32', 'bf16'] if choice == 'both' else [choice]
+
+def add_precision_arg(p: argparse.ArgumentParser):
+    "Add a benchmark's `--precision` option (default: `bench_precisions()`)."
+    p.add_argument('--precision', choices=BENCH_PRECISIONS, default=None,
+                   help='fp32, bf16 (autocast) or both (default: both where bf16 is fast, else fp32)')
+
 # %% ../nbs/11_bench.ipynb #6d167f34
-BENCHES = {'data': 'unet3plus.data:bench_data', 'synth': 'unet3plus.synthetic:bench_synth', 'wgrad': 'unet3plus.decoder:bench_wgrad',
-           'model': 'unet3plus.model:bench_model',
+BENCHES = {'data': 'unet3plus.data:bench_data', 'synth': 'unet3plus.synthetic:bench_synth',
+           'precision': 'unet3plus.decoder:bench_precision', 'model': 'unet3plus.model:bench_model',
            'metrics': 'unet3plus.metrics:bench_metrics', 'train': 'unet3plus.train:bench_train',
            'infer': 'unet3plus.inference:bench_infer'}
 
@@ -74,7 +106,9 @@ def run_bench(argv: list[str]) -> dict:
     p.add_argument('bench', choices=list(BENCHES), help='which benchmark to run')
     if not argv or argv[0].startswith('-'): p.parse_args(argv)   # --help, or a missing name: argparse explains and exits
     args = p.parse_args(argv[:1])
-    return get_bench(args.bench)(argv[1:])
+    fn = get_bench(args.bench)
+    if '-h' not in argv and '--help' not in argv: print(host_line(), flush=True)   # every benchmark names its machine
+    return fn(argv[1:])
 
 def main(argv: list[str] | None = None) -> None:
     "Entry point of `unet3plus-bench`: the benchmark prints its own tables; exit status 0."

@@ -18,14 +18,18 @@ from torchvision.transforms import v2
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'rgb_to_classes',
-           'rgb_to_classes_exact', 'classes_to_rgb', 'overlay_classes', 'as_numpy', 'to_rgb_uint8', 'palette_distance2',
-           'far_fraction', 'jpeg_roundtrip', 'parse_bbox', 'format_bbox', 'mask_bbox', 'read_csv', 'make_layout',
-           'mask_name', 'write_sample', 'write_test_image', 'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark',
-           'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image', 'mask_to_classes',
-           'load_mask', 'stratified_subset', 'SparkSegmentation', 'RandomRot90', 'SegAugment', 'SparkTestImages',
-           'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample', 'validate', 'atomic_write',
-           'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir', 'naive_load', 'bench_data']
+__all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'LABELLED_SPLITS', 'TEST_DIR', 'CHECK_SIDE',
+           'MAX_FAR', 'MAX_FAR_FOREGROUND', 'MIN_FOREGROUND', 'MIN_GRAY_SHARE', 'MIN_LIT', 'ONE_CHANNEL_MODES',
+           'MIN_CROP', 'TEMP_PREFIX', 'TEMP_RE', 'rgb_to_classes', 'rgb_to_classes_exact', 'classes_to_rgb',
+           'overlay_classes', 'as_numpy', 'to_rgb_uint8', 'palette_distance2', 'jpeg_roundtrip', 'parse_bbox',
+           'format_bbox', 'mask_bbox', 'read_csv', 'make_layout', 'mask_name', 'write_sample', 'write_test_image',
+           'write_split_csv', 'draw_tiny_sample', 'make_tiny_spark', 'check_stride', 'colour_mask_stats',
+           'colour_mask_problem', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image',
+           'decode_mask', 'mask_problem', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
+           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'clip_box', 'crop_window', 'crop_read_size',
+           'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'ValidationReport', 'check_sample',
+           'validate', 'is_temp', 'atomic_write', 'remove_stale_temps', 'atomic_write_text', 'prepare_output_dir',
+           'shorten', 'recorded_outputs', 'foreign_files', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -104,10 +108,6 @@ def palette_distance2(rgb) -> np.ndarray:
     r, g, b = a[..., 0], a[..., 1], a[..., 2]
     return g * g + np.minimum(r * r + b * b, np.minimum((255 - r) ** 2 + b * b, r * r + (255 - b) ** 2))
 
-def far_fraction(rgb, max_distance: float = FAR_DISTANCE, stride: int = 1) -> float:
-    "Fraction of pixels (every `stride`-th in each direction) farther than `max_distance` from all palette colours."
-    return float((palette_distance2(np.asarray(rgb)[::stride, ::stride]) > max_distance ** 2).mean())
-
 # %% ../nbs/00_data.ipynb #64c6d2db
 def jpeg_roundtrip(rgb: np.ndarray, quality: int = 75) -> np.ndarray:
     "`rgb` after saving it as a JPEG of `quality` and decoding it again."
@@ -135,7 +135,7 @@ def mask_bbox(classes: np.ndarray) -> tuple[int, int, int, int]:
     return (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())) if len(xs) else (0, 0, 0, 0)
 
 def read_csv(path) -> pd.DataFrame:
-    "Read a SPARK CSV: check the four columns and empty fields, parse `Bounding box` into a `bbox` column."
+    "Read a SPARK CSV: check the columns and empty fields, parse `Bounding box` into a `bbox` column (empty: None)."
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"CSV file not found: {path}")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)
@@ -147,6 +147,7 @@ def read_csv(path) -> pd.DataFrame:
         if len(empty): raise ValueError(f"{path}: column {c!r} is empty on {len(empty)} line(s), first on line {empty[0] + 2}")
     boxes, bad = [], []
     for i, s in enumerate(df['Bounding box']):
+        if not s.strip(): boxes.append(None); continue                # missing: object crops take it from the mask
         try: boxes.append(parse_bbox(s))
         except ValueError: boxes.append(None); bad.append(i)
     if bad:
@@ -235,6 +236,45 @@ def make_tiny_spark(root, classes: Sequence[str] = ('Cheops', 'XMM Newton'), n_t
         write_test_image(root, f'test_{k:05d}_img.jpg', draw_tiny_sample((base[0] + 8 * k, base[1] + 16 * k), rng, noise)[0])
     return (root, maps) if return_maps else root
 
+# %% ../nbs/00_data.ipynb #db87078a
+CHECK_SIDE = 128   # a decoded mask is checked on about this many pixels along its shorter side
+
+def check_stride(shape) -> int:
+    "Stride at which a mask of `shape` (H, W, ...) is checked: about `CHECK_SIDE` samples along its shorter side."
+    return max(1, min(shape[:2]) // CHECK_SIDE)
+
+def colour_mask_stats(rgb, stride: int = 1) -> dict:
+    "Shares of a colour mask's pixels (every `stride`-th): `far`, `far_fg` of non-black ones, `gray` of lit ones."
+    a = _as_rgb(rgb)[::stride, ::stride]
+    r, g, b = a[..., 0], a[..., 1], a[..., 2]                  # per channel: reducing the last axis is slow
+    n_far = int(np.count_nonzero(palette_distance2(a) > FAR_DISTANCE ** 2))   # far pixels are non-black too
+    r32, g32, b32 = r.astype(np.int32), g.astype(np.int32), b.astype(np.int32)
+    n_fg = int(np.count_nonzero(r32 * r32 + g32 * g32 + b32 * b32 > FAR_DISTANCE ** 2))
+    lit = (r | g | b) > 0
+    n_lit, n_gray = int(np.count_nonzero(lit)), int(np.count_nonzero((r == g) & (g == b) & lit))
+    return dict(far=n_far / max(1, r.size), far_fg=n_far / max(1, n_fg), n_fg=n_fg,
+                gray=n_gray / max(1, n_lit), n_lit=n_lit)
+
+# %% ../nbs/00_data.ipynb #ec5abc58
+MAX_FAR = 0.10                     # off-palette share above which a colour mask is rejected (JPEG noise: <= 6.2 %)
+MAX_FAR_FOREGROUND = 0.8           # the same among its non-black pixels (noise: <= 0.55 with >= MIN_FOREGROUND of them)
+MIN_FOREGROUND = 200               # non-black samples needed to judge that share
+MIN_GRAY_SHARE, MIN_LIT = 0.9, 20  # share of lit pixels exactly gray (noise: <= 7.7 %), judged with >= MIN_LIT of them
+
+def colour_mask_problem(rgb, max_far: float = MAX_FAR) -> str:
+    "Why colour mask pixels `rgb` are not a SPARK mask (judged on a `check_stride` grid), or '' if they look like one."
+    s = colour_mask_stats(rgb, check_stride(np.shape(rgb)))
+    if s['n_lit'] >= MIN_LIT and s['gray'] >= MIN_GRAY_SHARE:
+        return ("its pixels are gray (R = G = B), not black / red / blue: a grayscale copy of a colour mask, "
+                "or class indices saved as RGB? (save class indices as a one-channel PNG)")
+    if s['far'] > max_far:
+        return (f"{s['far']:.1%} of its pixels are farther than {FAR_DISTANCE} from black / red / blue "
+                f"(more than {max_far:.0%}, far above JPEG noise); is it really a SPARK colour mask?")
+    if s['n_fg'] >= MIN_FOREGROUND and s['far_fg'] > MAX_FAR_FOREGROUND:
+        return (f"{s['far_fg']:.1%} of its non-black pixels are farther than {FAR_DISTANCE} from red and blue "
+                f"(more than {MAX_FAR_FOREGROUND:.0%}, far above JPEG noise); are body and panels in other colours?")
+    return ''
+
 # %% ../nbs/00_data.ipynb #424ba28f
 def as_hw(size) -> tuple[int, int] | None:
     "`size` (None, int or (H, W)) as an (H, W) tuple of positive ints."
@@ -276,19 +316,45 @@ def load_image(path, size=None, draft: bool = True, where: str = '') -> tuple[to
     orig = img.size[::-1]                                   # before decoding: a JPEG draft shrinks `img.size`
     return decode_image(img, path, size, draft, where), orig
 
-def mask_to_classes(img: Image.Image, path, size=None, draft: bool = True, max_far: float = 0.5, where: str = '') -> np.ndarray:
-    "Decode an opened colour mask to a class map (uint8 [H,W]) at `size` (nearest), checking its colours."
-    rgb = np.asarray(decode_rgb(img, path, size, draft, 'mask', where))
-    far = far_fraction(rgb, stride=4)
-    if far > max_far:
-        raise ValueError(f"mask {path}{where}: {far:.0%} of its pixels are farther than {FAR_DISTANCE} from black/red/blue; "
-                         f"is it really a SPARK colour mask?")
-    cls = rgb_to_classes(rgb)
+ONE_CHANNEL_MODES = ('1', 'L', 'P', 'I', 'I;16', 'I;16L', 'I;16B', 'I;16N')   # PIL modes read as class indices
+
+def _palette_classes(img: Image.Image, v: np.ndarray) -> np.ndarray:
+    "Classes of a palette (P) mask: by its colours when all it uses are exactly black, red or blue; else its indices."
+    pal = np.asarray(img.getpalette('RGB') or [], np.uint8).reshape(-1, 3)
+    used = np.flatnonzero(np.bincount(v.ravel(), minlength=256))
+    if not len(used) or used[-1] >= len(pal): return v
+    if not (pal[used][:, None] == PALETTE[None]).all(-1).any(-1).all(): return v
+    lut = np.zeros(256, np.uint8); lut[:len(pal)] = rgb_to_classes(pal[None])[0]
+    return lut[v]
+
+def decode_mask(img: Image.Image, path, size=None, draft: bool = True, where: str = '') -> np.ndarray:
+    "Pixels of an opened mask: values [H,W] of a one-channel (index) mask, else RGB [H,W,3] DCT-scaled for `size`."
+    if img.mode not in ONE_CHANNEL_MODES: return np.asarray(decode_rgb(img, path, size, draft, 'mask', where))
+    try: img.load(); v = np.asarray(img)                # never DCT-scaled: averaging indices 0 and 2 would give 1
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ValueError(f"cannot decode mask {path}{where} (corrupt or truncated?): {e}") from e
+    return _palette_classes(img, v) if img.mode == 'P' else v
+
+def mask_problem(pixels: np.ndarray, max_far: float = MAX_FAR) -> str:
+    "Why decoded mask `pixels` (from `decode_mask`) are not a SPARK mask, or '' when they are one."
+    if pixels.ndim == 3: return colour_mask_problem(pixels, max_far)
+    lo, hi = (int(pixels.min()), int(pixels.max())) if pixels.size else (0, 0)
+    if lo >= 0 and hi < len(CLASSES): return ''
+    return (f"a one-channel image with values {lo}..{hi} is not a class-index mask (values 0..{len(CLASSES) - 1}); "
+            f"a grayscale copy of a colour mask? (SPARK masks are colour: black / red / blue)")
+
+def mask_to_classes(img: Image.Image, path, size=None, draft: bool = True, max_far: float = MAX_FAR,
+                    where: str = '') -> np.ndarray:
+    "Check an opened mask (colour, or one-channel class indices); its classes (uint8 [H,W]) at `size` (nearest)."
+    pixels = decode_mask(img, path, size, draft, where)
+    problem = mask_problem(pixels, max_far)
+    if problem: raise ValueError(f"mask {path}{where}: {problem}")
+    cls = rgb_to_classes(pixels) if pixels.ndim == 3 else pixels.astype(np.uint8)
     if size is not None and cls.shape != size: cls = np.asarray(Image.fromarray(cls).resize(size[::-1], Image.NEAREST))
     return cls
 
-def load_mask(path, size=None, draft: bool = True, max_far: float = 0.5, where: str = '') -> torch.Tensor:
-    "Colour-mask file -> long class tensor [H,W] at `size` (or the original size)."
+def load_mask(path, size=None, draft: bool = True, max_far: float = MAX_FAR, where: str = '') -> torch.Tensor:
+    "Mask file (colour, or one-channel class indices) -> long class tensor [H,W] at `size` (or the original size)."
     return torch.from_numpy(mask_to_classes(open_image(path, 'mask', where), path, as_hw(size), draft, max_far, where).astype(np.int64))
 
 # %% ../nbs/00_data.ipynb #1e66d07a
@@ -311,7 +377,8 @@ def stratified_subset(labels: Sequence[str], n, seed: int = 0) -> np.ndarray:
 class SparkSegmentation(Dataset):
     "SPARK 2024 stream-1 segmentation samples keyed by (Class, Image name): dicts of image, mask, class_name, image_name, bbox."
     def __init__(self, csv_path, image_root, mask_root, split: str, target_size=None, augment=False,
-                 subset=None, seed: int = 0, draft: bool = True, max_far: float = 0.5):
+                 subset=None, seed: int = 0, draft: bool = True, max_far: float = MAX_FAR, object_crop: float = 0.0,
+                 crop_margin=(1.1, 1.8)):
         self.csv_path, self.image_root, self.mask_root, self.split = Path(csv_path), Path(image_root), Path(mask_root), split
         self.target_size, self.draft, self.max_far, self.seed = as_hw(target_size), draft, max_far, seed
         df = read_csv(self.csv_path)
@@ -321,6 +388,8 @@ class SparkSegmentation(Dataset):
         self._img, self._msk = self.df['Image name'].tolist(), self.df['Mask name'].tolist()
         self._cls, self._box, self._line = self.df['Class'].tolist(), self.df['bbox'].tolist(), self.df['line'].tolist()
         self.augment = SegAugment() if augment is True else (augment or None)
+        self.object_crop, self.crop_margin = object_crop, tuple(crop_margin)
+        if object_crop: self.check_crops()                                      # see "Object-centred crops"
 
     @classmethod
     def from_root(cls, root, split: str, **kw):
@@ -352,7 +421,8 @@ class SparkSegmentation(Dataset):
     def __getitem__(self, i: int) -> dict:
         if not -len(self) <= i < len(self): raise IndexError(f"sample {i} out of range for a data set of {len(self)}")
         i = i % len(self)
-        image, mask, orig = self.load(i)
+        crop = self.object_crop > 0 and torch.rand(()).item() < self.object_crop     # no draw when object_crop is 0
+        image, mask, orig = self.load_crop(i)[:3] if crop else self.load(i)
         if self.augment is not None: image, mask = self.augment(image, mask)
         return dict(image=image, mask=mask, class_name=self._cls[i], image_name=self._img[i], bbox=self._box[i], orig_size=orig)
 
@@ -386,11 +456,32 @@ class RandomRot90(v2.Transform):
         out = torch.rot90(inpt.as_subclass(torch.Tensor), params['k'], dims=(-2, -1))
         return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
 
+class RandomGamma(v2.Transform):
+    "Raise the image (in [0, 1]) to a power drawn log-uniformly from `gamma` = (lo, hi); masks pass through."
+    def __init__(self, gamma=(0.7, 1.5)):
+        super().__init__()
+        if not 0 < gamma[0] <= gamma[1]:
+            raise ValueError(f"RandomGamma: gamma must be (lo, hi) with 0 < lo <= hi, got {gamma!r}")
+        self.gamma = (float(gamma[0]), float(gamma[1]))
+
+    def make_params(self, flat_inputs: list) -> dict:
+        lo, hi = np.log(self.gamma)
+        return dict(gamma=float(np.exp(lo + (hi - lo) * torch.rand(()).item())))
+
+    def transform(self, inpt, params: dict):
+        return v2.functional.adjust_gamma(inpt, params['gamma']) if isinstance(inpt, tv_tensors.Image) else inpt
+
+def jpeg_recompress(quality=(40, 95)) -> v2.Compose:
+    "Re-encode a float image as a JPEG of random `quality` in (lo, hi) (`v2.JPEG` on a uint8 copy); masks pass through."
+    return v2.Compose([v2.ToDtype(torch.uint8, scale=True), v2.JPEG(quality), v2.ToDtype(torch.float32, scale=True)])
+
 class SegAugment:
     "Random joint augmentation of an image [3,H,W] in [0,1] and its class mask [H,W] (torchvision v2)."
     def __init__(self, flip: float = 0.5, rot90: bool = True, rotate: float = 45., scale=(0.75, 1.25), translate: float = 0.1,
                  p_affine: float = 0.5, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.2, hue: float = 0.02,
-                 p_color: float = 0.8, blur=(0.1, 1.5), p_blur: float = 0.2, noise: float = 0.03, p_noise: float = 0.3):
+                 p_color: float = 0.8, blur=(0.1, 1.5), p_blur: float = 0.2, noise: float = 0.03, p_noise: float = 0.3,
+                 photometric: bool = True, hue_rotate: float = 0.5, p_hue_rotate: float = 0.2, p_channels: float = 0.1,
+                 p_gray: float = 0.1, gamma=(0.7, 1.5), p_gamma: float = 0.3, jpeg=(40, 95), p_jpeg: float = 0.3):
         t = []
         if flip: t += [v2.RandomHorizontalFlip(flip), v2.RandomVerticalFlip(flip)]
         if rot90: t.append(RandomRot90())
@@ -399,15 +490,131 @@ class SegAugment:
                                                      scale=scale, interpolation=v2.InterpolationMode.BILINEAR, fill=0)], p=p_affine))
         if p_color and (brightness or contrast or saturation or hue):
             t.append(v2.RandomApply([v2.ColorJitter(brightness or None, contrast or None, saturation or None, hue or None)], p=p_color))
+        if photometric:
+            if p_hue_rotate and hue_rotate: t.append(v2.RandomApply([v2.ColorJitter(hue=hue_rotate)], p=p_hue_rotate))
+            if p_channels: t.append(v2.RandomApply([v2.RandomChannelPermutation()], p=p_channels))
+            if p_gray: t.append(v2.RandomGrayscale(p_gray))
+            if p_gamma and gamma: t.append(v2.RandomApply([RandomGamma(gamma)], p=p_gamma))
         if p_blur and blur: t.append(v2.RandomApply([v2.GaussianBlur(5, sigma=blur)], p=p_blur))
         if p_noise and noise: t.append(v2.RandomApply([v2.GaussianNoise(sigma=noise, clip=True)], p=p_noise))
-        self.transforms = v2.Compose(t)
+        if photometric and p_jpeg and jpeg: t.append(v2.RandomApply([jpeg_recompress(jpeg)], p=p_jpeg))
+        self.transforms = v2.Compose(t or [v2.Identity()])                  # everything off: no change
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         img, m = self.transforms(tv_tensors.Image(image), tv_tensors.Mask(mask))
         return img.as_subclass(torch.Tensor).clamp(0, 1), m.as_subclass(torch.Tensor)
 
     def __repr__(self): return f"SegAugment({self.transforms})"
+
+# %% ../nbs/00_data.ipynb #4217c778
+import math, warnings
+from PIL import ImageOps
+
+MIN_CROP = 1 / 8     # the smallest object crop's side, as a fraction of the image's shorter side
+
+def clip_box(box, size) -> tuple[int, int, int, int] | None:
+    "`box` (x1, y1, x2, y2, inclusive) clipped to an image of `size` (H, W); None: missing, degenerate or outside."
+    if box is None: return None
+    (h, w), (x1, y1, x2, y2) = size, (int(v) for v in box)
+    if x2 <= x1 or y2 <= y1: return None
+    x1, y1, x2, y2 = max(x1, 0), max(y1, 0), min(x2, w - 1), min(y2, h - 1)
+    return (x1, y1, x2, y2) if x1 <= x2 and y1 <= y2 else None
+
+def crop_window(box, size, margin: float = 1.0, jitter=(0.0, 0.0), min_side: int = 1) -> tuple[int, int, int]:
+    "Square (left, top, side) holding `box` in a `size` (H, W) image: `margin` x its longer side, moved by `jitter`."
+    (h, w), (x1, y1, x2, y2) = size, box
+    if not (0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h):
+        raise ValueError(f"crop_window: box {tuple(box)} is not inside the {w}x{h} image")
+    bw, bh = x2 - x1 + 1, y2 - y1 + 1
+    side = min(max(math.floor(max(bw, bh) * margin + 0.5), min_side, bw, bh), max(h, w))
+    def start(b1: int, n: int, length: int, j: float) -> int:
+        "First column (row): the box centred, moved by `j` of its room; inside the image where the window fits."
+        lo, hi = max(b1 + n - side, min(0, length - side)), min(b1, max(0, length - side))
+        return min(max(math.floor(b1 - (1 - j) * (side - n) / 2 + 0.5), lo), hi)
+    return start(x1, bw, w, jitter[0]), start(y1, bh, h, jitter[1]), side
+
+def crop_read_size(size, side: int, target: int) -> tuple[int, int]:
+    "The size (H, W) to decode a whole image of `size` at, for a `side` px window of it to keep >= `target` px."
+    return tuple(min(n, math.ceil(n * target / side)) for n in size)
+
+# %% ../nbs/00_data.ipynb #f2c621e6
+def resize_window(img: Image.Image, window, stored_width: int, target: int, resample) -> Image.Image:
+    "`window` (stored pixels) of `img`, decoded at a DCT reduction of `stored_width`, resized to `target`; 0 outside."
+    x0, y0, side = window
+    r = 2 ** round(math.log2(stored_width / img.width))                     # draft mode's reduction: 1, 2, 4 or 8
+    box = [x0 / r, y0 / r, (x0 + side) / r, (y0 + side) / r]
+    pad = (max(0, math.ceil(-box[0])), max(0, math.ceil(-box[1])),
+           max(0, math.ceil(box[2] - img.width)), max(0, math.ceil(box[3] - img.height)))
+    if any(pad):
+        img, box = ImageOps.expand(img, pad, fill=0), [b + pad[k % 2] for k, b in enumerate(box)]
+    return img.resize((target, target), resample, box=tuple(box))
+
+@patch
+def open_pair(self: SparkSegmentation, i: int) -> tuple[Image.Image, Image.Image]:
+    "Sample `i`'s image and mask files opened (headers only), checked to have the same size."
+    ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
+    img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
+    if img.size != msk.size:
+        raise ValueError(f"image {ip} is {img.size[0]}x{img.size[1]} but its mask {mp} is "
+                         f"{msk.size[0]}x{msk.size[1]} (W x H){where}")
+    return img, msk
+
+@patch
+def read_crop(self: SparkSegmentation, i: int, window) -> tuple[torch.Tensor, torch.Tensor]:
+    "Image and mask of sample `i` in `window` (left, top, side; stored pixels) at `target_size`; 0 outside the image."
+    (img, msk), where, t = self.open_pair(i), self.where(i), self.target_size[0]
+    w, need = img.width, crop_read_size(img.size[::-1], window[2], t)
+    rgb = decode_rgb(img, self.image_path(i), need, self.draft, 'image', where)
+    if self.draft: msk.draft(None, need[::-1])                               # the same DCT reduction for the mask
+    cls = Image.fromarray(mask_to_classes(msk, self.mask_path(i), None, self.draft, self.max_far, where))
+    image = image_to_tensor(resize_window(rgb, window, w, t, Image.BILINEAR))
+    return image, torch.from_numpy(np.asarray(resize_window(cls, window, w, t, Image.NEAREST)).astype(np.int64))
+
+@patch
+def _warn_box(self: SparkSegmentation, i: int, why: str):
+    "Warn, once per data set, that sample `i`'s CSV box cannot be used (`why`): object crops take boxes from the masks."
+    if getattr(self, '_box_warned', False): return
+    self._box_warned = True
+    warnings.warn(f"{self.csv_path}, line {self._line[i]}: 'Bounding box' {self.df['Bounding box'].iat[i]!r} {why}; "
+                  f"object crops take such boxes from the masks (warned once per data set)", stacklevel=3)
+
+_ANY_SIZE = (2 ** 31, 2 ** 31)    # clip_box against this judges a box without the image's size
+
+@patch
+def check_crops(self: SparkSegmentation):
+    "Check the object-crop options; warn (once) when CSV boxes are missing or degenerate."
+    if not 0 <= self.object_crop <= 1:
+        raise ValueError(f"object_crop must be a probability in [0, 1], got {self.object_crop!r}")
+    if self.target_size is None or self.target_size[0] != self.target_size[1]:
+        raise ValueError(f"object_crop needs a square target_size (an int) to resize the crops to, "
+                         f"got {self.target_size}")
+    if len(self.crop_margin) != 2 or not 1 <= self.crop_margin[0] <= self.crop_margin[1]:
+        raise ValueError(f"crop_margin must be (lo, hi) with 1 <= lo <= hi, got {self.crop_margin}")
+    bad = [k for k, b in enumerate(self._box) if clip_box(b, _ANY_SIZE) is None]
+    if bad:
+        self._warn_box(bad[0], f"is missing, has no area or lies outside the image ({len(bad)} such line(s) in all)")
+
+@patch
+def object_box(self: SparkSegmentation, i: int) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
+    "Stored (H, W) of sample `i` and its spacecraft's box: the CSV's, else the mask's tight box (None: no spacecraft)."
+    ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
+    with open_image(ip, 'image', where) as img: size = img.size[::-1]         # the header only
+    box = clip_box(self._box[i], size)
+    if box is not None: return size, box
+    outside = clip_box(self._box[i], _ANY_SIZE) is not None
+    self._warn_box(i, f"is outside the {size[1]}x{size[0]} image" if outside else "is missing or has no area")
+    cls = mask_to_classes(open_image(mp, 'mask', where), mp, None, self.draft, self.max_far, where)
+    return size, (mask_bbox(cls) if cls.any() else None)
+
+@patch
+def load_crop(self: SparkSegmentation, i: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int], tuple | None]:
+    "A random object crop of sample `i`: image, mask, stored (H, W), window; no spacecraft: the full frame and None."
+    lo, hi = self.crop_margin
+    margin, jitter = lo + (hi - lo) * torch.rand(()).item(), (2 * torch.rand(2) - 1).tolist()
+    size, box = self.object_box(i)
+    if box is None: return (*self.load(i), None)
+    window = crop_window(box, size, margin, jitter, math.ceil(min(size) * MIN_CROP))
+    return (*self.read_crop(i, window), size, window)
 
 # %% ../nbs/00_data.ipynb #47ad93bb
 _TEST_NAME = re.compile(r'test_\d+_img\.jpe?g', re.IGNORECASE)
@@ -473,24 +680,29 @@ class ValidationReport:
         return '\n'.join([head] + [f"  [{p.kind}] {p.message}" for p in self.problems])
     __repr__ = __str__
 
-def check_sample(ds: SparkSegmentation, i: int, max_far: float = 0.5) -> list[Problem]:
-    "The problems of sample `i` of `ds` (files, decoding at 1/8 scale, sizes, mask colours)."
+def _check_side(n: int) -> int:
+    "Side at which `validate` decodes a mask side of `n` px: 1/8, but at least `CHECK_SIDE` (or `n`) px to judge it by."
+    return min(n, max(n // 8, CHECK_SIDE))
+
+def check_sample(ds: SparkSegmentation, i: int, max_far: float = MAX_FAR) -> list[Problem]:
+    "The problems of sample `i` of `ds` (files, decoded at 1/8 scale, sizes, mask contents)."
     info = dict(split=ds.split, class_name=ds._cls[i], image_name=ds._img[i])
     where, opened = ds.where(i), {}
     for what, path in (('image', ds.image_path(i)), ('mask', ds.mask_path(i))):
         try:
             img = open_image(path, what, where); w, h = img.size
-            opened[what] = (img.size, decode_rgb(img, path, (max(1, h // 8), max(1, w // 8)), True, what, where))
+            if what == 'image': pixels = decode_rgb(img, path, (max(1, h // 8), max(1, w // 8)), True, what, where)
+            else: pixels = decode_mask(img, path, (_check_side(h), _check_side(w)), True, where)
+            opened[what] = ((w, h), pixels)                 # the stored size: a JPEG draft shrinks img.size
         except FileNotFoundError as e: opened[what] = Problem('missing', str(e), **info)
         except ValueError as e: opened[what] = Problem('corrupt', str(e), **info)
     out = [v for v in opened.values() if isinstance(v, Problem)]
     if out: return out
-    (isz, _), (msz, mrgb) = opened['image'], opened['mask']
+    (isz, _), (msz, pixels) = opened['image'], opened['mask']
     if isz != msz:
         out.append(Problem('size', f"image {ds.image_path(i)} is {isz[0]}x{isz[1]} but its mask is {msz[0]}x{msz[1]} (W x H){where}", **info))
-    far = far_fraction(np.asarray(mrgb))
-    if far > max_far:
-        out.append(Problem('palette', f"mask {ds.mask_path(i)}: {far:.0%} of its pixels are farther than {FAR_DISTANCE} from black/red/blue{where}", **info))
+    problem = mask_problem(pixels, max_far)
+    if problem: out.append(Problem('palette', f"mask {ds.mask_path(i)}{where}: {problem}", **info))
     return out
 
 def _duplicates(ds: SparkSegmentation) -> list[Problem]:
@@ -499,7 +711,7 @@ def _duplicates(ds: SparkSegmentation) -> list[Problem]:
     return [Problem('duplicate', f"{ds.csv_path}: key (Class {c!r}, Image name {n!r}) appears on lines {g['line'].tolist()}",
                     ds.split, c, n) for (c, n), g in d.groupby(['Class', 'Image name'], sort=False)]
 
-def validate(data, split: str | None = None, max_far: float = 0.5, workers: int = 0,
+def validate(data, split: str | None = None, max_far: float = MAX_FAR, workers: int = 0,
              raise_on_error: bool = False, progress: bool = True) -> ValidationReport:
     "Scan a `SparkSegmentation` or a SPARK root folder and report every problem at once."
     problems, datasets = [], []
@@ -526,14 +738,24 @@ def validate(data, split: str | None = None, max_far: float = 0.5, workers: int 
     return report
 
 # %% ../nbs/00_data.ipynb #63869a32
+TEMP_PREFIX = '.unet3plus-'
+TEMP_RE = re.compile(re.escape(TEMP_PREFIX) + r'.+\.\d+\.[0-9a-f]{8}\.tmp')
+
+def is_temp(name: str) -> bool:
+    "Whether `name` is an `atomic_write` temporary (`.unet3plus-<name>.<pid>.<random>.tmp`)."
+    return bool(TEMP_RE.fullmatch(name))
+
 def atomic_write(path, write: Callable) -> Path:
     "Call `write(binary_file)` on a hidden temporary file next to `path`, flush it to disk, rename it to `path`."
     path = Path(path)
-    tmp = path.with_name(f'.{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
+    tmp = path.with_name(f'{TEMP_PREFIX}{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp')
     try:
         with open(tmp, 'xb') as f:
             write(f); f.flush(); os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:                          # a full disk, say: name the file, keep the kind and errno
+        err = type(e)(f"cannot write {path}: {e.strerror or e}"); err.errno = e.errno
+        raise err from None
     finally:
         if tmp.exists(): tmp.unlink()
     return path
@@ -541,9 +763,9 @@ def atomic_write(path, write: Callable) -> Path:
 def remove_stale_temps(folder, max_age: float = 3600.0) -> int:
     "Delete `atomic_write` temporaries in `folder` older than `max_age` seconds (left by killed writers); return how many."
     n = 0
-    for t in Path(folder).glob('.*.tmp'):
+    for t in Path(folder).glob(f'{TEMP_PREFIX}*.tmp'):
         try:
-            if time.time() - t.stat().st_mtime > max_age: t.unlink(); n += 1
+            if is_temp(t.name) and time.time() - t.stat().st_mtime > max_age: t.unlink(); n += 1
         except FileNotFoundError: pass                         # its writer finished meanwhile
     return n
 
@@ -555,9 +777,28 @@ def prepare_output_dir(path, overwrite: bool = False, what: str = 'output path',
     "Create folder `path`; refuse an existing non-empty one unless `overwrite` (errors name `what` and say `hint`)."
     path = Path(path)
     if path.exists() and not path.is_dir(): raise FileExistsError(f"{what} {path} exists and is not a folder")
-    if path.exists() and any(path.iterdir()) and not overwrite: raise FileExistsError(f"{what} {path} is not empty; {hint}")
+    if path.exists() and not overwrite and any(not is_temp(p.name) for p in path.iterdir()):
+        raise FileExistsError(f"{what} {path} is not empty; {hint}")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+def shorten(names, n: int = 5) -> str:
+    "The first `n` of `names`, comma-separated, with how many more there are."
+    names = list(names)
+    return ', '.join(map(str, names[:n])) + (f' and {len(names) - n} more' if len(names) > n else '')
+
+def recorded_outputs(record_path, key: str = 'outputs') -> set[str]:
+    "The relative file names a writer listed under `key` in its JSON record (empty if there is no readable record)."
+    import json
+    try: rec = json.loads(Path(record_path).read_text())
+    except (OSError, ValueError): return set()
+    names = rec.get(key) if isinstance(rec, dict) else None
+    if not isinstance(names, list): return set()
+    return {n for n in names if isinstance(n, str) and n and not Path(n).is_absolute() and '..' not in Path(n).parts}
+
+def foreign_files(folder, names, owned) -> list[str]:
+    "Those of the relative `names` that exist in `folder` but are not in `owned` (this writer must not replace them)."
+    return [n for n in names if n not in owned and (Path(folder) / n).exists()]
 
 # %% ../nbs/00_data.ipynb #af92bcff
 def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]:
@@ -569,7 +810,7 @@ def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255, torch.from_numpy(cls.astype(np.int64))
 
 def bench_data(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench data`: samples/s of the fast loader against no-draft and naive loaders, one core."
+    "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
     from unet3plus.bench import measure, print_table
     p = argparse.ArgumentParser('unet3plus-bench data', description='JPEG image+mask loading speed, one core, one process.')
     p.add_argument('--n', type=int, default=8, help='image+mask pairs per timed round')
@@ -584,9 +825,14 @@ def bench_data(argv: list[str] | None = None) -> dict:
             root = make_tiny_spark(Path(d), classes=('Cheops',), n_train=a.n, n_val=0, n_test=0, size=a.size, seed=0, noise=3.0)
             fast = SparkSegmentation.from_root(root, 'train', target_size=a.target)
             nodraft = SparkSegmentation.from_root(root, 'train', target_size=a.target, draft=False)
+            crop = SparkSegmentation.from_root(root, 'train', target_size=a.target, object_crop=1.0)
+            def crops():
+                with torch.random.fork_rng(devices=[]):                    # the same windows every round
+                    torch.manual_seed(0); return [crop[i] for i in range(a.n)]
             kb = np.mean([fast.image_path(i).stat().st_size for i in range(a.n)]) / 1024
             mkb = np.mean([fast.mask_path(i).stat().st_size for i in range(a.n)]) / 1024
-            loaders = {'fast': lambda: [fast[i] for i in range(a.n)], 'no-draft': lambda: [nodraft[i] for i in range(a.n)],
+            loaders = {'fast': lambda: [fast[i] for i in range(a.n)], 'crop': crops,
+                       'no-draft': lambda: [nodraft[i] for i in range(a.n)],
                        'naive': lambda: [naive_load(fast.image_path(i), fast.mask_path(i), a.target) for i in range(a.n)]}
             cpu = {k: [] for k in loaders}
             def cpu_timed(k, f):
@@ -600,4 +846,5 @@ def bench_data(argv: list[str] | None = None) -> dict:
                  vs_naive=f"{res[k] / res['naive']:.2f}x") for k in res]
     print_table(rows, title=f"data: {a.size} px JPEG image ({kb:.0f} KiB) + mask ({mkb:.0f} KiB) -> {a.target} px tensors, 1 thread, "
                             f"{a.n} pairs x {a.repeats} rounds (samples_per_s: wall clock; per_cpu_s: per second of this process's CPU time)")
-    return dict(samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'], image_kib=kb, mask_kib=mkb)
+    return dict(samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'],
+                ratio_crop_vs_fast=res['crop'] / res['fast'], image_kib=kb, mask_kib=mkb)

@@ -4,13 +4,15 @@
 
 # %% ../nbs/03_decoder.ipynb #d3e5ddd5
 from __future__ import annotations
+import contextlib, warnings
 import torch, torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['WEIGHT_GRAD_MODES', 'GEMM_MIN_CHANNELS', 'WGRAD_SHAPES', 'BRANCH_ORDERS', 'pool_to', 'resize_to', 'gemm_is_faster',
-           'native_conv_grads', 'conv_weight_grad', 'FastConv2d', 'set_weight_grad', 'bench_wgrad', 'conv_bn_relu',
-           'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
+__all__ = ['PRECISIONS', 'FAST_BF16_FEATURES', 'AUTOCAST_DTYPES', 'PRECISION_KERNELS', 'ISA_LIMITS', 'BRANCH_ORDERS', 'FUSIONS',
+           'pool_to', 'resize_to', 'cpu_capabilities', 'cpu_has_fast_bf16', 'resolve_precision', 'precision_autocast',
+           'precision_speeds', 'bench_precision', 'conv_bn_relu', 'fusion_block', 'UNet3PlusDecoder',
+           'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
 
 # %% ../nbs/03_decoder.ipynb #ca7ac38f
 def _is_pow2(r: int) -> bool: return r >= 1 and (r & (r - 1)) == 0
@@ -33,144 +35,144 @@ def resize_to(x: torch.Tensor, size) -> torch.Tensor:
     if h <= H and w <= W: return F.interpolate(x, size=(H, W), mode='bilinear', align_corners=False)
     raise ValueError(f"resize_to: cannot resize a {h}x{w} map to {H}x{W} (finer in one axis, coarser in the other)")
 
-# %% ../nbs/03_decoder.ipynb #2f3fdb0c
-WEIGHT_GRAD_MODES, GEMM_MIN_CHANNELS = ('auto', 'gemm', 'native'), 32
+# %% ../nbs/03_decoder.ipynb #66bfdf74
+PRECISIONS = ('auto', 'fp32', 'fp16', 'bf16')
+FAST_BF16_FEATURES = ('amx_bf16', 'avx512_bf16')          # bf16 dot products in hardware: AMX tiles, AVX512-BF16
+AUTOCAST_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 
-def gemm_is_faster(in_ch: int, out_ch: int) -> bool:
-    "Whether 'auto' uses `conv_weight_grad` for a conv with these channel counts (measured: from 32 in and out)."
-    return min(in_ch, out_ch) >= GEMM_MIN_CHANNELS
+def cpu_capabilities() -> dict:
+    "What torch knows of this CPU (`torch.cpu.get_capabilities()`: ISA flags, `cpu_name`, cores); {} where unavailable."
+    get = getattr(torch.cpu, 'get_capabilities', None)
+    try: return dict(get()) if get is not None else {}
+    except Exception: return {}                                 # an old or unusual build: assume nothing
 
-def native_conv_grads(g, x, w, input_grad: bool = True, weight_grad: bool = False):
-    "oneDNN's (input, weight) gradients of a stride-1, 'same'-padded conv2d; None where not asked for."
-    k = w.shape[-1]
-    gx, gw, _ = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], 1,
-                                                    [input_grad, weight_grad, False])
-    return gx, gw
+def cpu_has_fast_bf16(caps: dict | None = None) -> bool:
+    "Whether the CPU (or `caps`, a `cpu_capabilities` dict) multiplies bf16 in hardware: AMX-BF16 or AVX512-BF16."
+    caps = cpu_capabilities() if caps is None else caps
+    return any(bool(caps.get(f)) for f in FAST_BF16_FEATURES)
 
-def _padded_rows(t: torch.Tensor, p: int, margin: int = 0) -> torch.Tensor:
-    "`t` [N, C, H, W] zero-padded by `p` as pixel-major rows [margin + N*(H+2p)*(W+2p) + margin, C]."
-    N, C, H, W = t.shape
-    rows = t.new_empty(2 * margin + N * (H + 2 * p) * (W + 2 * p), C)
-    grid = rows[margin:rows.shape[0] - margin].view(N, H + 2 * p, W + 2 * p, C)
-    grid[:, p:p + H, p:p + W] = t.permute(0, 2, 3, 1)
-    for border in (rows[:margin], rows[rows.shape[0] - margin:], grid[:, :p], grid[:, p + H:], grid[:, p:p + H, :p], grid[:, p:p + H, p + W:]):
-        border.zero_()                                        # only the padding is zeroed, not the whole buffer
+def resolve_precision(precision: str = 'auto', device='cpu', bf16_ok: bool | None = None,
+                      fast_bf16: bool | None = None) -> str:
+    "'fp32', 'bf16' or 'fp16' for `precision` on `device`; 'auto': bf16 (else fp16) on CUDA, bf16 on fast-bf16 CPUs."
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    kind = torch.device(device).type
+    if kind == 'cuda':
+        if bf16_ok is None: bf16_ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return ('bf16' if bf16_ok else 'fp16') if precision == 'auto' else precision
+    fast = kind == 'cpu' and (cpu_has_fast_bf16() if fast_bf16 is None else fast_bf16)
+    if precision == 'auto': return 'bf16' if fast else 'fp32'
+    if precision == 'fp16' or (precision == 'bf16' and kind != 'cpu'):
+        warnings.warn(f"precision {precision} is not supported on {kind} here (a GPU feature); running in fp32")
+        return 'fp32'
+    if precision == 'bf16' and not fast:
+        warnings.warn("precision bf16 on a CPU without AMX-BF16 or AVX512-BF16: it runs, but slower than fp32")
+    return precision
+
+def precision_autocast(device, precision: str):
+    "`torch.autocast` on `device` for a resolved `precision` ('bf16' or 'fp16'); a context doing nothing for 'fp32'."
+    if precision not in ('fp32', *AUTOCAST_DTYPES):
+        raise ValueError(f"precision_autocast: precision must be fp32, bf16 or fp16 (resolve 'auto' first), "
+                         f"got {precision!r}")
+    if precision == 'fp32': return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
+
+# %% ../nbs/03_decoder.ipynb #03f93a13
+PRECISION_KERNELS = [('matmul', 2048, 2048, 1), ('conv3x3', 64, 256, 2), ('conv3x3', 256, 128, 2),
+                     ('conv3x3', 40, 256, 2)]
+ISA_LIMITS = ('AVX512_CORE', 'AVX2')
+
+def _kernel_runs(kind: str, c: int, hw: int, b: int):
+    "(GFLOP of a call, {'forward': fn, 'train': fn}): matmul [c x hw] @ [hw x c] or conv3x3 c -> c on [b, c, hw, hw]."
+    if kind == 'matmul':
+        a, m = torch.randn(c, hw), torch.randn(hw, c)
+        return 2 * c * hw * c / 1e9, {'forward': lambda: a @ m}
+    conv = nn.Conv2d(c, c, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+    x = torch.randn(b, c, hw, hw).contiguous(memory_format=torch.channels_last).requires_grad_()
+    def fwd():
+        with torch.no_grad(): conv(x)
+    def train(): conv(x).sum().backward()
+    return 2 * c * c * 9 * hw * hw * b / 1e9, {'forward': fwd, 'train': train}
+
+def precision_speeds(repeats: int = 3) -> list[dict]:
+    "GFLOP/s of `PRECISION_KERNELS` in fp32 and bf16 autocast (train: forward + both gradients, 3x the forward FLOPs)."
+    from unet3plus.bench import measure
+    rows = []
+    for kind, c, hw, b in PRECISION_KERNELS:
+        gflop, runs = _kernel_runs(kind, c, hw, b)
+        for phase, fn in runs.items():
+            def in_prec(p, fn=fn):
+                def run():
+                    with precision_autocast('cpu', p): out = fn()
+                return run
+            t = measure({p: in_prec(p) for p in ('fp32', 'bf16')}, repeats=repeats)
+            f = gflop * (3 if phase == 'train' else 1)
+            shape = f'{c}x{hw} @ {hw}x{c}' if kind == 'matmul' else f'{c}->{c}, {b}x{hw}x{hw}'
+            rows.append(dict(kernel=kind, phase=phase, shape=shape, fp32_GFLOPs=f / t['fp32'],
+                             bf16_GFLOPs=f / t['bf16'], bf16_speedup=t['fp32'] / t['bf16']))
     return rows
 
-def conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    "Weight gradient [O, C, k, k] of a stride-1 conv with 'same' zero padding: one GEMM per kernel tap."
-    k = kernel_size
-    if k % 2 != 1: raise ValueError(f"conv_weight_grad: kernel_size must be odd ('same' padding), got {k}")
-    if x.shape[0] != grad_out.shape[0] or x.shape[-2:] != grad_out.shape[-2:]:
-        raise ValueError(f"conv_weight_grad: x {tuple(x.shape)} and grad_out {tuple(grad_out.shape)} differ in batch or size")
-    p, W = k // 2, x.shape[-1]
-    m = p * (W + 2 * p) + p                                    # the largest row offset of a tap
-    xs, g = _padded_rows(x, p, m), _padded_rows(grad_out, p).t()
-    L, taps = g.shape[1], x.new_empty(k, k, grad_out.shape[1], x.shape[1])
-    for a in range(k):
-        for b in range(k):
-            off = m + (a - p) * (W + 2 * p) + (b - p)
-            torch.mm(g, xs[off:off + L], out=taps[a, b])
-    return taps.permute(2, 3, 0, 1)
+def _isa_limited_speeds(isa: str, repeats: int, threads: int | None) -> list[dict]:
+    "`precision_speeds` in a child process whose oneDNN may use instructions up to `isa` only."
+    import json, os, subprocess, sys
+    code = (f"import json, torch; from unet3plus.decoder import precision_speeds\n"
+            f"{'torch.set_num_threads(%d)' % threads if threads else ''}\n"
+            f"print('ROWS', json.dumps(precision_speeds({repeats})))")
+    env = {**os.environ, 'ONEDNN_MAX_CPU_ISA': isa}
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
+    if r.returncode != 0:
+        raise RuntimeError(f"bench precision: the child with ONEDNN_MAX_CPU_ISA={isa} failed:\n{r.stderr[-2000:]}")
+    return json.loads([l for l in r.stdout.splitlines() if l.startswith('ROWS ')][-1][5:])
 
-class _GemmWeightGradConv(torch.autograd.Function):
-    "conv2d (stride 1, 'same' zero padding): oneDNN forward and input gradient, `conv_weight_grad` for the weight."
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, g):
-        x, w = ctx.saved_tensors
-        need = ctx.needs_input_grad
-        gx = native_conv_grads(g, x, w)[0] if need[0] else None
-        gw = conv_weight_grad(x, g, w.shape[-1]) if need[1] else None   # autograd lays it out like the weight
-        gb = g.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
-        return gx, gw, gb
-
-def _autocast_on(device_type: str) -> bool:
-    "Whether autocast is enabled for `device_type` (False for devices without autocast, such as 'meta')."
-    try: return torch.is_autocast_enabled(device_type)
-    except RuntimeError: return False
-
-class FastConv2d(nn.Conv2d):
-    "`nn.Conv2d` whose weight gradient uses `conv_weight_grad` where that is faster (see `weight_grad`)."
-    weight_grad = 'auto'
-
-    def gemm_supported(self) -> bool:
-        "Stride 1, no dilation or groups, odd square kernel with 'same' zero padding."
-        k = self.kernel_size[0]
-        return (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == 'zeros'
-                and self.kernel_size == (k, k) and k % 2 == 1 and self.padding == (k // 2, k // 2))
-
-    def uses_gemm(self, x: torch.Tensor) -> bool:
-        "Whether a forward on `x` now routes the weight gradient through `conv_weight_grad`."
-        if self.weight_grad not in WEIGHT_GRAD_MODES:
-            raise ValueError(f"FastConv2d: weight_grad={self.weight_grad!r}; choose one of {WEIGHT_GRAD_MODES}")
-        if self.weight_grad == 'native' or not (torch.is_grad_enabled() and self.weight.requires_grad and self.gemm_supported()):
-            return False
-        if _autocast_on(x.device.type): return False                  # mixed precision: the conv's own dtype rules apply
-        return self.weight_grad == 'gemm' or (x.device.type == 'cpu' and x.dtype == torch.float32
-                                              and gemm_is_faster(self.in_channels, self.out_channels))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _GemmWeightGradConv.apply(x, self.weight, self.bias) if self.uses_gemm(x) else super().forward(x)
-
-def set_weight_grad(model: nn.Module, mode: str) -> int:
-    "Set `weight_grad` of every `FastConv2d` in `model` to `mode`; return how many there are."
-    if mode not in WEIGHT_GRAD_MODES: raise ValueError(f"set_weight_grad: mode={mode!r}; choose one of {WEIGHT_GRAD_MODES}")
-    convs = [m for m in model.modules() if isinstance(m, FastConv2d)]
-    for m in convs: m.weight_grad = mode
-    return len(convs)
-
-# %% ../nbs/03_decoder.ipynb #fcfbf053
-WGRAD_SHAPES = [(256, 256, 128), (256, 256, 64), (96, 64, 128), (256, 136, 32), (40, 40, 256), (32, 32, 256),
-                (256, 8, 128), (16, 8, 256), (40, 3, 256)]
-
-def bench_wgrad(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench wgrad`: oneDNN's conv weight gradient vs `conv_weight_grad`, GFLOP/s per shape."
+def bench_precision(argv: list[str] | None = None) -> dict:
+    "`unet3plus-bench precision`: fp32 vs bf16 matmul and conv3x3 GFLOP/s here, and with oneDNN limited to older ISAs."
     import argparse
-    from unet3plus.bench import measure, print_table
-    p = argparse.ArgumentParser('unet3plus-bench wgrad', description=bench_wgrad.__doc__)
-    p.add_argument('--batch', type=int, default=2); p.add_argument('--kernel', type=int, default=3)
+    from unet3plus.bench import print_table
+    p = argparse.ArgumentParser('unet3plus-bench precision', description=bench_precision.__doc__)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--isa', nargs='*', default=list(ISA_LIMITS),
+                   help='ONEDNN_MAX_CPU_ISA values to compare (none: skip)')
     a = p.parse_args(argv or [])
     if a.threads: torch.set_num_threads(a.threads)
-    k, rows, cl = a.kernel, [], torch.channels_last
-    for cin, cout, hw in WGRAD_SHAPES:
-        x, g = (torch.randn(a.batch, c, hw, hw).contiguous(memory_format=cl) for c in (cin, cout))
-        w = torch.randn(cout, cin, k, k).contiguous(memory_format=cl)
-        t = measure({'oneDNN': lambda: native_conv_grads(g, x, w, input_grad=False, weight_grad=True),
-                     'gemm': lambda: conv_weight_grad(x, g, k)}, repeats=a.repeats)
-        gflop = 2 * a.batch * cin * cout * k * k * hw * hw / 1e9
-        rows.append({'in': cin, 'out': cout, 'size': hw, 'oneDNN_GFLOP/s': gflop / t['oneDNN'], 'gemm_GFLOP/s': gflop / t['gemm'],
-                     'gemm_speedup': t['oneDNN'] / t['gemm'], 'auto_uses': 'gemm' if gemm_is_faster(cin, cout) else 'oneDNN'})
-    print_table(rows, f'conv{k}x{k} weight gradient, batch {a.batch}, channels_last fp32, threads={torch.get_num_threads()}')
-    return {'rows': rows}
+    res = {'native': precision_speeds(a.repeats)}
+    print_table(res['native'], 'fp32 vs bf16 autocast, channels_last, this CPU (train: forward + both gradients)')
+    for isa in a.isa:
+        res[isa] = _isa_limited_speeds(isa, a.repeats, a.threads)
+        print_table(res[isa], f'the same with ONEDNN_MAX_CPU_ISA={isa}')
+    return res
 
 # %% ../nbs/03_decoder.ipynb #d8f3abad
-BRANCH_ORDERS = ('paper', 'conv_first')
+BRANCH_ORDERS, FUSIONS = ('paper', 'conv_first'), ('full', 'factored')
 
 def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
-    "conv3x3 (a `FastConv2d`) -> BatchNorm -> ReLU (in place)."
-    return nn.Sequential(FastConv2d(in_ch, out_ch, 3, padding=1, bias=bias), nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+    "conv3x3 -> BatchNorm -> ReLU (in place)."
+    conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
+    return nn.Sequential(conv, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
+
+def fusion_block(channels: int, rank: int, bias: bool = True, kind: str = 'full') -> nn.Sequential:
+    "A node's fusion: conv3x3 -> BN -> ReLU ('full', the paper's), or a 1x1 projection to `rank` channels first."
+    if kind not in FUSIONS: raise ValueError(f"fusion={kind!r}; choose one of {FUSIONS}")
+    if kind == 'full' or rank >= channels: return conv_bn_relu(channels, channels, bias)
+    return nn.Sequential(nn.Conv2d(channels, rank, 1, bias=False), *conv_bn_relu(rank, channels, bias))
 
 # %% ../nbs/03_decoder.ipynb #743d072e
 class UNet3PlusDecoder(nn.Module):
     "UNet 3+ full-scale decoder over encoder levels `enc_channels` (finest first)."
     def __init__(self, enc_channels: list[int], cat_channels: int = 64, branch_order: str = 'paper',
-                 conv_bias: bool = True, light_levels: int = 0, light_channels: int = 8):
+                 conv_bias: bool = True, light_levels: int = 0, light_channels: int = 8, fusion: str = 'full',
+                 fusion_rank: int | None = None):
         super().__init__()
         enc_channels, n = [int(c) for c in enc_channels], len(enc_channels)
         if n < 2: raise ValueError(f"UNet3PlusDecoder: needs >= 2 encoder levels, got enc_channels={enc_channels}")
         if branch_order not in BRANCH_ORDERS: raise ValueError(f"UNet3PlusDecoder: branch_order={branch_order!r}; choose one of {BRANCH_ORDERS}")
         if cat_channels < 1 or light_channels < 1: raise ValueError(f"UNet3PlusDecoder: cat_channels={cat_channels}, light_channels={light_channels} must be >= 1")
+        if fusion not in FUSIONS: raise ValueError(f"UNet3PlusDecoder: fusion={fusion!r}; choose one of {FUSIONS}")
+        if fusion_rank is not None and fusion_rank < 1:
+            raise ValueError(f"UNet3PlusDecoder: fusion_rank={fusion_rank} must be >= 1")
         if not 0 <= light_levels <= n - 2: raise ValueError(f"UNet3PlusDecoder: light_levels={light_levels} must be in 0..{n - 2} for {n} levels")
         self.enc_channels, self.cat_channels, self.branch_order, self.n_levels = enc_channels, cat_channels, branch_order, n
-        self.light_levels, self.light_channels = light_levels, light_channels
+        self.light_levels, self.light_channels, self.fusion = light_levels, light_channels, fusion
+        self.fusion_rank = fusion_rank or cat_channels
         self.sources = [list(range(n)) if i < light_levels else list(range(light_levels, n)) for i in range(n - 1)]
         self.widths = [light_channels if i < light_levels else cat_channels for i in range(n - 1)]
         self.node_channels = [w * len(s) for w, s in zip(self.widths, self.sources)] + [enc_channels[-1]]
@@ -179,7 +181,9 @@ class UNet3PlusDecoder(nn.Module):
         own = lambda i: [s for s in self.sources[i] if branch_order == 'paper' or s <= i]   # branches owned by node i
         self.branches = nn.ModuleList([nn.ModuleList([conv_bn_relu(in_ch(i, s), self.widths[i], conv_bias) for s in own(i)])
                                        for i in range(n - 1)])
-        self.fuse = nn.ModuleList([conv_bn_relu(c, c, conv_bias) for c in self.node_channels[:-1]])
+        kinds = ['full' if i < light_levels else fusion for i in range(n - 1)]           # light nodes: full fusion
+        self.fuse = nn.ModuleList([fusion_block(c, self.fusion_rank, conv_bias, k)
+                                   for c, k in zip(self.node_channels, kinds)])
         # conv_first: node k (k >= 1) feeds its consumers through one conv with their widths summed
         self.consumers = [[i for i in range(k) if k in self.sources[i]] for k in range(n)]
         self.up_convs = nn.ModuleList([conv_bn_relu(self.node_channels[k], sum(self.widths[i] for i in self.consumers[k]), conv_bias)

@@ -4,92 +4,52 @@
 
 # %% ../nbs/08_evaluate.ipynb #59a09254
 from __future__ import annotations
-import argparse, contextlib, csv, io, json, logging, math, sys, time
+import argparse, contextlib, csv, io, json, logging, math, os, sys, time
 from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from .data import CLASSES, PALETTE, SparkSegmentation, as_hw, to_rgb_uint8, atomic_write, atomic_write_text, prepare_output_dir
+from .data import (CLASSES, PALETTE, SparkSegmentation, as_hw, to_rgb_uint8, atomic_write, atomic_write_text,
+                            prepare_output_dir, shorten, recorded_outputs, foreign_files, format_bbox)
+from .predict import (ROI_MODES, resolve_device, amp_context, model_n_classes, predict_scores, upsample_scores,
+                               check_finite_scores, resize_image, load_model, predict_classes, original_image, roi_mode,
+                               resolve_roi,
+                               training_record, model_input_size)
 from .metrics import BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_confusion, iou_from_confusion, foreground_miou
 
 # %% auto #0
-__all__ = ['log', 'TTA_FLIPS', 'TN', 'TP', 'FP', 'FN', 'ERROR_NAMES', 'ERROR_COLORS', 'OVERWRITE_HINT', 'resolve_device',
-           'amp_context', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores', 'resize_image',
-           'reads_files', 'ResizedInputs', 'collate_eval', 'data_n_classes', 'check_class_counts', 'sample_prediction',
-           'warn_about_dataset', 'summarize', 'evaluate', 'row_normalize', 'plot_confusion', 'plot_per_spacecraft',
-           'text_table', 'format_report', 'error_codes', 'error_map', 'example_figure', 'worst_first', 'worst_images',
-           'save_examples', 'json_safe', 'write_outputs', 'load_model', 'parse_args', 'cli_errors', 'main', 'run_eval']
+__all__ = ['log', 'TN', 'TP', 'FP', 'FN', 'ERROR_NAMES', 'ERROR_COLORS', 'OVERWRITE_HINT', 'EVAL_FILES', 'EXAMPLES_DIR',
+           'DATA_HINT', 'reads_files', 'ResizedInputs', 'collate_eval', 'data_n_classes', 'check_class_counts',
+           'sample_prediction', 'warn_about_dataset', 'summarize', 'sample_names', 'evaluation_roi', 'evaluate',
+           'row_normalize', 'plot_confusion', 'plot_per_spacecraft', 'text_table', 'format_report', 'error_codes',
+           'error_map', 'example_figure', 'worst_first', 'worst_images', 'example_name', 'save_examples', 'json_safe',
+           'eval_output_dir', 'write_outputs', 'synthetic_data_root', 'trained_data', 'parse_args', 'original_message',
+           'cli_errors', 'main', 'input_size', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
 
-# %% ../nbs/08_evaluate.ipynb #bc73e3d6
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    "`device` as a `torch.device`; CUDA when available and nothing was asked for."
-    if device is None: return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    device = torch.device(device)
-    if device.type == 'cuda' and not torch.cuda.is_available(): raise ValueError(f"device {device} requested but CUDA is not available")
-    return device
-
-_fallback_logged = set()
-
-def amp_context(device: torch.device, fp16: bool = False):
-    "Autocast to float16 on CUDA when `fp16`; on other devices log (once) the fallback to fp32."
-    if not fp16: return contextlib.nullcontext()
-    if device.type == 'cuda': return torch.autocast('cuda', dtype=torch.float16)
-    if device.type not in _fallback_logged:
-        log.warning("--fp16 requested but running on %s: falling back to fp32", device.type); _fallback_logged.add(device.type)
-    return contextlib.nullcontext()
-
-# %% ../nbs/08_evaluate.ipynb #a81ec900
-TTA_FLIPS = ((), (-1,), (-2,))  # identity, horizontal flip, vertical flip
-
-def model_n_classes(model) -> int:
-    "Number of output classes of `model` (from its config)."
-    cfg = getattr(model, 'config', None) or {}
-    if 'n_classes' not in cfg: raise ValueError("model has no config['n_classes']; load it with UNet3Plus.from_pretrained")
-    return int(cfg['n_classes'])
-
-def uses_cgm(model) -> bool:
-    "Whether `model` has a classification-guided module."
-    return bool((getattr(model, 'config', None) or {}).get('cgm', False))
-
-@torch.no_grad()
-def predict_scores(model, x: torch.Tensor, tta: bool = False, flips=TTA_FLIPS) -> torch.Tensor:
-    "Per-class scores [B,C,H,W] at input size: logits, or log of flip-averaged probabilities with `tta`."
-    if not tta and not uses_cgm(model): return model(x)['logits'].float()
-    flips = flips if tta else ((),)
-    probs = sum(model.predict(x.flip(f) if f else x).float().flip(f) if f else model.predict(x).float() for f in flips)
-    return (probs / len(flips)).clamp_min(1e-12).log()
-
-def upsample_scores(scores: torch.Tensor, size) -> torch.Tensor:
-    "Scores resized bilinearly to `size` (H, W); unchanged if already that size."
-    size = tuple(size)
-    if tuple(scores.shape[-2:]) == size: return scores
-    return F.interpolate(scores, size=size, mode='bilinear', align_corners=False)
-
 # %% ../nbs/08_evaluate.ipynb #803c630e
-def resize_image(img: torch.Tensor, size) -> torch.Tensor:
-    "A [3,H,W] float image resized bilinearly (antialiased) to `size`."
-    size = as_hw(size)
-    if size is None or tuple(img.shape[-2:]) == size: return img
-    return F.interpolate(img[None], size=size, mode='bilinear', align_corners=False, antialias=True)[0].clamp(0, 1)
-
 def reads_files(ds) -> bool:
     "Whether `ds` is an un-resized, un-augmented `SparkSegmentation` whose files can be read directly."
     return isinstance(ds, SparkSegmentation) and ds.target_size is None and ds.augment is None
 
 class ResizedInputs(Dataset):
-    "Wraps a data set: images at `target_size` (decoded like training), masks at their stored size."
-    def __init__(self, ds, target_size=None): self.ds, self.target_size = ds, as_hw(target_size)
+    "Wraps a data set: images at `target_size` (decoded like training), masks at their stored size; `originals` too."
+    def __init__(self, ds, target_size=None, originals: bool = False):
+        self.ds, self.target_size, self.originals = ds, as_hw(target_size), originals
     def __len__(self): return len(self.ds)
     def __getitem__(self, i):
         ds = self.ds
         if not reads_files(ds):
-            s = dict(ds[i]); s['image'] = resize_image(s['image'], self.target_size); s['index'] = i
+            s = dict(ds[i], index=i)
+            if self.originals: s['original'] = s['image']                    # the image at the size of its mask
+            s['image'] = resize_image(s['image'], self.target_size)
             return s
         image, mask, _ = ds.read_pair(i, self.target_size, None)            # the mask at its stored size
-        return dict(image=image, mask=mask, class_name=ds.df.at[i, 'Class'], image_name=ds.df.at[i, 'Image name'], index=i)
+        s = dict(image=image, mask=mask, class_name=ds.df.at[i, 'Class'], image_name=ds.df.at[i, 'Image name'], index=i)
+        if self.originals: s['original'] = original_image(ds.image_path(i), ds.where(i))   # uint8, for two stages
+        return s
 
 def collate_eval(samples: list[dict]) -> dict:
     "Stack images (same size required); masks are stacked when they share a size, else kept as a list."
@@ -136,31 +96,58 @@ def summarize(cm: ConfusionMatrix, class_names) -> dict:
     return dict(overall=overall, per_class=per_class, confusion_matrix=cm.matrix.tolist())
 
 # %% ../nbs/08_evaluate.ipynb #026362ae
+def sample_names(batch: dict) -> list[str]:
+    "The images of a batch as `Class/image name` (just the image name when the batch has no spacecraft classes)."
+    classes = batch.get('class_name') or [''] * len(batch['image_name'])
+    return [f'{c}/{n}' if c else n for c, n in zip(classes, batch['image_name'])]
+
+def evaluation_roi(roi, model, target_size, eval_size: str) -> bool:
+    "Whether to evaluate in two stages: `roi` as `resolve_roi`, off for 'auto' when metrics are at the input size."
+    on = resolve_roi(roi, model, as_hw(target_size))
+    if on and eval_size == 'input':
+        if roi_mode(roi) == 'on': raise ValueError("roi='on' is scored at the original size: use eval_size='original'")
+        return False
+    return on
+
 def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers: int = 0, device=None, fp16: bool = False,
-             tta: bool = False, eval_size: str = 'original', class_names=None, boundary: bool = True, progress: bool = True) -> dict:
+             tta: bool = False, eval_size: str = 'original', class_names=None, boundary: bool = True,
+             progress: bool = True,
+             roi='auto') -> dict:
     "Metrics of `model` on a labelled `dataset`: overall, per class, per spacecraft class and per image."
     if eval_size not in ('original', 'input'): raise ValueError(f"eval_size must be 'original' or 'input', got {eval_size!r}")
+    use_roi = evaluation_roi(roi, model, target_size, eval_size)
     n = check_class_counts(model, dataset)
     warn_about_dataset(dataset, eval_size)
     class_names = list(class_names or (CLASSES if n == len(CLASSES) else [f'class_{i}' for i in range(n)]))
     if len(class_names) != n: raise ValueError(f"{len(class_names)} class_names {class_names} for a {n}-class model")
     device = resolve_device(device); model = model.to(device).eval()
-    loader = DataLoader(ResizedInputs(dataset, target_size), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_eval)
+    loader = DataLoader(ResizedInputs(dataset, target_size, originals=use_roi), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_eval)
     groups, rows, t0 = GroupedConfusion(n), [], time.perf_counter()          # per spacecraft; .total() pools them
     biou = BoundaryIoU(n) if boundary else None
     for batch in tqdm(loader, desc='evaluate', disable=not progress):
-        with amp_context(device, fp16): scores = predict_scores(model, batch['image'].to(device), tta=tta).float()
-        for j in range(len(scores)):
+        x, names = batch['image'].to(device), sample_names(batch)
+        if eval_size == 'input':
+            with amp_context(device, fp16): scores = predict_scores(model, x, tta=tta).float()
+            check_finite_scores(scores, names)
+        else:
+            sizes = [m.shape[-2:] for m in batch['mask']]
+            preds, windows = predict_classes(model, x, batch['original'] if use_roi else sizes,
+                                             tta=tta, roi=use_roi, names=names, fp16=fp16)
+        for j in range(len(x)):
             mask = batch['mask'][j].to(device)
             if int(mask.max()) >= n: raise ValueError(f"mask of {batch['image_name'][j]} holds class {int(mask.max())} but the model has {n} classes")
-            pred, target = sample_prediction(scores[j], mask, eval_size)
-            name = batch.get('class_name', [''] * len(scores))[j]
+            pred, target = sample_prediction(scores[j], mask, 'input') if eval_size == 'input' else (preds[j], mask)
+            if pred.shape != target.shape:
+                raise ValueError(f"{names[j]}: the image is {tuple(pred.shape)}, its mask {tuple(target.shape)} (H, W)")
+            name = batch.get('class_name', [''] * len(x))[j]
             cm = per_image_confusion(pred[None], target[None], n)              # counted once: for its group and its own IoU
             groups.add(cm, [name])
             if biou is not None: biou.update(pred[None], target[None])
             ious = iou_from_confusion(cm[0]).tolist()
             rows.append(dict(index=batch['index'][j], image_name=batch['image_name'][j], class_name=name,
                              **{f'iou_{c}': v for c, v in zip(class_names, ious)}, fg_miou=foreground_miou(ious)))
+            if use_roi: rows[-1]['roi_window'] = format_bbox(windows[j].box) if windows[j] else ''
     seconds = time.perf_counter() - t0
     res = summarize(groups.total(), class_names)
     if biou is not None:
@@ -169,7 +156,9 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
         for c, v in zip(class_names, b['boundary_iou']): res['per_class'][c]['boundary_iou'] = float(v)
     res['per_spacecraft'] = {g: dict(n_images=sum(r['class_name'] == g for r in rows), **summarize(cm, class_names)) for g, cm in sorted(groups.matrices.items())}
     res['per_image'] = rows
-    res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, fp16=fp16 and device.type == 'cuda',
+    res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, roi=use_roi,
+                           roi_mode=roi_mode(roi),
+                           fp16=fp16 and device.type == 'cuda',
                            device=str(device), n_images=len(rows), n_classes=n, class_names=class_names,
                            seconds=round(seconds, 3), images_per_s=round(len(rows) / max(seconds, 1e-9), 3))
     return res
@@ -222,9 +211,13 @@ def text_table(header: list[str], rows: list[list]) -> str:
 def format_report(res: dict) -> str:
     "The evaluation result as readable text tables."
     s, o, names = res['settings'], res['overall'], res['settings']['class_names']
+    size = 'x'.join(map(str, s['target_size'])) if s['target_size'] else 'original'
+    if s.get('target_size_from'): size += f" (from {s['target_size_from']})"
+    roi = ('on' if s.get('roi') else 'off') + (' (auto)' if s.get('roi_mode') == 'auto' else '')
     out = ['UNet3+ evaluation report', '=' * 24,
-           f"images: {s['n_images']}   input size: {s['target_size'] or 'original'}   metrics at: {s['eval_size']} resolution   "
-           f"TTA: {s['tta']}   device: {s['device']}   {s['images_per_s']} images/s", '',
+           f"images: {s['n_images']}   input size: {size}   metrics at: {s['eval_size']} resolution   "
+           f"TTA: {s['tta']}   ROI (two stages): {roi}   device: {s['device']}   {s['images_per_s']} images/s",
+           *([f"data: {s['data_from']}"] if s.get('data_from') else []), '',
            text_table(['overall', 'value'], [['pixel accuracy', o['pixel_acc']], ['mIoU', o['miou']], ['mIoU (no background)', o['miou_no_bg']],
                                              ['mDice', o['mdice']], ['mDice (no background)', o['mdice_no_bg']]]
                                             + ([['frequency-weighted IoU', o['fwiou']]] if 'fwiou' in o else [])
@@ -283,22 +276,31 @@ def worst_images(rows: list[dict], k: int) -> list[dict]:
     "The `k` per-image rows with the lowest foreground mIoU (images without foreground last)."
     return sorted(rows, key=lambda r: worst_first(r['fg_miou']))[:k]
 
+def example_name(rank: int, row: dict) -> str:
+    "The file name of the `rank`-th example figure: `003_XMM_Newton_image_00012_img.png`."
+    return f"{rank:03d}_{row['class_name'].replace(' ', '_')}_{Path(row['image_name']).stem}.png"
+
 def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, device=None, fp16: bool = False,
-                  tta: bool = False, class_names=CLASSES) -> list[Path]:
-    "Predict the images of `rows` again and save one example figure each under `out_dir`."
+                  tta: bool = False, class_names=CLASSES, roi: bool = False) -> list[Path]:
+    "Predict the images of `rows` again (as `evaluate` did) and save one example figure each under `out_dir`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True); device = resolve_device(device); paths = []
-    inputs = ResizedInputs(dataset, target_size)
+    inputs = ResizedInputs(dataset, target_size, originals=roi)
     for rank, r in enumerate(rows):
         s = inputs[r['index']]
-        with amp_context(device, fp16): scores = predict_scores(model, s['image'][None].to(device), tta=tta).float()
-        pred = upsample_scores(scores, s['mask'].shape[-2:])[0].argmax(0).cpu()
+        original = s['original'] if roi else s['mask'].shape[-2:]
+        (pred,), _ = predict_classes(model, s['image'][None].to(device), [original],
+                                     tta=tta, roi=roi, names=[r['image_name']], fp16=fp16)
+        pred = pred.cpu()
         title = f"{r['class_name']} / {r['image_name']}: foreground mIoU {r['fg_miou']:.3f}"
-        stem = f"{rank:03d}_{r['class_name'].replace(' ', '_')}_{Path(r['image_name']).stem}"
-        p = out_dir / f'{stem}.png'; example_figure(s['image'], s['mask'].numpy(), pred.numpy(), class_names, title).savefig(p, dpi=80); paths.append(p)
+        fig = example_figure(s['image'], s['mask'].numpy(), pred.numpy(), class_names, title)
+        paths.append(atomic_write(out_dir / example_name(rank, r), lambda f: fig.savefig(f, format='png', dpi=80)))
     return paths
 
 # %% ../nbs/08_evaluate.ipynb #16cc8c72
 OVERWRITE_HINT = 'choose another --output_path or pass --overwrite'
+EVAL_FILES = dict(metrics='metrics.json', per_image='per_image.csv', confusion='confusion_matrix.png',
+                  per_spacecraft='per_spacecraft.png', report='evaluation_report.txt')
+EXAMPLES_DIR = 'examples'
 
 def json_safe(o):
     "`o` with NaN/inf floats replaced by None (strict JSON)."
@@ -307,12 +309,25 @@ def json_safe(o):
     if isinstance(o, (list, tuple)): return [json_safe(v) for v in o]
     return o
 
-def write_outputs(res: dict, output_path, overwrite: bool = False) -> dict[str, Path]:
-    "Write metrics.json, per_image.csv, confusion_matrix.png and evaluation_report.txt into `output_path`."
+def eval_output_dir(output_path, names, overwrite: bool = False) -> tuple[Path, set[str]]:
+    "Create `output_path` for the files `names`; refuse a non-empty one unless `overwrite`, and any file not ours."
     out = prepare_output_dir(output_path, overwrite, hint=OVERWRITE_HINT)
-    paths = dict(metrics=out / 'metrics.json', per_image=out / 'per_image.csv', confusion=out / 'confusion_matrix.png',
-                 per_spacecraft=out / 'per_spacecraft.png', report=out / 'evaluation_report.txt')
-    atomic_write_text(paths['metrics'], json.dumps(json_safe({k: v for k, v in res.items() if k != 'per_image'}), indent=2))
+    owned = recorded_outputs(out / EVAL_FILES['metrics'])
+    foreign = foreign_files(out, names, owned)
+    if foreign:
+        rec = EVAL_FILES['metrics']
+        raise FileExistsError(f"output path {out} holds {shorten(foreign)}, not written by unet3plus-eval "
+                              f"(not listed in its {rec}); move them away or choose another --output_path")
+    return out, owned
+
+def write_outputs(res: dict, output_path, overwrite: bool = False, examples=()) -> dict[str, Path]:
+    "Write metrics.json, per_image.csv, the figures and the report into `output_path`, recording `examples` too."
+    names = list(EVAL_FILES.values()) + [f'{EXAMPLES_DIR}/{n}' for n in examples]
+    out, owned = eval_output_dir(output_path, names, overwrite)
+    for n in sorted(owned - set(names)): (out / n).unlink(missing_ok=True)     # the earlier evaluation's other examples
+    paths = {k: out / n for k, n in EVAL_FILES.items()}
+    metrics = json_safe({k: v for k, v in res.items() if k != 'per_image'}) | {'outputs': names}
+    atomic_write_text(paths['metrics'], json.dumps(metrics, indent=2))          # first: it records what is ours
     table = io.StringIO(newline='')
     w = csv.DictWriter(table, fieldnames=list(res['per_image'][0]) if res['per_image'] else ['index']); w.writeheader(); w.writerows(res['per_image'])
     atomic_write_text(paths['per_image'], table.getvalue())
@@ -322,22 +337,50 @@ def write_outputs(res: dict, output_path, overwrite: bool = False) -> dict[str, 
     return paths
 
 # %% ../nbs/08_evaluate.ipynb #4597f40d
-def load_model(model_path, device=None, compile: bool = False):
-    "A `UNet3Plus` from a `save_pretrained` folder, on `device`, in eval mode (optionally `torch.compile`d)."
-    from unet3plus.model import UNet3Plus
-    p = Path(model_path)
-    if not p.exists(): raise FileNotFoundError(f"--model_path {p} does not exist")
-    model = UNet3Plus.from_pretrained(p).to(resolve_device(device)).eval()
-    return torch.compile(model) if compile else model  # the compiled wrapper forwards .config and .predict
+DATA_HINT = 'give --data_root (or --val_csv, --image_root and --mask_root)'
+
+def synthetic_data_root(root: Path, params: dict) -> Path:
+    "The built-in synthetic set of `params` (a training record's): at `root` if it is still there, else re-created."
+    from unet3plus.synthetic import RENDER_VERSION, is_synthetic_set, synthetic_root
+    if root.is_dir() and is_synthetic_set(root, params): return root
+    if params.get('render_version') != RENDER_VERSION:
+        raise ValueError(f"the model was trained on the built-in synthetic set of render version "
+                         f"{params.get('render_version')}, which this unet3plus (render version {RENDER_VERSION}) "
+                         f"cannot re-create: {DATA_HINT}")
+    try: kw = {k: int(params[k]) for k in ('n_train', 'n_val', 'n_test', 'size', 'seed')}
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"the model's training record holds incomplete synthetic set parameters {params}: "
+                         f"{DATA_HINT}") from None
+    if params.get('style') is not None: kw['style'] = params['style']
+    log.info("re-creating the synthetic set the model was trained on (%s) in the cache", kw)
+    return synthetic_root(**kw, workers=max(1, min(4, os.cpu_count() or 1)))
+
+def trained_data(model, split: str = 'val') -> dict:
+    "The labelled data `model` was trained on, from its training record: root folder, validation subset and its seed."
+    rec = training_record(model); data = rec.get('data')
+    if not rec: raise ValueError(f"the model has no training record saying what it was trained on (saved outside "
+                                 f"unet3plus-train or by an older version): {DATA_HINT}")
+    if not isinstance(data, dict) or not data.get('data_root'):
+        what = data.get('custom') if isinstance(data, dict) and data.get('custom') else 'data its record does not name'
+        raise ValueError(f"the model was trained on {what}: {DATA_HINT}")
+    root, syn = Path(data['data_root']), data.get('synthetic')
+    if syn: root = synthetic_data_root(root, syn)
+    elif not root.is_dir():
+        raise FileNotFoundError(f"the model was trained on --data_root {root}, which no longer exists: {DATA_HINT}")
+    own = split == data.get('split', 'val')                                  # the subset was drawn from that split only
+    return dict(root=root, subset=data.get('val_subset') if own else None,
+                seed=int(data.get('seed') or 0) if own else 0, synthetic=bool(syn))
 
 def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-eval` command line."
     p = argparse.ArgumentParser('unet3plus-eval', description='Evaluate a UNet3+ model on a labelled SPARK split.')
     p.add_argument('--model_path', required=True, help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
-    p.add_argument('--data_root', help='SPARK root; shortcut for --val_csv ROOT/<split>.csv --image_root ROOT/images --mask_root ROOT/mask')
+    p.add_argument('--data_root', help='SPARK root; shortcut for --val_csv ROOT/<split>.csv --image_root ROOT/images '
+                                       '--mask_root ROOT/mask; no data flags: the data the model was trained on')
     p.add_argument('--val_csv'); p.add_argument('--image_root'); p.add_argument('--mask_root')
     p.add_argument('--split', default='val', help='split folder under images/<Class>/ (default val)')
-    p.add_argument('--target_size', type=int, default=512, help='model input size (square); 0 = original size')
+    p.add_argument('--target_size', type=int, default=None,
+                   help='model input size (square); 0 = original size; default: the size it was trained at, else 512')
     p.add_argument('--eval_size', choices=['original', 'input'], default='original', help='resolution the metrics are computed at')
     p.add_argument('--batch_size', type=int, default=8); p.add_argument('--num_workers', type=int, default=0)
     p.add_argument('--output_path', default='evaluation_results'); p.add_argument('--overwrite', action='store_true')
@@ -346,6 +389,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--fp16', action='store_true', help='float16 autocast (CUDA only; CPU falls back to fp32)')
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
+    p.add_argument('--roi', choices=ROI_MODES, default='auto',
+                   help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--no_boundary', action='store_true', help='skip the boundary IoU')
     p.add_argument('--subset', type=int, default=None, help='evaluate only the first N images')
     p.add_argument('--device', default=None)
@@ -353,41 +398,71 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.data_root:
         r = Path(a.data_root); a.val_csv = a.val_csv or str(r / f'{a.split}.csv'); a.image_root = a.image_root or str(r / 'images'); a.mask_root = a.mask_root or str(r / 'mask')
     missing = [f'--{k}' for k in ('val_csv', 'image_root', 'mask_root') if not getattr(a, k)]
-    if missing: p.error(f"missing {', '.join(missing)} (or give --data_root)")
+    if missing and len(missing) < 3:
+        p.error(f"missing {', '.join(missing)} (or give --data_root, or no data flags for the model's own)")
     if a.batch_size < 1: p.error(f'--batch_size must be >= 1, got {a.batch_size}')
-    if a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
+    if a.target_size is not None and a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     return a
+
+def original_message(e: BaseException) -> str:
+    "The message of `e`; for one re-raised from a DataLoader worker (`Caught ...`), the worker's own message."
+    msg = str(e)
+    if not (msg.startswith('Caught ') and '\nOriginal Traceback' in msg): return msg
+    lines = msg.splitlines()
+    start = max(i for i, l in enumerate(lines) if 'Traceback (most recent call last)' in l)   # the last of a chain
+    for i in range(start + 1, len(lines)):
+        if lines[i] and not lines[i][0].isspace():                       # the exception line after the indented frames
+            kind, _, first = lines[i].partition(': ')
+            return '\n'.join([first or kind] + lines[i + 1:]).strip()
+    return msg
 
 @contextlib.contextmanager
 def cli_errors(prog: str, enabled: bool = True):
-    "Turn input errors (missing file, bad value, refused overwrite) into a one-line message and exit status 1."
+    "Turn user errors (missing or unreadable file, bad value, refused overwrite) into `PROG: error: MESSAGE`, status 2."
     try: yield
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
+    except (OSError, ValueError) as e:
         if not enabled: raise
-        raise SystemExit(f"{prog}: error: {e}") from None
+        one_line = ' '.join(l.strip() for l in original_message(e).splitlines() if l.strip())
+        print(f"{prog}: error: {one_line}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 def main(argv=None) -> dict:
-    "Entry point of `unet3plus-eval`; from the shell input errors print one line (status 1), success exits 0."
+    "Entry point of `unet3plus-eval`; from the shell a user error prints one line, status 2; success exits 0."
     a = parse_args(sys.argv[1:] if argv is None else argv)
     with cli_errors('unet3plus-eval', enabled=argv is None): res = run_eval(a)
     return None if argv is None else res   # a console script's sys.exit(main()) must get None for status 0
 
+def input_size(requested, model) -> tuple[int | None, str]:
+    "The input size to predict at (None: the original size) and its source: the flag, the training record or 512."
+    if requested is not None: return requested or None, '--target_size'
+    recorded = training_record(model).get('target_size')
+    return model_input_size(model), 'the training record' if recorded else 'the default'
+
 def run_eval(a: argparse.Namespace) -> dict:
     "Evaluate as the parsed command line `a` says and write the outputs."
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
-    for k in ('val_csv', 'image_root', 'mask_root'):
+    given = a.val_csv is not None                                              # else: the data of the training record
+    for k in ('val_csv', 'image_root', 'mask_root') if given else ():
         if not Path(getattr(a, k)).exists(): raise FileNotFoundError(f"--{k} {getattr(a, k)} does not exist")
-    out = prepare_output_dir(a.output_path, a.overwrite, hint=OVERWRITE_HINT)
     device = resolve_device(a.device)
+    out, _ = eval_output_dir(a.output_path, list(EVAL_FILES.values()), a.overwrite)     # refused before any work
     model = load_model(a.model_path, device, compile=a.compile)
-    ds = SparkSegmentation(a.val_csv, a.image_root, a.mask_root, a.split, target_size=None, subset=a.subset)
-    size = a.target_size or None
+    subset, seed, data_from = a.subset, 0, 'the data flags'
+    if not given:
+        d = trained_data(model, a.split); r = d['root']
+        a.val_csv, a.image_root, a.mask_root = str(r / f'{a.split}.csv'), str(r / 'images'), str(r / 'mask')
+        if subset is None: subset, seed = d['subset'], d['seed']
+        data_from = f"the training record ({'the built-in synthetic set' if d['synthetic'] else 'its --data_root'} {r})"
+    size, size_from = input_size(a.target_size, model)
+    ds = SparkSegmentation(a.val_csv, a.image_root, a.mask_root, a.split, target_size=None, subset=subset, seed=seed)
     res = evaluate(model, ds, target_size=size, batch_size=a.batch_size, num_workers=a.num_workers, device=device,
-                   fp16=a.fp16, tta=a.tta, eval_size=a.eval_size, boundary=not a.no_boundary)
-    res['settings'].update(model_path=str(a.model_path), val_csv=str(a.val_csv), split=a.split)
-    paths = write_outputs(res, out, overwrite=True)
-    if a.save_examples:
-        save_examples(model, ds, worst_images(res['per_image'], a.n_examples), out / 'examples', target_size=size, device=device,
-                      fp16=a.fp16, tta=a.tta, class_names=res['settings']['class_names'])
+                   fp16=a.fp16, tta=a.tta, eval_size=a.eval_size, boundary=not a.no_boundary, roi=a.roi)
+    res['settings'].update(model_path=str(a.model_path), val_csv=str(a.val_csv), split=a.split,
+                           target_size_from=size_from,
+                           data_from=data_from, subset=subset)
+    worst = worst_images(res['per_image'], a.n_examples) if a.save_examples else []
+    paths = write_outputs(res, out, overwrite=a.overwrite, examples=[example_name(i, r) for i, r in enumerate(worst)])
+    if worst: save_examples(model, ds, worst, out / EXAMPLES_DIR, target_size=size, device=device, fp16=a.fp16,
+                            tta=a.tta, class_names=res['settings']['class_names'], roi=res['settings']['roi'])
     print(format_report(res)); log.info("wrote %s", ', '.join(str(p) for p in paths.values()))
     return res

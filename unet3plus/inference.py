@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_inference.ipynb #d58b4ad4
 from __future__ import annotations
-import argparse, collections, io, json, logging, re, sys, time, zipfile
+import argparse, collections, hashlib, io, json, logging, re, sys, time, zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,15 +12,20 @@ import numpy as np, torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
-from .data import CLASSES, TEST_DIR, SparkTestImages, overlay_classes, as_hw, atomic_write, remove_stale_temps
-from .evaluate import (resolve_device, amp_context, predict_scores, upsample_scores, collate_eval,
-                                load_model, model_n_classes, cli_errors)
+from .data import (CLASSES, TEST_DIR, SparkTestImages, overlay_classes, as_hw, open_image, atomic_write,
+                            atomic_write_text, remove_stale_temps, is_temp, shorten, recorded_outputs, foreign_files)
+from .predict import (ROI_MODES, resolve_device, amp_context, predict_scores, upsample_scores, load_model,
+                               model_n_classes, predict_classes, original_image, resolve_roi)
+from torch.utils.data import Dataset
+from .evaluate import collate_eval, cli_errors, input_size
 
 # %% auto #0
-__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'npz_name', 'classes_to_layers', 'scores_to_classes', 'layers_to_classes', 'write_npz',
-           'read_npz', 'SubmissionReport', 'test_image_sizes', 'submission_entries', 'check_array', 'check_submission',
-           'valid_npz', 'run_settings', 'prepare_run', 'save_prediction', 'make_zip', 'predict_folder', 'parse_args',
-           'main', 'run_infer', 'infer_once', 'bench_infer']
+__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'RECORD_DEFAULTS', 'npz_name', 'classes_to_layers',
+           'scores_to_classes', 'layers_to_classes', 'write_npz', 'read_npz', 'SubmissionReport', 'test_image_sizes',
+           'submission_entries', 'check_array', 'check_submission', 'valid_npz', 'overlay_name', 'run_settings',
+           'file_fingerprint', 'test_set_identity', 'output_names', 'input_differences', 'record_differences',
+           'read_record', 'owned_outputs', 'prepare_run', 'save_prediction', 'make_zip', 'WithOriginals',
+           'predict_folder', 'parse_args', 'main', 'run_infer', 'infer_once', 'bench_infer']
 
 # %% ../nbs/09_inference.ipynb #26ea51f7
 log = logging.getLogger('unet3plus.inference')
@@ -84,7 +89,7 @@ def test_image_sizes(test_dir) -> dict[str, tuple[int, int]]:
     out = {}
     for p in sorted(d.iterdir()):
         if IMAGE_RE.fullmatch(p.name):
-            with Image.open(p) as im: out[npz_name(p.name)] = im.size[::-1]
+            with open_image(p, 'test image') as im: out[npz_name(p.name)] = im.size[::-1]
     if not out: raise FileNotFoundError(f"no test_XXXXX_img.jpg files in {d}")
     return out
 
@@ -147,35 +152,109 @@ def check_submission(path, test_dir=None, strict: bool = True, progress: bool = 
     return rep
 
 # %% ../nbs/09_inference.ipynb #52429439
+RECORD_NAME, ZIP_NAME, VIS_DIR = 'inference.json', 'submission.zip', 'visualizations'
+
 def valid_npz(path, size) -> bool:
     "Whether `path` is a readable submission file of (H, W) = `size`."
     try:
         with np.load(path, allow_pickle=False) as z: return not check_array(path.name, z) and z['data'].shape[:2] == tuple(size)
     except Exception: return False
 
-def run_settings(model, model_path, target_size, tta: bool) -> dict:
+def overlay_name(image_name: str) -> str:
+    "The visualisation file of a test image: `test_00012_img.jpg` -> `test_00012_overlay.png`."
+    return Path(image_name).name.replace('_img.jpg', '_overlay.png')
+
+RECORD_DEFAULTS = dict(roi=False)     # settings that records of older versions lack, as those versions used them
+
+def run_settings(model, model_path, target_size, tta: bool, roi: bool = False) -> dict:
     "The settings that determine the predictions (stored in inference.json)."
     cfg = getattr(model, 'config', None) or {}
     return dict(model_path=str(Path(model_path).resolve()) if model_path else None, model_config=json.loads(json.dumps(cfg, default=str)),
-                target_size=list(as_hw(target_size)) if target_size else None, tta=bool(tta))
+                target_size=list(as_hw(target_size)) if target_size else None, tta=bool(tta), roi=bool(roi))
 
-def prepare_run(output_dir, settings: dict, overwrite: bool = False) -> Path:
-    "Create `output_dir` or check that its files come from the same settings; store the settings."
-    out = Path(output_dir); out.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out)                            # leftovers of a killed run; another shard's live ones stay
-    meta, existing = out / 'inference.json', list(out.glob('test_*_layer.npz'))
-    if existing and overwrite:   # removed first, so that an interrupted --overwrite run cannot mix old and new files
-        log.warning("--overwrite: removing %d existing predictions in %s", len(existing), out)
-        for p in existing + [out / 'submission.zip']: p.unlink(missing_ok=True)
-    elif existing:
-        if not meta.exists():
-            raise FileExistsError(f"{out} holds {len(existing)} .npz files not written by unet3plus-infer; pass --overwrite or choose another --output_dir")
-        old = json.loads(meta.read_text())
-        diff = [k for k in settings if old.get(k) != settings[k]]
-        if diff: raise FileExistsError(f"{out} holds {len(existing)} predictions made with different {', '.join(diff)} "
-                                       f"({', '.join(f'{k}: {old.get(k)} -> {settings[k]}' for k in diff if k != 'model_config')}); "
-                                       "pass --overwrite to redo them or choose another --output_dir")
-    atomic_write(meta, lambda f: f.write(json.dumps(settings, indent=1).encode()))
+def file_fingerprint(path, chunk: int = 4096) -> str:
+    "A cheap content hash of a file: blake2b of its byte size and its first and last `chunk` bytes (16 hex digits)."
+    size, h = Path(path).stat().st_size, hashlib.blake2b(digest_size=8)
+    h.update(str(size).encode())
+    with open(path, 'rb') as f:
+        h.update(f.read(chunk))
+        if size > chunk: f.seek(max(chunk, size - chunk)); h.update(f.read(chunk))
+    return h.hexdigest()
+
+def test_set_identity(files, sizes: dict) -> dict:
+    "Name -> [bytes, H, W, fingerprint] of each test image in `files` (`sizes`: npz name -> (H, W)), and of all."
+    entries = {p.name: [p.stat().st_size, *sizes[npz_name(p.name)], file_fingerprint(p)] for p in files}
+    whole = hashlib.blake2b(json.dumps(entries, sort_keys=True).encode(), digest_size=8).hexdigest()
+    return dict(n_images=len(entries), fingerprint=whole, files=entries)
+
+def output_names(image_names) -> list[str]:
+    "Every file inference may write for these test images, relative to the output folder: npz files, overlays, the zip."
+    names = [Path(n).name for n in image_names]
+    return [npz_name(n) for n in names] + [f'{VIS_DIR}/{overlay_name(n)}' for n in names] + [ZIP_NAME]
+
+def input_differences(old: dict, new: dict) -> str:
+    "How the test images of two `test_set_identity` results differ ('' when they are the same)."
+    if old.get('fingerprint') == new['fingerprint']: return ''
+    of, nf = old.get('files') or {}, new['files']
+    parts = (('changed', [n for n in nf if n in of and of[n] != nf[n]]), ('new', [n for n in nf if n not in of]),
+             ('gone', [n for n in of if n not in nf]))
+    return ', '.join(f'{len(v)} {what} ({shorten(v, 3)})' for what, v in parts if v) or 'another fingerprint'
+
+def record_differences(old: dict, new: dict) -> list[tuple[str, str]]:
+    "(what, how) for each setting and for the test images that differ between an earlier run's record and this one's."
+    was = lambda k: old.get(k, RECORD_DEFAULTS.get(k))
+    out = [(k, k if k == 'model_config' else f'{k}: {was(k)} -> {new[k]}') for k in new
+           if k not in ('inputs', 'outputs') and was(k) != new[k]]
+    if 'inputs' not in old: out.append(('test images', 'test images: not recorded (an older unet3plus-infer)'))
+    elif d := input_differences(old['inputs'], new['inputs']): out.append(('test images', f'test images: {d}'))
+    return out
+
+def read_record(out: Path) -> dict | None:
+    "The record of an earlier run in `out` (None if there is none); a file of that name that is not one is an error."
+    f = Path(out) / RECORD_NAME
+    if not f.exists(): return None
+    try: rec = json.loads(f.read_text())
+    except (OSError, ValueError): rec = None
+    if not isinstance(rec, dict) or 'tta' not in rec:
+        raise FileExistsError(f"{f} is not a record of unet3plus-infer; move it away or choose another --output_dir")
+    return rec
+
+def owned_outputs(out: Path, record: dict) -> set[str]:
+    "The files an earlier run's record lists as its own (a record without a list: its npz files, overlays and zip)."
+    if 'outputs' in record: return recorded_outputs(out / RECORD_NAME)
+    vis = out / VIS_DIR
+    return ({p.name for p in out.glob('test_*_layer.npz') if NPZ_RE.fullmatch(p.name)} | {ZIP_NAME}
+            | ({f'{VIS_DIR}/{p.name}' for p in vis.glob('test_*_overlay.png')} if vis.is_dir() else set()))
+
+def prepare_run(output_dir, record: dict, overwrite: bool = False) -> Path:
+    "Create `output_dir` or check that it holds a run of the same settings and test images; store this run's `record`."
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir(): raise FileExistsError(f"--output_dir {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    for d in (out, out / VIS_DIR):
+        if d.is_dir(): remove_stale_temps(d)          # leftovers of a killed run; another shard's live ones stay
+    old = read_record(out)
+    if old is None:
+        others = sorted(p.name for p in out.iterdir() if not is_temp(p.name))
+        if others and not overwrite:
+            raise FileExistsError(f"--output_dir {out} holds files not written by unet3plus-infer ({shorten(others)}; "
+                                  f"no {RECORD_NAME}); choose another --output_dir, or pass --overwrite to write "
+                                  "beside them (they are never deleted)")
+        owned = set()
+    else:
+        owned, diff = owned_outputs(out, old), record_differences(old, record)
+        if diff and not overwrite and any((out / n).exists() for n in owned):
+            what, how = ', '.join(dict(diff)), '; '.join(h for _, h in diff)
+            raise FileExistsError(f"{out} holds predictions made with different {what} ({how}); "
+                                  "pass --overwrite to redo them or choose another --output_dir")
+    foreign = foreign_files(out, record['outputs'], owned)
+    if foreign: raise FileExistsError(f"--output_dir {out} holds {shorten(foreign)}, not written by unet3plus-infer "
+                                      f"(not in its {RECORD_NAME}); move them away or choose another --output_dir")
+    if overwrite:   # removed first, so that an interrupted --overwrite run cannot mix old and new files
+        gone = [n for n in sorted(owned) if (out / n).exists()]
+        if gone: log.warning("--overwrite: removing the %d files of the earlier run in %s", len(gone), out)
+        for n in gone: (out / n).unlink()
+    atomic_write_text(out / RECORD_NAME, json.dumps(record, indent=1))
     return out
 
 def save_prediction(out: Path, image_path: Path, classes: np.ndarray, visualize: bool = False) -> str:
@@ -184,23 +263,31 @@ def save_prediction(out: Path, image_path: Path, classes: np.ndarray, visualize:
     write_npz(out / name, classes_to_layers(classes))
     if visualize:
         with Image.open(image_path) as im: rgb = np.asarray(im.convert('RGB'))
-        atomic_write(out / 'visualizations' / image_path.name.replace('_img.jpg', '_overlay.png'),
+        atomic_write(out / VIS_DIR / overlay_name(image_path.name),
                      lambda f: Image.fromarray(overlay_classes(rgb, classes)).save(f, format='PNG'))
     return name
 
-def make_zip(folder, zip_path=None) -> Path:
-    "A flat `submission.zip` of the folder's `test_*_layer.npz` files, written atomically."
-    folder = Path(folder); zip_path = Path(zip_path or folder / 'submission.zip')
-    files = sorted(p for p in folder.glob('test_*_layer.npz') if NPZ_RE.fullmatch(p.name))
+def make_zip(folder, zip_path=None, names=None) -> Path:
+    "A flat `submission.zip` of the folder's `test_*_layer.npz` files (or of `names` among them), written atomically."
+    folder = Path(folder); zip_path = Path(zip_path or folder / ZIP_NAME)
+    files = sorted(p for p in folder.glob('test_*_layer.npz')
+                   if NPZ_RE.fullmatch(p.name) and (names is None or p.name in names))
     def write(f):
         with zipfile.ZipFile(f, 'w', compression=zipfile.ZIP_STORED) as zf:   # .npz files are already compressed
             for p in files: zf.write(p, arcname=p.name)
     return atomic_write(zip_path, write)
 
 # %% ../nbs/09_inference.ipynb #988f8c8a
+class WithOriginals(Dataset):
+    "The samples of a `SparkTestImages`, each also holding its image at the original size (`original`, uint8 [3,H,W])."
+    def __init__(self, ds): self.ds = ds
+    def __len__(self): return len(self.ds)
+    def __getitem__(self, i): return dict(self.ds[i], original=original_image(self.ds.files[i]))
+
 def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0, tta: bool = False,
                    fp16: bool = False, overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
-                   device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True) -> dict:
+                   device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True,
+                   roi='auto') -> dict:
     "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
     k, n_shards = shard
     if not 0 <= k < n_shards: raise ValueError(f"--shard {k}/{n_shards}: need 0 <= K < N")
@@ -208,25 +295,33 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
                                                    "empty the output folder once before starting the shards")
     if model_n_classes(model) != len(CLASSES):
         raise ValueError(f"the SPARK submission needs a {len(CLASSES)}-class model ({', '.join(CLASSES)}), this one predicts {model_n_classes(model)}")
+    use_roi = resolve_roi(roi, model, as_hw(target_size))
     ds = SparkTestImages(data_path, target_size)
-    sizes = test_image_sizes(ds.folder)
-    out = prepare_run(output_dir, run_settings(model, model_path, target_size, tta), overwrite)
     names = [npz_name(p.name) for p in ds.files]
+    sizes = test_image_sizes(ds.folder)                        # reads every header: a broken file is named here
+    record = dict(run_settings(model, model_path, target_size, tta, use_roi), inputs=test_set_identity(ds.files, sizes),
+                  outputs=output_names(p.name for p in ds.files))       # the whole test set's, the same in every shard
+    out = prepare_run(output_dir, record, overwrite)
     mine = [i for i in range(len(names)) if i % n_shards == k]           # only this shard's files are checked
     done = {i for i in mine if (out / names[i]).exists() and valid_npz(out / names[i], sizes[names[i]])}
     broken = [names[i] for i in mine if i not in done and (out / names[i]).exists()]
     todo = [i for i in mine if i not in done]
-    log.info("%d test images, %d in this shard: %d already done, %d to predict%s", len(names), len(mine), len(done), len(todo),
-             f" ({len(broken)} existing files unreadable or wrong, redone)" if broken else '')
+    how = (f"input size {'x'.join(map(str, as_hw(target_size))) if target_size else 'original'}, "
+           f"{'two stages' if use_roi else 'one stage'}{', TTA' if tta else ''}")
+    log.info("%d test images, %d in this shard: %d already done, %d to predict (%s)%s", len(names), len(mine),
+             len(done), len(todo), how, f" ({len(broken)} files unreadable or wrong, redone)" if broken else '')
     device = resolve_device(device); model = model.to(device).eval()
-    if save_visualizations: (out / 'visualizations').mkdir(exist_ok=True)
+    if save_visualizations: (out / VIS_DIR).mkdir(exist_ok=True)
     written, pending, t0 = [], collections.deque(), time.perf_counter()
-    loader = DataLoader(Subset(ds, todo), batch_size=batch_size, num_workers=num_workers, collate_fn=collate_eval)
+    loader = DataLoader(Subset(WithOriginals(ds) if use_roi else ds, todo), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_eval)
     with ThreadPoolExecutor(max(1, writers)) as pool:
         for batch in tqdm(loader, desc='predict', disable=not progress or not todo):
-            with amp_context(device, fp16): scores = predict_scores(model, batch['image'].to(device), tta=tta).float()
-            for j, name in enumerate(batch['image_name']):
-                classes = scores_to_classes(scores[j], batch['orig_size'][j])
+            originals = batch['original'] if use_roi else batch['orig_size']
+            maps, _ = predict_classes(model, batch['image'].to(device), originals, tta=tta, roi=use_roi,
+                                      names=batch['image_name'], fp16=fp16)          # NaN scores: an error naming them
+            for j, name in enumerate(batch['image_name']):             # (`zip` is a flag here)
+                classes = maps[j].byte().cpu().numpy()
                 pending.append(pool.submit(save_prediction, out, ds.folder / name, classes, save_visualizations))
             while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)): written.append(pending.popleft().result())
         while pending: written.append(pending.popleft().result())
@@ -236,7 +331,7 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
         log.info("shard %d/%d done; %d of %d files present: the shard that completes the set writes the zip", k, n_shards, present, len(names))
         zip_path = report = None
     else:
-        zip_path = make_zip(out) if zip else None
+        zip_path = make_zip(out, names=set(names)) if zip else None
         report = check_submission(zip_path or out, ds.folder)             # raises, listing every problem
         log.info("%s", report)
     return dict(output_dir=out, zip=zip_path, written=written, skipped=[names[i] for i in sorted(done)], report=report,
@@ -249,12 +344,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--model_path', help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
     p.add_argument('--data_path', help='folder of test_XXXXX_img.jpg (or its parent holding stream-1-test/)')
     p.add_argument('--output_dir', default='submission')
-    p.add_argument('--batch_size', type=int, default=8); p.add_argument('--target_size', type=int, default=512, help='model input size; 0 = original')
+    p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--target_size', type=int, default=None,
+                   help='model input size; 0 = original; default: the size the model was trained at, else 512')
     p.add_argument('--num_workers', type=int, default=2, help='data loader processes decoding JPEGs')
     p.add_argument('--writers', type=int, default=4, help='threads compressing and writing the .npz files')
     p.add_argument('--fp16', dest='fp16', action='store_true', default=True, help='float16 autocast on CUDA (default)')
     p.add_argument('--no_fp16', dest='fp16', action='store_false')
     p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
+    p.add_argument('--roi', choices=ROI_MODES, default='auto',
+                   help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--zip', dest='zip', action='store_true', default=True, help='write submission.zip (default)')
     p.add_argument('--no_zip', dest='zip', action='store_false')
     p.add_argument('--overwrite', action='store_true', help='redo every file even if output_dir holds results')
@@ -267,14 +366,14 @@ def parse_args(argv=None) -> argparse.Namespace:
         missing = [f'--{k}' for k in ('model_path', 'data_path') if not getattr(a, k)]
         if missing: p.error(f"missing {', '.join(missing)} (or use --check PATH)")
     if a.batch_size < 1: p.error(f'--batch_size must be >= 1, got {a.batch_size}')
-    if a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
+    if a.target_size is not None and a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     m = re.fullmatch(r'(\d+)/(\d+)', a.shard)
     if not m or not int(m.group(1)) < int(m.group(2)): p.error(f"--shard must be K/N with 0 <= K < N, got {a.shard!r}")
     a.shard = (int(m.group(1)), int(m.group(2)))
     return a
 
 def main(argv=None):
-    "Entry point of `unet3plus-infer`; from the shell input errors print one line (status 1), success exits 0."
+    "Entry point of `unet3plus-infer`: status 0 on success, 2 (one line) on a user error, 1 if `--check` fails."
     a = parse_args(sys.argv[1:] if argv is None else argv)
     with cli_errors('unet3plus-infer', enabled=argv is None): res = run_infer(a)
     return None if argv is None else res   # a console script's sys.exit(main()) must get None for status 0
@@ -288,9 +387,11 @@ def run_infer(a: argparse.Namespace):
         return rep
     device = resolve_device(a.device)
     model = load_model(a.model_path, device)
-    r = predict_folder(model, a.data_path, a.output_dir, target_size=a.target_size or None, batch_size=a.batch_size,
+    size, _ = input_size(a.target_size, model)
+    r = predict_folder(model, a.data_path, a.output_dir, target_size=size, batch_size=a.batch_size,
                        num_workers=a.num_workers, tta=a.tta, fp16=a.fp16, overwrite=a.overwrite,
-                       save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path, writers=a.writers, shard=a.shard)
+                       save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,
+                       writers=a.writers, shard=a.shard, roi=a.roi)
     print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r
 
 # %% ../nbs/09_inference.ipynb #36efff9d

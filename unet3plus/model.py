@@ -11,26 +11,29 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from .data import atomic_write, atomic_write_text, prepare_output_dir
 from .encoders import create_encoder
-from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, FastConv2d, set_weight_grad
+from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM
 
 # %% auto #0
-__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CONFIG_NAME', 'CONFIG_ALIASES', 'SEED_BACKBONES',
-           'UNet3Plus', 'probabilities', 'predict', 'save_pretrained', 'read_config', 'read_weights', 'from_pretrained',
-           'summary', 'export_onnx', 'check_onnx', 'conv_peak', 'build_peer', 'make_steps', 'step_gflops',
-           'train_peak_mb', 'bench_model']
+__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME', 'SEED_WEIGHTS_NAME', 'CONFIG_NAME',
+           'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'SEED_BACKBONES', 'UNet3Plus', 'probabilities', 'predict',
+           'is_model_card', 'model_card', 'check_config', 'save_pretrained', 'read_config', 'check_finite',
+           'read_weights', 'from_pretrained', 'summary', 'export_onnx', 'check_onnx', 'conv_peak', 'build_peer',
+           'make_steps', 'step_gflops', 'train_peak_mb', 'bench_model']
 
 # %% ../nbs/04_model.ipynb #706ea4ec
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
-               'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs')
+               'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs', 'fusion',
+               'fusion_rank')
 STRUCTURAL = ('backbone', 'n_classes', 'cat_channels', 'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias',
-              'encoder_kwargs')
+              'encoder_kwargs', 'fusion', 'fusion_rank')
 
 class UNet3Plus(nn.Module):
     "UNet 3+ with a timm or plain encoder; `model(x01)` -> dict(logits[, aux][, cls_logits])."
     def __init__(self, backbone: str = 'convnext_tiny', n_classes: int = 3, pretrained: bool = True,
                  pretrained_path=None, cat_channels: int = 64, deep_supervision: bool = False, cgm: bool = False,
                  freeze_backbone: bool = False, branch_order: str = 'conv_first', fine_levels='auto',
-                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5, encoder_kwargs: dict | None = None):
+                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5,
+                 encoder_kwargs: dict | None = None, fusion: str = 'full', fusion_rank: int | None = None):
         super().__init__()
         if n_classes < 1: raise ValueError(f"UNet3Plus: n_classes must be >= 1, got {n_classes}")
         if cgm and n_classes < 2: raise ValueError(f"UNet3Plus: cgm=True needs n_classes >= 2, got {n_classes}")
@@ -40,14 +43,16 @@ class UNet3Plus(nn.Module):
         self.encoder = create_encoder(backbone, **enc_kw)
         if light_stride == 'auto': light_stride = 1 if backbone == 'plain' else 4
         light = min(sum(s < (light_stride or 1) for s in self.encoder.strides), len(self.encoder.strides) - 2)
-        self.decoder = UNet3PlusDecoder(self.encoder.channels, cat_channels, branch_order, conv_bias, light, light_channels)
+        self.decoder = UNet3PlusDecoder(self.encoder.channels, cat_channels, branch_order, conv_bias, light,
+                                        light_channels, fusion, fusion_rank)
         self.head = SegmentationHead(self.decoder.out_channels, n_classes)
         self.aux_heads = DeepSupervisionHeads(self.decoder.node_channels[1:], n_classes) if deep_supervision else None
         self.cgm = CGM(self.decoder.node_channels[-1], n_classes, cgm_dropout) if cgm else None
         self.config = dict(backbone=backbone, n_classes=n_classes, cat_channels=cat_channels, deep_supervision=deep_supervision,
                            cgm=cgm, cgm_dropout=cgm_dropout, freeze_backbone=freeze_backbone, branch_order=branch_order,
                            fine_levels=fine_levels, light_stride=light_stride, light_channels=light_channels, conv_bias=conv_bias,
-                           encoder_kwargs=encoder_kwargs, pretrained=bool(pretrained or pretrained_path))
+                           encoder_kwargs=encoder_kwargs, fusion=fusion, fusion_rank=fusion_rank,
+                           pretrained=bool(pretrained or pretrained_path))
         mean, std = getattr(self.encoder, 'mean', None), getattr(self.encoder, 'std', None)
         self.register_buffer('mean', torch.tensor(mean or [0.0] * 3).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std or [1.0] * 3).view(1, -1, 1, 1), persistent=False)
@@ -73,9 +78,25 @@ class UNet3Plus(nn.Module):
         if x.ndim != 4 or x.shape[1] != self.mean.shape[1]:
             raise ValueError(f"UNet3Plus: expected images [B, {self.mean.shape[1]}, H, W] in [0, 1], got shape {tuple(x.shape)}")
 
+    @property
+    def size_multiple(self) -> int:
+        "Inputs are padded to sides that are multiples of this: the encoder's largest feature stride."
+        return max(self.encoder.strides)
+
+    def padded_size(self, h: int, w: int) -> tuple[int, int]:
+        "(H, W) rounded up to multiples of `size_multiple`: the size the encoder sees."
+        m = self.size_multiple
+        return -(-h // m) * m, -(-w // m) * m
+
+    def pad_input(self, x: torch.Tensor) -> torch.Tensor:
+        "`x` padded at the bottom and right to `padded_size`, replicating its edge pixels (unchanged if already there)."
+        (h, w), (ph, pw) = x.shape[-2:], self.padded_size(*x.shape[-2:])
+        return x if (ph, pw) == (h, w) else F.pad(x, (0, pw - w, 0, ph - h), mode='replicate')
+
     def features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        "Encoder features (finest first) of a [0, 1] image batch."
+        "Encoder features (finest first) of a [0, 1] image batch, padded to `padded_size` first."
         self._check_input(x)
+        x = self.pad_input(x)
         if self.decoder.fuse[0][0].weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)        # keep channels_last end to end
         return self.encoder((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
@@ -83,9 +104,10 @@ class UNet3Plus(nn.Module):
     def forward(self, x: torch.Tensor) -> dict:
         "dict(logits=[B,n_classes,H,W]); `aux` (deep supervision, training) and `cls_logits` (CGM) when enabled."
         nodes = self.decoder(self.features(x))
-        size = x.shape[-2:]
-        out = {'logits': self.head(nodes[0], size)}
-        if self.aux_heads is not None and self.training: out['aux'] = self.aux_heads(nodes[1:], size)
+        (h, w), size = x.shape[-2:], self.padded_size(*x.shape[-2:])
+        crop = (lambda t: t) if size == (h, w) else (lambda t: t[..., :h, :w])
+        out = {'logits': crop(self.head(nodes[0], size))}
+        if self.aux_heads is not None and self.training: out['aux'] = [crop(a) for a in self.aux_heads(nodes[1:], size)]
         if self.cgm is not None: out['cls_logits'] = self.cgm(nodes[-1])
         return out
 
@@ -110,40 +132,195 @@ def predict(self, x: torch.Tensor, cgm_threshold: float | None = 0.5) -> torch.T
 
 UNet3Plus.probabilities, UNet3Plus.predict = probabilities, predict
 
+# %% ../nbs/04_model.ipynb #d35e0e95
+CARD_NAME, CARD_MARK = 'README.md', '<!-- model card written by unet3plus save_pretrained'
+
+def is_model_card(path) -> bool:
+    "Whether `path` is a model card `save_pretrained` wrote (it carries the marker near its top)."
+    try:
+        with open(path, encoding='utf-8', errors='replace') as f: return CARD_MARK in f.read(4096)
+    except OSError: return False
+
+def _hex(rgb) -> str: return '#{:02x}{:02x}{:02x}'.format(*(int(v) for v in rgb))
+
+def _number(v) -> str: return 'n/a' if v is None else f'{v:.4f}'
+
+def _data_text(data) -> str:
+    "One line on the data a model was trained on (from its training record)."
+    if not data: return 'not recorded'
+    if data.get('custom'): return str(data['custom'])
+    s = data.get('synthetic')
+    if s:
+        style = f", style {s['style']}" if s.get('style') else ''
+        return (f"the built-in synthetic SPARK-like set (render version {s.get('render_version')}{style}, "
+                f"{s.get('n_train')} training and {s.get('n_val')} validation images of {s.get('size')} px, "
+                f"seed {s.get('seed')})")
+    sub = f", a class-stratified subset of {data['val_subset']} validation images" if data.get('val_subset') else ''
+    return f"the SPARK data set at `{data.get('data_root')}`{sub}"
+
+def _metrics_table(v: dict, names) -> list[str]:
+    "The per-class IoU table of a record's validation metrics."
+    rows = ['| class | IoU |', '| --- | --- |'] + [f"| {n} | {_number(v.get('iou', {}).get(n))} |" for n in names]
+    rows.append(f"| **mean (mIoU)** | **{_number(v.get('miou'))}** |")
+    if v.get('miou_no_bg') is not None: rows.append(f"| mean without background | {_number(v['miou_no_bg'])} |")
+    return rows
+
+def model_card(config: dict, training: dict | None = None) -> str:
+    "A Hugging Face style model card (README.md) from a model's config and training record."
+    t, n = training or {}, config['n_classes']
+    names = t.get('class_names') or [f'class {i}' for i in range(n)]
+    colors = t.get('class_colors')
+    classes = ', '.join(f"{c} ({_hex(colors[i])})" if colors and i < len(colors) else c for i, c in enumerate(names))
+    extras = [k.replace('_', ' ') for k in ('deep_supervision', 'cgm') if config.get(k)]
+    size, crop = t.get('target_size'), float(t.get('object_crop') or 0)
+    trained = (f"Trained at {size} x {size} px" if isinstance(size, int) else f"Trained at {size} px" if size
+               else "Training size not recorded")
+    trained += (f", on full frames and object-centred crops (`object_crop` {crop:g}): `roi='auto'` predicts in two "
+                "stages." if crop > 0 else ", on full frames.")
+    out = ['---', 'library_name: unet3plus', 'pipeline_tag: image-segmentation',
+           'tags: [unet3plus, image-segmentation, semantic-segmentation, spacecraft, spark2024]', '---',
+           CARD_MARK + '; saving the model again replaces it -->', '',
+           f"# UNet3+ {config['backbone']}: {n}-class segmentation", '',
+           f"A UNet 3+ (full-scale skip connections) with the `{config['backbone']}` encoder, "
+           f"{config.get('cat_channels')} channels per decoder branch{', ' + ' and '.join(extras) if extras else ''}, "
+           f"segmenting {n} classes: {classes}. "
+           f"It takes RGB images in [0, 1] of any size. {trained}", '',
+           '## How to use', '', '```python', 'from unet3plus.model import UNet3Plus',
+           'import unet3plus.predict                         # adds model.segment',
+           "model = UNet3Plus.from_pretrained('path/to/this/folder')",
+           'classes = model.segment(image)          # uint8 [H, W, 3] -> class map uint8 [H, W], same size', '```', '',
+           'From the shell: `unet3plus-eval --model_path FOLDER` evaluates it on the validation split it was trained '
+           'on, '
+           '`unet3plus-infer --model_path FOLDER --data_path TEST` writes SPARK submission files; both default to '
+           'the input size it was trained at.', '']
+    v = t.get('validation')
+    out += ['## Validation metrics', '']
+    if v:
+        out += [f"These weights on the validation split after epoch {v.get('epoch')}, as measured during training "
+                "(at the training input size; `unet3plus-eval` measures at the original resolution):", '']
+        out += _metrics_table(v, names)
+    else: out.append('No validation of these weights is recorded (saved outside `unet3plus-train`, or not validated '
+                     'at this epoch).')
+    b = t.get('best')
+    if b and b.get('epoch') is not None and (not v or b.get('epoch') != v.get('epoch')):
+        out += ['', f"The run's best validation {b.get('monitor')} was {_number(b.get('score'))} at epoch "
+                    f"{b.get('epoch')} (`unet3plus_best`)."]
+    out += ['', '## Training', '', f"Data: {_data_text(t.get('data'))}."]
+    if t.get('epoch') is not None: out.append(f"Weights after epoch {t['epoch']} (optimizer step {t.get('step')}).")
+    if t.get('command'): out += ['', '```bash', t['command'], '```']
+    if not t: out.append('No training record: this folder was saved outside `unet3plus-train`.')
+    out += ['', '## Intended use and limits', '',
+            '- Research on spacecraft segmentation (SPARK 2024 stream 1: body and solar panels against space); the '
+            'numbers above hold for the data above and nothing else.',
+            '- A model trained on the built-in synthetic set has never seen a real image: measure it on real data '
+            'before trusting it there.',
+            '- Thin structures (struts, antennas) narrower than a pixel at the input size are lost; small or distant '
+            'spacecraft are segmented worse than large ones.',
+            '- Not validated for operational use (navigation, docking, any safety-critical decision).', '']
+    return '\n'.join(out)
+
 # %% ../nbs/04_model.ipynb #8f36103b
 WEIGHTS_NAME, SEED_WEIGHTS_NAME, CONFIG_NAME = 'model.safetensors', 'unet3plus_model.pt', 'config.json'
 CONFIG_ALIASES = {'num_classes': 'n_classes', 'classes': 'n_classes', 'encoder_name': 'backbone', 'encoder': 'backbone'}
+CONFIG_TYPES = dict(backbone=(str,), n_classes=(int,), cat_channels=(int,), deep_supervision=(bool,), cgm=(bool,),
+                    cgm_dropout=(int, float), freeze_backbone=(bool,), branch_order=(str,),
+                    fine_levels=('auto', None, int), light_stride=('auto', None, int), light_channels=(int,),
+                    conv_bias=(bool,), encoder_kwargs=(dict, None), fusion=(str,),
+                    fusion_rank=(int, None), training=(dict, None))
+POSITIVE = ('n_classes', 'cat_channels')
 
-def save_pretrained(self, save_dir, overwrite: bool = False) -> Path:
-    "Write `config.json` and `model.safetensors` to `save_dir` (refuses a non-empty dir unless `overwrite`)."
+def _type_ok(v, allowed) -> bool:
+    "Whether `v` is one of `allowed` (types, or the literal values 'auto' and None); a bool is not an int here."
+    for a in allowed:
+        if isinstance(a, type):
+            if isinstance(v, a) and (a is bool or not isinstance(v, bool)): return True
+        elif v == a and type(v) is type(a): return True
+    return False
+
+def check_config(cfg, where) -> dict:
+    "`cfg` if it is a dict whose known keys have the types `UNet3Plus` takes (ints are ints...), else a ValueError."
+    if not isinstance(cfg, dict):
+        raise ValueError(f"from_pretrained: {where} must hold a JSON object, got a {type(cfg).__name__}")
+    for k, allowed in CONFIG_TYPES.items():
+        if k in cfg and not _type_ok(cfg[k], allowed):
+            names = ' or '.join(repr(a) if not isinstance(a, type) else a.__name__ for a in allowed)
+            got = f"{cfg[k]!r} ({type(cfg[k]).__name__})"
+            raise ValueError(f"from_pretrained: {where}: {k!r} must be {names}, got {got}")
+    for k in POSITIVE:
+        if k in cfg and cfg[k] < 1: raise ValueError(f"from_pretrained: {where}: {k!r} must be >= 1, got {cfg[k]}")
+    return cfg
+
+def _is_saved_model(d: Path) -> bool:
+    "Whether folder `d` holds a config.json that `from_pretrained` reads (a model folder of this project)."
+    try: read_config(d); return True
+    except (OSError, ValueError): return False
+
+def _config_text(config: dict, training) -> str:
+    "config.json's text: the constructor keys and, when given, the `training` record (a JSON object)."
+    if training is not None and not isinstance(training, dict):
+        raise ValueError(f"save_pretrained: training must be a dict (the record), not {type(training).__name__}")
+    try: return json.dumps(config if training is None else dict(config, training=training), indent=2, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"save_pretrained: the training record is not plain JSON: {e}") from None
+
+def save_pretrained(self, save_dir, overwrite: bool = False, training: dict | None = None) -> Path:
+    "Write `config.json` (with the `training` record), `model.safetensors` and a model card `README.md` to `save_dir`."
     from safetensors.torch import save
+    training = self.training_record if training is None else training
+    text = _config_text(self.config, training)
     d = prepare_output_dir(save_dir, overwrite, what='save_pretrained: folder', hint='pass overwrite=True to replace its model files')
+    ours = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if (d / n).exists()]
+    if ours and not _is_saved_model(d):
+        raise FileExistsError(f"save_pretrained: {d} holds {' and '.join(ours)} that save_pretrained did not write "
+                              f"(no readable UNet3Plus {CONFIG_NAME}); move them away or choose another folder")
+    if (d / CARD_NAME).exists() and not is_model_card(d / CARD_NAME):
+        raise FileExistsError(f"save_pretrained: {d} holds a {CARD_NAME} that save_pretrained did not write "
+                              "(no model card marker); move it away or choose another folder")
     sd = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+    atomic_write_text(d / CONFIG_NAME, text)                                # first: it marks the folder as a model's
     atomic_write(d / WEIGHTS_NAME, lambda f: f.write(save(sd, metadata={'format': 'pt'})))
-    atomic_write_text(d / CONFIG_NAME, json.dumps(self.config, indent=2))
+    atomic_write_text(d / CARD_NAME, model_card(self.config, training))
     return d
 
 def read_config(load_dir) -> dict:
-    "The model config in `load_dir/config.json`, seed aliases (num_classes, encoder_name...) mapped to ours."
+    "The model config in `load_dir/config.json`, seed aliases (num_classes...) mapped to ours, types checked."
     f = Path(load_dir) / CONFIG_NAME
     if not f.is_file(): raise FileNotFoundError(f"from_pretrained: {f} not found (expected {CONFIG_NAME} next to the weights)")
     try: raw = json.loads(f.read_text())
-    except json.JSONDecodeError as e: raise ValueError(f"from_pretrained: {f} is not valid JSON: {e}") from None
-    cfg = {CONFIG_ALIASES.get(k, k): v for k, v in raw.items()}
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"from_pretrained: {f} is not valid JSON: {e}") from None
+    cfg = check_config({CONFIG_ALIASES.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else raw, f)
     if 'backbone' not in cfg or 'n_classes' not in cfg: raise ValueError(f"from_pretrained: {f} lacks 'backbone' or 'n_classes'")
     return cfg
 
+def check_finite(sd: dict, where) -> dict:
+    "`sd` if every floating-point tensor in it is finite, else a ValueError naming the first bad tensor and `where`."
+    for k, v in sd.items():
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not bool(torch.isfinite(v).all()):
+            raise ValueError(f"from_pretrained: tensor {k!r} in {where} holds NaN or inf values (a diverged training?)")
+    return sd
+
 def read_weights(load_dir) -> dict:
-    "The state_dict in `load_dir` (model.safetensors, or the seed's unet3plus_model.pt)."
+    "The state_dict in `load_dir` (model.safetensors, or the seed's unet3plus_model.pt), checked to be finite."
     d = Path(load_dir)
     if (d / WEIGHTS_NAME).is_file():
         from safetensors.torch import load_file
-        return load_file(d / WEIGHTS_NAME)
+        f = d / WEIGHTS_NAME
+        try: sd = load_file(f)
+        except Exception as e:          # the parser's own error type; any failure means the file is unreadable
+            raise ValueError(f"from_pretrained: cannot read {f} (empty, truncated or not safetensors?): {e}") from None
+        return check_finite(sd, f)
     if (d / SEED_WEIGHTS_NAME).is_file():
-        sd = torch.load(d / SEED_WEIGHTS_NAME, map_location='cpu', weights_only=True)
+        f = d / SEED_WEIGHTS_NAME
+        try: sd = torch.load(f, map_location='cpu', weights_only=True)
+        except Exception as e:
+            why = str(e) or type(e).__name__
+            raise ValueError(f"from_pretrained: cannot read {f} (empty or truncated?): {why}") from None
         for key in ('model_state_dict', 'state_dict', 'model'):
             if isinstance(sd, dict) and isinstance(sd.get(key), dict): sd = sd[key]
-        return {k.removeprefix('module.'): v for k, v in sd.items()}
+        if not isinstance(sd, dict):
+            raise ValueError(f"from_pretrained: {f} holds a {type(sd).__name__}, not a state_dict")
+        return check_finite({k.removeprefix('module.'): v for k, v in sd.items()}, f)
     raise FileNotFoundError(f"from_pretrained: no {WEIGHTS_NAME} or {SEED_WEIGHTS_NAME} in {d}")
 
 def _check_overrides(cfg: dict, overrides: dict, where):
@@ -163,7 +340,9 @@ def from_pretrained(cls, load_dir, map_location='cpu', **overrides) -> 'UNet3Plu
     cfg = read_config(d)
     _check_overrides(cfg, overrides, d)
     kw = {k: v for k, v in {**cfg, **overrides}.items() if k in CONFIG_KEYS}
-    model = cls(pretrained=False, **kw)
+    try: model = cls(pretrained=False, **kw)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"from_pretrained: {d / CONFIG_NAME}: cannot build the model: {e}") from None
     sd = read_weights(d)
     drop = [p for p, on in (('aux_heads.', model.aux_heads is not None), ('cgm.', model.cgm is not None)) if not on]
     sd = {k: v for k, v in sd.items() if not any(k.startswith(p) for p in drop)}
@@ -172,9 +351,11 @@ def from_pretrained(cls, load_dir, map_location='cpu', **overrides) -> 'UNet3Plu
     if missing or unexpected:
         raise ValueError(f"from_pretrained({d}): weights do not fit config {kw}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
+    model.training_record = cfg.get('training')                            # how it was trained; not used to build it
     return model.to(map_location)
 
 UNet3Plus.save_pretrained, UNet3Plus.from_pretrained = save_pretrained, from_pretrained
+UNet3Plus.training_record = None     # a model built in Python has no record; from_pretrained sets the saved one
 
 # %% ../nbs/04_model.ipynb #03c94f25
 def _gflops(fn) -> tuple:
@@ -183,7 +364,7 @@ def _gflops(fn) -> tuple:
     return res, fc.get_total_flops() / 1e9
 
 def summary(self, size=512, batch: int = 1, verbose: bool = True) -> dict:
-    "Parameters (M) and GFLOPs per part (encoder / decoder / heads) for a `batch` of `size` images."
+    "Parameters (M) and GFLOPs per part (encoder / decoder / heads) for a `batch` of `size` images (as padded)."
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     dev = self.mean.device
     x = torch.rand(batch, self.mean.shape[1], h, w, device=dev) if dev.type != 'meta' else torch.empty(batch, self.mean.shape[1], h, w, device=dev)
@@ -193,7 +374,8 @@ def summary(self, size=512, batch: int = 1, verbose: bool = True) -> dict:
         with torch.no_grad():
             feats, g_enc = _gflops(lambda: self.features(x))
             nodes, g_dec = _gflops(lambda: self.decoder(feats))
-            _, g_head = _gflops(lambda: (self.head(nodes[0], (h, w)), self.cgm(nodes[-1]) if self.cgm is not None else None))
+            head = lambda: (self.head(nodes[0], self.padded_size(h, w)), self.cgm(nodes[-1]) if self.cgm is not None else None)
+            _, g_head = _gflops(head)
     finally: self.train(was_training)
     heads = [m for m in (self.head, self.aux_heads, self.cgm) if m is not None]
     p = lambda mods: sum(q.numel() for mod in mods for q in mod.parameters()) / 1e6
@@ -239,18 +421,22 @@ SEED_BACKBONES = ['convnext_tiny', 'convnext_small', 'convnext_base', 'hrnet_w18
                   'efficientnet_b0', 'efficientnet_b3', 'resnet34', 'resnet50']
 
 # %% ../nbs/04_model.ipynb #1e19f77d
-def conv_peak(repeats: int = 3, channels_last: bool = True) -> dict:
-    "Best GFLOP/s of a conv3x3 (forward; forward + backward with either weight gradient) on this machine, over a few shapes."
+from .decoder import precision_autocast
+
+def conv_peak(repeats: int = 3, channels_last: bool = True, precision: str = 'fp32') -> dict:
+    "Best GFLOP/s of a conv3x3 (forward; forward + backward) in `precision` on this machine, over a few shapes."
     from unet3plus.bench import measure
     best = {'forward': 0.0, 'train': 0.0}
-    for (c, hw, b), wgrad in [(s, w) for s in ((256, 64, 4), (128, 128, 2)) for w in ('native', 'gemm')]:
-        conv = FastConv2d(c, c, 3, padding=1, bias=False); conv.weight_grad = wgrad
+    for c, hw, b in ((256, 64, 4), (128, 128, 2), (256, 128, 2)):
+        conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
         x = torch.randn(b, c, hw, hw, requires_grad=True)
         if channels_last: conv, x = conv.to(memory_format=torch.channels_last), x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
         flops = 2 * c * c * 9 * hw * hw * b
         def fwd():
-            with torch.no_grad(): conv(x)
-        def train(): conv(x).sum().backward()
+            with torch.no_grad(), precision_autocast('cpu', precision): conv(x)
+        def train():
+            with precision_autocast('cpu', precision): y = conv(x)
+            y.float().sum().backward()
         t = measure({'forward': fwd, 'train': train}, repeats=repeats, warmup=1)
         best['forward'] = max(best['forward'], flops / t['forward'] / 1e9)
         best['train'] = max(best['train'], 3 * flops / t['train'] / 1e9)
@@ -260,13 +446,9 @@ def _max_peak(a: dict, b: dict) -> dict:
     "Per-kind maximum of two `conv_peak` results (the machine's load changes during a run)."
     return {k: max(a[k], b[k]) for k in a}
 
-def build_peer(kind: str, backbone: str, n_classes: int = 3, branch_order: str = 'conv_first', cat_channels: int = 64,
-               weight_grad: str = 'auto') -> nn.Module:
-    "A model to benchmark: 'unet3plus' (ours, random init) or 'smp' (segmentation_models_pytorch.Unet, same timm encoder)."
-    if kind == 'unet3plus':
-        model = UNet3Plus(backbone, n_classes=n_classes, pretrained=False, branch_order=branch_order, cat_channels=cat_channels)
-        set_weight_grad(model, weight_grad)
-        return model
+def build_peer(kind: str, backbone: str, n_classes: int = 3, **kwargs) -> nn.Module:
+    "A model to benchmark: 'unet3plus' (ours, random init, `kwargs` for `UNet3Plus`) or 'smp' (smp.Unet, same encoder)."
+    if kind == 'unet3plus': return UNet3Plus(backbone, n_classes=n_classes, pretrained=False, **kwargs)
     if kind == 'smp':
         import segmentation_models_pytorch as smp
         return smp.Unet(f'tu-{backbone}', encoder_weights=None, classes=n_classes)
@@ -274,18 +456,20 @@ def build_peer(kind: str, backbone: str, n_classes: int = 3, branch_order: str =
 
 def _logits(out): return out['logits'] if isinstance(out, dict) else out
 
-def make_steps(model: nn.Module, size: int, batch: int, channels_last: bool = True, n_classes: int = 3, seed: int = 0):
-    "(train_step, infer_step) closures for `model` on a fixed random batch."
+def make_steps(model: nn.Module, size: int, batch: int, channels_last: bool = True, n_classes: int = 3, seed: int = 0,
+               precision: str = 'fp32'):
+    "(train_step, infer_step) closures for `model` on a fixed random batch, the forward under `precision`'s autocast."
     g = torch.Generator().manual_seed(seed)
     x, y = torch.rand(batch, 3, size, size, generator=g), torch.randint(0, n_classes, (batch, size, size), generator=g)
     if channels_last: model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     def train_step():
         model.train(); opt.zero_grad(set_to_none=True)
-        F.cross_entropy(_logits(model(x)), y).backward(); opt.step()
+        with precision_autocast('cpu', precision): logits = _logits(model(x))
+        F.cross_entropy(logits.float(), y).backward(); opt.step()          # the loss in fp32, as training does
     def infer_step():
         model.eval()
-        with torch.no_grad(): model(x)
+        with torch.no_grad(), precision_autocast('cpu', precision): model(x)
     return train_step, infer_step
 
 def step_gflops(model: nn.Module, size: int, batch: int) -> dict:
@@ -303,37 +487,53 @@ def _proc_status_mb(key: str) -> float:
         if line.startswith(key + ':'): return int(line.split()[1]) / 1024
     raise KeyError(key)
 
-def _peak_child(q, kind, backbone, branch_order, size, batch, channels_last, cat_channels, weight_grad):
+def _peak_child(q, kind, backbone, size, batch, channels_last, precision, kwargs):
     "Child process: (RSS before, peak RSS during) a train step of a fresh model, in MiB."
     torch.manual_seed(0)
-    model = build_peer(kind, backbone, branch_order=branch_order, cat_channels=cat_channels, weight_grad=weight_grad)
-    train, _ = make_steps(model, size, batch, channels_last)
+    model = build_peer(kind, backbone, **kwargs)
+    train, _ = make_steps(model, size, batch, channels_last, precision=precision)
     try: Path('/proc/self/clear_refs').write_text('5')          # reset the high-water mark to the current RSS
     except OSError: pass
     before = _proc_status_mb('VmRSS')
     train()
     q.put((before, _proc_status_mb('VmHWM')))
 
-def train_peak_mb(kind: str, backbone: str, size: int, batch: int, branch_order: str = 'conv_first', channels_last: bool = True,
-                  cat_channels: int = 64, weight_grad: str = 'auto') -> tuple:
-    "(RSS before the first step, peak RSS during it) in MiB of training `kind` in a fresh process (Linux)."
+def train_peak_mb(kind: str, backbone: str, size: int, batch: int, channels_last: bool = True, precision: str = 'fp32',
+                  **kwargs) -> tuple:
+    "(RSS before the first step, peak RSS during it) in MiB of training `kind` (`kwargs` for UNet3Plus), new process."
     import multiprocessing as mp
     ctx = mp.get_context('spawn'); q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, branch_order, size, batch, channels_last, cat_channels, weight_grad))
+    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, size, batch, channels_last, precision, kwargs))
     p.start(); res = q.get(); p.join()
     return res
 
 # %% ../nbs/04_model.ipynb #9bdaede5
+def _model_specs(a) -> dict:
+    "name -> (kind, channels_last, UNet3Plus kwargs) of the models `bench_model`'s options ask for."
+    specs = {'unet3plus': ('unet3plus', True, {})}
+    if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, dict(branch_order='paper'))
+    if a.nchw: specs['unet3plus NCHW'] = ('unet3plus', False, {})
+    for c in a.cat_channels: specs[f'unet3plus cat{c}'] = ('unet3plus', True, dict(cat_channels=c))
+    for f in a.fusion:                                   # 'factored' or 'factored:RANK'
+        kind, _, rank = f.partition(':')
+        specs[f'unet3plus fusion={f}'] = ('unet3plus', True, dict(fusion=kind, fusion_rank=int(rank) if rank else None))
+    if not a.no_smp: specs['smp.Unet'] = ('smp', True, {})
+    return specs
+
 def bench_model(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last fp32 CPU."
-    from unet3plus.bench import measure, measure_rounds, round_ratios, print_table
+    "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last CPU, fp32 and bf16."
+    from unet3plus.bench import measure, measure_rounds, round_ratios, print_table, add_precision_arg, bench_precisions
     p = argparse.ArgumentParser('unet3plus-bench model', description=bench_model.__doc__)
     p.add_argument('--backbone', default='convnext_tiny', help='timm backbone for both models')
     p.add_argument('--size', type=int, default=512); p.add_argument('--batch', type=int, default=2)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
+    add_precision_arg(p)
     p.add_argument('--no_smp', action='store_true', help='skip the smp.Unet peer')
+    p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
     p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
     p.add_argument('--cat_channels', type=int, nargs='*', default=[], help='also time the default model with these cat_channels')
+    p.add_argument('--fusion', nargs='*', default=[],
+                   help="also time the default model with these fusions ('full', 'factored', 'factored:128')")
     p.add_argument('--no_memory', action='store_true', help='skip the child-process memory measurements')
     p.add_argument('--memory_only', action='store_true', help='only the memory measurements')
     p.add_argument('--memory_backbone', default='resnet34'); p.add_argument('--memory_batch', type=int, default=8)
@@ -341,46 +541,47 @@ def bench_model(argv: list[str] | None = None) -> dict:
     a = p.parse_args(argv or [])
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    specs = {'unet3plus conv_first': ('unet3plus', 'conv_first', True, 64, 'auto'),
-             'unet3plus conv_first oneDNN wgrad': ('unet3plus', 'conv_first', True, 64, 'native'),
-             'unet3plus paper': ('unet3plus', 'paper', True, 64, 'auto')}
-    if a.nchw: specs['unet3plus conv_first NCHW'] = ('unet3plus', 'conv_first', False, 64, 'auto')
-    for c in a.cat_channels: specs[f'unet3plus conv_first cat{c}'] = ('unet3plus', 'conv_first', True, c, 'auto')
-    if not a.no_smp: specs['smp.Unet'] = ('smp', 'conv_first', True, 64, 'auto')
-    if a.memory_only: return {'memory': _bench_memory(a, specs)}
-    peak = conv_peak(repeats=min(a.repeats, 2))
-    models = {k: build_peer(kind, a.backbone, branch_order=o, cat_channels=c, weight_grad=wg) for k, (kind, o, _, c, wg) in specs.items()}
+    specs, precisions = _model_specs(a), bench_precisions(a.precision)
+    if a.memory_only: return {'memory': _bench_memory(a, specs, precisions)}
+    models = {k: build_peer(kind, a.backbone, **kw) for k, (kind, _, kw) in specs.items()}
     flops = {k: step_gflops(m, a.size, a.batch) for k, m in models.items()}
-    steps = {k: make_steps(models[k], a.size, a.batch, spec[2]) for k, spec in specs.items()}
-    r_train = measure_rounds({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-    t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-    t_train = {k: statistics.median(v) for k, v in r_train.items()}
-    peak = _max_peak(peak, conv_peak(repeats=1))
-    ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus conv_first'
-    rows = []
-    for k in specs:
-        rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
-                     'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
-                     'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
-                     'train_GFLOP/s': flops[k]['train'] / t_train[k], 'train_%peak': 100 * flops[k]['train'] / t_train[k] / peak['train'],
-                     'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
-                     'infer_GFLOP/s': flops[k]['infer'] / t_infer[k], 'infer_%peak': 100 * flops[k]['infer'] / t_infer[k] / peak['forward']})
-    print(f"backbone={a.backbone} size={a.size} batch={a.batch} threads={torch.get_num_threads()} repeats={a.repeats}; "
-          f"conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, forward+backward {peak['train']:.1f} GFLOP/s")
-    print_table(rows, 'train step and inference, alternating runs, fp32 CPU (ratios against ' + ref + ')')
-    res = {'rows': rows, 'conv_peak': peak, 'gflops': flops}
-    if not a.no_memory: res['memory'] = _bench_memory(a, specs)
+    ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus'
+    res = {'gflops': flops, 'rows': {}, 'conv_peak': {}}
+    for prec in precisions:
+        peak = conv_peak(repeats=min(a.repeats, 2), precision=prec)
+        steps = {k: make_steps(models[k], a.size, a.batch, spec[1], precision=prec) for k, spec in specs.items()}
+        r_train = measure_rounds({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
+        t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
+        t_train = {k: statistics.median(v) for k, v in r_train.items()}
+        peak = _max_peak(peak, conv_peak(repeats=1, precision=prec))
+        rows = []
+        for k in specs:
+            tr, inf = flops[k]['train'] / t_train[k], flops[k]['infer'] / t_infer[k]           # GFLOP/s
+            rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
+                         'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
+                         'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
+                         'train_GFLOP/s': tr, 'train_%peak': 100 * tr / peak['train'],
+                         'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
+                         'infer_GFLOP/s': inf, 'infer_%peak': 100 * inf / peak['forward']})
+        print(f"{prec}: backbone={a.backbone} size={a.size} batch={a.batch} threads={torch.get_num_threads()} "
+              f"repeats={a.repeats}; conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, "
+              f"forward+backward {peak['train']:.1f} GFLOP/s")
+        print_table(rows, f'train step and inference, alternating runs, {prec} CPU (ratios against {ref})')
+        res['rows'][prec], res['conv_peak'][prec] = rows, peak
+    if not a.no_memory: res['memory'] = _bench_memory(a, specs, precisions)
     return res
 
-def _bench_memory(a, specs) -> list[dict]:
-    "Peak RSS of a train step of the default UNet3+ and smp.Unet, and of the memory goal's configuration."
+def _bench_memory(a, specs, precisions) -> list[dict]:
+    "Peak RSS of a train step of the default UNet3+, smp.Unet and the memory goal's configuration, per precision."
     from unet3plus.bench import print_table
-    runs = [(k, kind, o, c, wg, a.backbone, a.batch, a.size) for k, (kind, o, cl, c, wg) in specs.items()
-            if k in ('unet3plus conv_first', 'unet3plus conv_first oneDNN wgrad', 'smp.Unet')]
-    runs.append(('unet3plus conv_first', 'unet3plus', 'conv_first', 64, 'auto', a.memory_backbone, a.memory_batch, a.memory_size))
+    runs = [(k, a.backbone, a.batch, a.size) for k in specs if k in ('unet3plus', 'smp.Unet')]
+    runs.append(('unet3plus', a.memory_backbone, a.memory_batch, a.memory_size))
     mem = []
-    for k, kind, o, c, wg, bb, b, sz in runs:
-        before, peak_mb = train_peak_mb(kind, bb, sz, b, o, cat_channels=c, weight_grad=wg)
-        mem.append({'model': k, 'backbone': bb, 'batch': b, 'size': sz, 'rss_before_MiB': before, 'peak_MiB': peak_mb, 'peak_GiB': peak_mb / 1024})
+    for prec in precisions:
+        for k, bb, b, sz in runs:
+            kind, cl, kw = specs[k]
+            before, peak_mb = train_peak_mb(kind, bb, sz, b, cl, prec, **kw)
+            mem.append({'model': k, 'precision': prec, 'backbone': bb, 'batch': b, 'size': sz, 'rss_before_MiB': before,
+                        'peak_MiB': peak_mb, 'peak_GiB': peak_mb / 1024})
     print_table(mem, 'peak memory of a train step (fresh process each, peak RSS)')
     return mem

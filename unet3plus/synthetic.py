@@ -4,37 +4,69 @@
 
 # %% ../nbs/01_synthetic.ipynb #bb68e11e
 from __future__ import annotations
-import argparse, json, math, os, shutil, sys, tempfile
+import argparse, colorsys, json, math, os, shutil, sys, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .data import SPACECRAFT, classes_to_rgb, mask_bbox, overlay_classes, make_layout, write_sample, write_test_image, write_split_csv
+from .data import (SPACECRAFT, atomic_write_text, classes_to_rgb, jpeg_roundtrip, mask_bbox, overlay_classes,
+                            make_layout, write_sample, write_test_image, write_split_csv)
 
 # %% auto #0
-__all__ = ['GOLD', 'SILVER', 'WHITE', 'GREY', 'DARK', 'CELLS', 'BUILDERS', 'RENDER_VERSION', 'SPLITS', 'IMAGE_QUALITY',
-           'MASK_QUALITY', 'Face', 'area_vector2', 'face_normal', 'basis', 'outward', 'box', 'prism', 'dish', 'panel',
-           'wing', 'make_cheops', 'make_lisa', 'make_obs', 'make_proba2', 'make_proba3', 'make_proba3ocs',
-           'make_smart1', 'make_soho', 'make_venus', 'make_xmm', 'face_area', 'appendages', 'build_model',
-           'random_rotation', 'Camera', 'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample',
-           'earth_layer', 'earth', 'sun_glare', 'pack', 'shade', 'sun_buffer', 'cast_shadows', 'class_codes',
-           'coverage_to_classes', 'draw_model', 'render_sample', 'show_samples', 'sample_rng', 'sample_spec',
-           'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base', 'synthetic_root', 'parse_args', 'main',
-           'bench_synth']
+__all__ = ['KINDS', 'BLUE_PANELS', 'GREY_METAL', 'APERTURE', 'STYLES', 'STYLE_TABLE', 'BUILDERS', 'EXTRAS', 'BACKGROUNDS',
+           'VISIBLE_DELTA', 'RETRY_SHARE', 'TRIES', 'FOIL', 'METAL', 'CELLS', 'RENDER_VERSION', 'SPLITS',
+           'IMAGE_QUALITY', 'MASK_QUALITY', 'Material', 'as_material', 'PanelLook', 'Face', 'area_vector2',
+           'face_normal', 'face_area', 'unit', 'cross', 'basis', 'box', 'prism', 'rod', 'truss', 'dish', 'panel',
+           'wing_frame', 'wing', 'round_array', 'is_named', 'in_part', 'held_out', 'check_style', 'Draws', 'hsv',
+           'log_uniform', 'body_material', 'panel_look', 'arrays', 'make_cheops', 'make_lisa', 'make_obs',
+           'make_proba2', 'make_proba3', 'make_proba3ocs', 'make_smart1', 'make_soho', 'make_venus', 'make_xmm',
+           'radiator_plate', 'extra_part', 'appendages', 'build_model', 'random_rotation', 'Camera', 'random_extent',
+           'random_camera', 'smooth_noise', 'fractal_noise', 'star_field', 'upsample', 'smooth_size', 'earth_layer',
+           'earth', 'textured', 'background_kind', 'background', 'sun_glare', 'motion_blur', 'vignette', 'sensor_noise',
+           'tone_curve', 'camera_effects', 'luminance', 'integral', 'window_sum', 'block_size', 'check_pair',
+           'block_contrast', 'invisible_pixels', 'invisible_shares', 'visibility_stats', 'take_picture', 'pack',
+           'shade', 'sun_buffer', 'in_shadow', 'class_codes', 'coverage_to_classes', 'random_surface', 'cell_index',
+           'surface_light', 'env_weight', 'draw_model', 'render_sample', 'show_samples', 'show_styles', 'sample_rng',
+           'sample_spec', 'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base', 'synthetic_root',
+           'OneLineParser', 'parse_args', 'main', 'bench_synth']
 
 # %% ../nbs/01_synthetic.ipynb #cbc4b01b
+KINDS = ('paint', 'foil', 'metal', 'cells', 'plate')    # surface textures, see `surface_light`
+
+@dataclass(frozen=True)
+class Material:
+    "How a surface looks: RGB albedo in [0, 1], texture `kind` (one of `KINDS`), specular strength and exponent."
+    albedo: tuple
+    kind: str = 'paint'
+    shine: float = 0.0
+    gloss: float = 20.0
+
+def as_material(x) -> Material:
+    "`x` if it is a `Material`, else a matte paint of albedo `x`."
+    return x if isinstance(x, Material) else Material(tuple(float(c) for c in x))
+
+@dataclass(frozen=True)
+class PanelLook:
+    "How the solar panels of a model look: cell material, back-side albedo, cell grid (nu, nv), grid-line albedo."
+    cells: Material
+    back: tuple = (0.75, 0.75, 0.72)
+    grid: tuple = (4, 2)
+    line: tuple | None = (0.5, 0.5, 0.55)      # None: no visible grid
+
+BLUE_PANELS = PanelLook(Material((0.06, 0.1, 0.32), 'cells', 0.5, 60.0))
+
 @dataclass
 class Face:
-    "One planar polygon of a model: `verts` (k, 3), class id, RGB albedo in [0, 1] and material flags."
+    "One planar polygon of a model: `verts` (k, 3), class id (1 body, 2 panels), material and drawing flags."
     verts: np.ndarray
     cls: int
-    albedo: tuple
+    mat: Material
     two_sided: bool = False
     grid: tuple | None = None
-    shine: float = 0.0
     back: tuple | None = None
+    line: tuple | None = None
 
 def area_vector2(verts: np.ndarray) -> np.ndarray:
     "Twice the area vector of a planar polygon: the sum of cross(v_i, v_i+1) (right-hand rule)."
@@ -47,236 +79,431 @@ def face_normal(verts: np.ndarray) -> np.ndarray:
     n = area_vector2(verts)
     return n / math.sqrt(n @ n + 1e-24)
 
-def basis(axis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Right-handed orthonormal frame `(u, v, w)` with `w` along `axis`."
-    w = np.asarray(axis, float); w = w / np.linalg.norm(w)
-    helper = np.array([1., 0, 0]) if abs(w[0]) < 0.9 else np.array([0., 1, 0])
-    u = np.cross(helper, w); u /= np.linalg.norm(u)
-    return u, np.cross(w, u), w
-
-def outward(verts: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    "`verts` ordered so that the normal points away from the point `inside`."
-    return verts if face_normal(verts) @ (verts.mean(0) - inside) > 0 else verts[::-1].copy()
-
-# %% ../nbs/01_synthetic.ipynb #cc349d10
-def box(center, size, albedo, cls=1, axes=np.eye(3), shine=0.0) -> list[Face]:
-    "Six outward faces of a box with full side lengths `size` along the rows of `axes`."
-    c, h = np.asarray(center, float), np.asarray(size, float) / 2
-    a = np.asarray(axes, float)
-    corners = np.array([c + sx * h[0] * a[0] + sy * h[1] * a[1] + sz * h[2] * a[2]
-                        for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-    quads = [(0, 1, 3, 2), (4, 5, 7, 6), (0, 1, 5, 4), (2, 3, 7, 6), (0, 2, 6, 4), (1, 3, 7, 5)]
-    return [Face(outward(corners[list(q)], c), cls, albedo, shine=shine) for q in quads]
-
-def prism(n, radius, length, center, axis, albedo, cls=1, cap=None, phase=0.0, shine=0.0) -> list[Face]:
-    "Closed n-gonal prism (cylinder for large `n`) along `axis`; `cap` is the albedo of both end faces."
-    c = np.asarray(center, float); u, v, w = basis(axis)
-    t = phase + 2 * np.pi * np.arange(n) / n
-    ring = radius * (np.cos(t)[:, None] * u + np.sin(t)[:, None] * v)
-    lo, hi = c + ring - w * length / 2, c + ring + w * length / 2
-    faces = [Face(outward(np.array([lo[i], lo[(i + 1) % n], hi[(i + 1) % n], hi[i]]), c), cls, albedo, shine=shine)
-             for i in range(n)]
-    faces += [Face(outward(lo, c), cls, cap or albedo, shine=shine), Face(outward(hi, c), cls, cap or albedo, shine=shine)]
-    return faces
-
-def dish(radius, depth, center, axis, albedo, n=12, rings=2, cls=1) -> list[Face]:
-    "Two-sided parabolic dish opening towards `axis`, its vertex at `center`, plus a feed strut."
-    c = np.asarray(center, float); u, v, w = basis(axis)
-    t = 2 * np.pi * np.arange(n) / n
-    rs = radius * np.arange(rings + 1) / rings
-    pts = [[c + r * (np.cos(a) * u + np.sin(a) * v) + depth * (r / radius) ** 2 * w for a in t] for r in rs]
-    faces = [Face(np.array([pts[0][0], pts[1][i], pts[1][(i + 1) % n]]), cls, albedo, two_sided=True, shine=0.3)
-             for i in range(n)]
-    for k in range(1, rings):
-        faces += [Face(np.array([pts[k][i], pts[k + 1][i], pts[k + 1][(i + 1) % n], pts[k][(i + 1) % n]]),
-                       cls, albedo, two_sided=True, shine=0.3) for i in range(n)]
-    faces += prism(4, radius * 0.04, depth * 1.6, c + w * depth * 0.8, axis, (0.6, 0.6, 0.6), cls)
-    return faces
-
-def panel(center, along, across, albedo, back=(0.75, 0.75, 0.72), grid=(4, 2), shine=0.5) -> list[Face]:
-    "A two-sided solar panel: the rectangle `center +- along/2 +- across/2`, cells on the front."
-    c, a, b = (np.asarray(x, float) for x in (center, along, across))
-    verts = np.array([c - a / 2 - b / 2, c + a / 2 - b / 2, c + a / 2 + b / 2, c - a / 2 + b / 2])
-    return [Face(verts, 2, albedo, two_sided=True, grid=grid, shine=shine, back=back)]
-
-def wing(root, direction, normal, n_seg, seg_len, width, cells, boom=0.3, gap=0.04, tilt=0.0,
-         albedo=(0.06, 0.1, 0.32)) -> list[Face]:
-    "A solar wing: a boom (body) from `root` along `direction`, then `n_seg` panels of `seg_len` x `width`."
-    d = np.asarray(direction, float); d /= np.linalg.norm(d)
-    nrm = np.asarray(normal, float); nrm = nrm - (nrm @ d) * d; nrm /= np.linalg.norm(nrm)
-    side = np.cross(d, nrm)
-    nrm, side = np.cos(tilt) * nrm + np.sin(tilt) * side, np.cos(tilt) * side - np.sin(tilt) * nrm
-    root = np.asarray(root, float)
-    faces = box(root + d * boom / 2, (boom, 0.04 + width * 0.05, 0.04 + width * 0.05), (0.55, 0.55, 0.55),
-                axes=np.stack([d, side, nrm]))
-    for k in range(n_seg):
-        c = root + d * (boom + gap + seg_len / 2 + k * (seg_len + gap))
-        faces += panel(c, d * seg_len, side * width, albedo, grid=cells)
-    return faces
-
-# %% ../nbs/01_synthetic.ipynb #1a59b8dc
-GOLD, SILVER, WHITE, GREY, DARK = (0.85, 0.62, 0.22), (0.78, 0.78, 0.8), (0.9, 0.9, 0.88), (0.5, 0.5, 0.52), (0.16, 0.16, 0.17)
-CELLS = [(0.06, 0.1, 0.32), (0.04, 0.05, 0.14), (0.12, 0.09, 0.3), (0.05, 0.14, 0.3)]
-
-def _j(rng, x, s=0.15):
-    "`x` jittered by a random factor in [1-s, 1+s]."
-    return x * rng.uniform(1 - s, 1 + s)
-
-def _mli(rng):
-    "A random insulation colour: gold most often, else silver, white or dark."
-    return [GOLD, GOLD, SILVER, WHITE, DARK][rng.integers(5)]
-
-def _cells(rng): return CELLS[rng.integers(len(CELLS))]
-
-def make_cheops(rng):
-    "Hexagonal platform, telescope tube, sun shield of three body-mounted panels."
-    r, h = _j(rng, 0.8), _j(rng, 0.5)
-    f = prism(6, r, h, (0, 0, 0), (0, 0, 1), WHITE, cap=SILVER, shine=0.2)
-    tr, tl = _j(rng, 0.35), _j(rng, 1.3)
-    f += prism(16, tr, tl, (0, -0.15 * r, h / 2 + tl / 2), (0, 0, 1), _mli(rng), cap=DARK, shine=0.4)
-    cells, sh = _cells(rng), _j(rng, 1.3)
-    for k, ang in enumerate((-0.6, 0, 0.6)):  # three facets of a shield wrapping the tube on the +y side
-        c = np.array([np.sin(ang) * r * 0.85, np.cos(ang) * r * 0.85, h / 2 + sh / 2])
-        f += panel(c, (np.cos(ang) * r * 0.9, -np.sin(ang) * r * 0.9, 0), (0, 0, sh), cells, grid=(3, 4))
-    return f
-
-def make_lisa(rng):
-    "Wide flat octagonal science module with an octagonal array on top, over a propulsion module."
-    r, h = _j(rng, 1.1), _j(rng, 0.45)
-    f = prism(8, r, h, (0, 0, 0), (0, 0, 1), _mli(rng), cap=SILVER, phase=np.pi / 8, shine=0.3)
-    t = np.pi / 8 + 2 * np.pi * np.arange(8) / 8
-    top = np.stack([0.97 * r * np.cos(t), 0.97 * r * np.sin(t), np.full(8, h / 2 + 0.02)], 1)
-    f.append(Face(top, 2, _cells(rng), two_sided=True, grid=(6, 6), shine=0.5, back=SILVER))
-    f += prism(8, _j(rng, 0.85), _j(rng, 0.5), (0, 0, -h / 2 - 0.25), (0, 0, 1), SILVER, cap=DARK, phase=np.pi / 8)
-    f += prism(12, 0.1, 0.3, (0, 0, -h / 2 - 0.65), (0, 0, 1), DARK)  # thruster nozzle
-    return f
-
-def make_obs(rng):
-    "Tall box with a dish and an instrument, one long wing of 3-4 panels."
-    sx, sy, sz = _j(rng, 0.9), _j(rng, 0.9), _j(rng, 1.6)
-    f = box((0, 0, 0), (sx, sy, sz), _mli(rng), shine=0.3)
-    f += wing((sx / 2, 0, sz * 0.2), (1, 0, 0), (0, 0, 1), int(rng.integers(3, 5)), _j(rng, 1.1), _j(rng, 0.6),
-              (4, 2), tilt=rng.uniform(-0.8, 0.8), albedo=_cells(rng))
-    f += dish(_j(rng, 0.45), 0.15, (0, 0, -sz / 2 - 0.1), (0, 0, -1), WHITE)
-    f += prism(16, 0.2, 0.5, (0, sy / 2 + 0.25, sz * 0.3), (0, 1, 0), DARK, cap=(0.05, 0.05, 0.05))
-    return f
-
-def make_proba2(rng):
-    "Small cube with body-mounted panels on two sides and two square wings."
-    s = _j(rng, 0.6)
-    f = box((0, 0, 0), (s, s, _j(rng, 0.7)), _mli(rng), shine=0.2)
-    cells = _cells(rng)
-    for sign in (-1, 1):  # body-mounted panels just outside two side faces
-        f += panel((sign * (s / 2 + 0.01), 0, 0), (0, s * 0.9, 0), (0, 0, s * 0.9), cells, grid=(3, 3))
-    for sign in (-1, 1):
-        f += wing((0, sign * s / 2, s * 0.3), (0, sign, 0.3), (1, 0, 0), 1, _j(rng, 0.6), _j(rng, 0.6), (3, 3),
-                  boom=0.05, tilt=rng.uniform(-0.3, 0.3), albedo=cells)
-    return f
-
-def make_proba3(rng):
-    "Box with a coronagraph tube and two single-panel wings."
-    sx, sy, sz = _j(rng, 1.2), _j(rng, 1.0), _j(rng, 0.8)
-    f = box((0, 0, 0), (sx, sy, sz), _mli(rng), shine=0.3)
-    f += prism(16, _j(rng, 0.2), _j(rng, 0.8), (0, 0, sz / 2 + 0.4), (0, 0, 1), WHITE, cap=DARK)
-    cells, tilt = _cells(rng), rng.uniform(-0.6, 0.6)
-    for sign in (-1, 1):
-        f += wing((0, sign * sy / 2, 0), (0, sign, 0), (0, 0, 1), 1, _j(rng, 1.3), _j(rng, 0.8), (5, 3),
-                  tilt=tilt, albedo=cells)
-    return f
-
-def make_proba3ocs(rng):
-    "Flat box carrying a large occulter disc; body-mounted panels on top and on one side."
-    sx, sy, sz = _j(rng, 1.1), _j(rng, 1.1), _j(rng, 0.5)
-    f = box((0, 0, 0), (sx, sy, sz), _mli(rng), shine=0.3)
-    f += prism(24, _j(rng, 0.75), 0.06, (sx / 2 + 0.25, 0, 0), (1, 0, 0), WHITE, cap=WHITE, shine=0.2)
-    f += prism(8, 0.06, 0.25, (sx / 2 + 0.12, 0, 0), (1, 0, 0), GREY)
-    cells = _cells(rng)
-    f += panel((0, 0, sz / 2 + 0.01), (sx * 0.9, 0, 0), (0, sy * 0.9, 0), cells, grid=(4, 4))
-    f += panel((0, -sy / 2 - 0.01, 0), (sx * 0.9, 0, 0), (0, 0, sz * 0.8), cells, grid=(4, 2))
-    return f
-
-def make_smart1(rng):
-    "Gold cube with a small antenna and two long wings of 2-3 panels."
-    s = _j(rng, 1.0)
-    f = box((0, 0, 0), (s, s, s), GOLD, shine=0.5)
-    n, cells, tilt = int(rng.integers(2, 4)), _cells(rng), rng.uniform(-0.8, 0.8)
-    for sign in (-1, 1):
-        f += wing((0, sign * s / 2, 0), (0, sign, 0), (1, 0, 0), n, _j(rng, 1.4), _j(rng, 0.7), (6, 3),
-                  tilt=tilt, albedo=cells)
-    f += dish(0.25, 0.08, (0, 0, s / 2 + 0.25), (0, 0, 1), WHITE, n=10, rings=1)
-    f += prism(6, 0.03, 0.25, (0, 0, s / 2 + 0.12), (0, 0, 1), GREY)
-    return f
-
-def make_soho(rng):
-    "Service module under a larger payload module, a dish on a boom, two wide wings of 2 panels."
-    s = _j(rng, 1.2)
-    f = box((0, 0, -0.4), (s, s, _j(rng, 0.8)), _mli(rng), shine=0.3)
-    f += box((0, 0, 0.6 * s), (s * 1.1, s * 1.15, _j(rng, 1.3)), WHITE, shine=0.2)
-    cells = _cells(rng)
-    for sign in (-1, 1):
-        f += wing((0, sign * s / 2, -0.4), (0, sign, 0), (1, 0, 0), 2, _j(rng, 1.0), _j(rng, 1.1), (4, 4),
-                  tilt=rng.uniform(-0.4, 0.4), albedo=cells)
-    f += prism(6, 0.04, 0.7, (s / 2 + 0.35, 0, -0.6), (1, 0, 0), GREY)
-    f += dish(_j(rng, 0.4), 0.12, (s / 2 + 0.7, 0, -0.6), (1, 0, -0.3), WHITE)
-    return f
-
-def make_venus(rng):
-    "Gold cube with a large dish on top and two wings of two square panels."
-    sx, sy, sz = _j(rng, 1.5), _j(rng, 1.6), _j(rng, 1.4)
-    f = box((0, 0, 0), (sx, sy, sz), GOLD, shine=0.5)
-    f += dish(_j(rng, 0.65), 0.2, (0, 0, sz / 2 + 0.05), (0, 0, 1), WHITE, n=14)
-    f += dish(0.2, 0.06, (sx / 2 + 0.05, sy * 0.2, sz * 0.25), (1, 0, 0), WHITE, n=8, rings=1)
-    cells, tilt = _cells(rng), rng.uniform(-0.6, 0.6)
-    for sign in (-1, 1):
-        w = _j(rng, 1.2)
-        f += wing((0, sign * sy / 2, 0), (0, sign, 0), (1, 0, 0), 2, w, w, (4, 4), tilt=tilt, albedo=cells)
-    return f
-
-def make_xmm(rng):
-    "Long telescope tube between a mirror module and a service module carrying two wings of 3 panels."
-    r, L = _j(rng, 0.5), _j(rng, 5.0)
-    f = prism(16, r, L, (0, 0, 0), (0, 0, 1), _mli(rng), cap=DARK, shine=0.3)
-    f += prism(8, _j(rng, 0.95), _j(rng, 0.9), (0, 0, -L / 2 - 0.45), (0, 0, 1), _mli(rng), cap=SILVER, phase=np.pi / 8)
-    f += prism(16, r * 1.3, 0.8, (0, 0, L / 2 + 0.4), (0, 0, 1), SILVER, cap=DARK)
-    cells, tilt = _cells(rng), rng.uniform(-0.5, 0.5)
-    for sign in (-1, 1):
-        f += wing((sign * 0.9, 0, -L / 2 - 0.45), (sign, 0, 0), (0, 1, 0), 3, _j(rng, 0.9), _j(rng, 0.75),
-                  (3, 3), boom=0.1, tilt=tilt, albedo=cells)
-    return f
-
-BUILDERS = dict(zip(SPACECRAFT, [make_cheops, make_lisa, make_obs, make_proba2, make_proba3, make_proba3ocs,
-                                 make_smart1, make_soho, make_venus, make_xmm]))
-
 def face_area(verts: np.ndarray) -> float:
     "Area of a planar polygon (half the norm of `area_vector2`)."
     n = area_vector2(verts)
     return 0.5 * math.sqrt(n @ n)
 
-def appendages(faces: list[Face], rng: np.random.Generator, max_n: int = 3) -> list[Face]:
-    "0 to `max_n` small extras on large solid body faces: antenna rods (some with a tip), instrument boxes."
+def unit(x) -> np.ndarray:
+    "`x` scaled to length 1."
+    x = np.asarray(x, float)
+    return x / np.linalg.norm(x)
+
+def cross(a, b) -> np.ndarray:
+    "The cross product of two 3-vectors (`np.cross` costs ten times more on single vectors)."
+    return np.array([a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]])
+
+def basis(axis) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Right-handed orthonormal frame `(u, v, w)` with `w` along `axis`."
+    w = unit(axis)
+    helper = (1., 0, 0) if abs(w[0]) < 0.9 else (0., 1, 0)
+    u = unit(cross(helper, w))
+    return u, cross(w, u), w
+
+# %% ../nbs/01_synthetic.ipynb #cc349d10
+GREY_METAL = Material((0.55, 0.55, 0.57), 'metal', 0.6, 40.0)   # booms, struts, hinges
+APERTURE = Material((0.03, 0.03, 0.035))                         # the dark inside of a tube or nozzle
+
+def box(center, size, mat, cls=1, axes=np.eye(3)) -> list[Face]:
+    "Six outward faces of a box with full side lengths `size` along the rows of `axes`."
+    c, h = np.asarray(center, float), np.asarray(size, float) / 2
+    a, mat = np.asarray(axes, float), as_material(mat)
+    corners = c + (np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)]) * h) @ a
+    quads = [(0, 1, 3, 2), (6, 7, 5, 4), (4, 5, 1, 0), (2, 3, 7, 6), (0, 2, 6, 4), (5, 7, 3, 1)]  # outward if det > 0
+    flip = np.linalg.det(a) < 0
+    return [Face(corners[list(q[::-1] if flip else q)], cls, mat) for q in quads]
+
+def prism(n, radius, length, center, axis, mat, cls=1, cap=None, phase=0.0, radius2=None) -> list[Face]:
+    "Closed n-gonal prism (cylinder for large `n`) along `axis`; a frustum if `radius2` (the +`axis` end) differs."
+    c = np.asarray(center, float); u, v, w = basis(axis)
+    mat = as_material(mat); cap = mat if cap is None else as_material(cap)
+    t = phase + 2 * np.pi * np.arange(n) / n
+    ring = np.cos(t)[:, None] * u + np.sin(t)[:, None] * v
+    lo = c + radius * ring - w * length / 2
+    hi = c + (radius if radius2 is None else radius2) * ring + w * length / 2
+    j = np.roll(np.arange(n), -1)                            # counter-clockwise about `w`: these normals point out
+    sides = np.stack([lo, lo[j], hi[j], hi], 1)
+    return [Face(q, cls, mat) for q in sides] + [Face(lo[::-1].copy(), cls, cap), Face(hi, cls, cap)]
+
+def rod(a, b, radius, mat, n=4) -> list[Face]:
+    "A thin closed n-gonal prism from point `a` to point `b`."
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    return prism(n, radius, np.linalg.norm(b - a), (a + b) / 2, b - a, mat)
+
+def truss(base, axis, length, width, bays, mat, radius=0.02) -> list[Face]:
+    "A triangular lattice boom from `base` along `axis`: three longerons, end battens, diagonals in `bays` bays."
+    u, v, w = basis(axis)
+    corners = [width / math.sqrt(3) * (math.cos(t) * u + math.sin(t) * v) for t in (0, 2 * np.pi / 3, 4 * np.pi / 3)]
+    ring = lambda k: [np.asarray(base, float) + c + w * length * k / bays for c in corners]
+    f = []
+    for i in range(3): f += rod(ring(0)[i], ring(bays)[i], radius, mat, n=3)
+    for k in (0, bays):
+        for i in range(3): f += rod(ring(k)[i], ring(k)[(i + 1) % 3], radius * 0.7, mat, n=3)
+    for k in range(bays):
+        for i in range(3): f += rod(ring(k)[i], ring(k + 1)[(i + 1) % 3], radius * 0.6, mat, n=3)
+    return f
+
+def dish(radius, depth, center, axis, mat, n=12, rings=2, cls=1) -> list[Face]:
+    "Two-sided parabolic dish opening towards `axis`, its vertex at `center`, plus a feed strut."
+    c = np.asarray(center, float); u, v, w = basis(axis); mat = as_material(mat)
+    t = 2 * np.pi * np.arange(n) / n
+    rs = radius * np.arange(rings + 1) / rings
+    pts = [[c + r * (np.cos(a) * u + np.sin(a) * v) + depth * (r / radius) ** 2 * w for a in t] for r in rs]
+    faces = [Face(np.array([pts[0][0], pts[1][i], pts[1][(i + 1) % n]]), cls, mat, two_sided=True) for i in range(n)]
+    for k in range(1, rings):
+        faces += [Face(np.array([pts[k][i], pts[k + 1][i], pts[k + 1][(i + 1) % n], pts[k][(i + 1) % n]]),
+                       cls, mat, two_sided=True) for i in range(n)]
+    return faces + prism(4, radius * 0.04, depth * 1.6, c + w * depth * 0.8, axis, GREY_METAL, cls)
+
+def panel(center, along, across, look: PanelLook = BLUE_PANELS, grid=None) -> list[Face]:
+    "A two-sided solar panel: the rectangle `center +- along/2 +- across/2`, cells (and their grid) on the front."
+    c, a, b = (np.asarray(x, float) for x in (center, along, across))
+    verts = np.array([c - a / 2 - b / 2, c + a / 2 - b / 2, c + a / 2 + b / 2, c - a / 2 + b / 2])
+    return [Face(verts, 2, look.cells, two_sided=True, grid=grid or look.grid, back=look.back, line=look.line)]
+
+def wing_frame(direction, normal, tilt=0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Unit vectors (along, across, normal) of a wing along `direction` facing `normal`, turned by `tilt` about its axis."
+    d = unit(direction)
+    nrm = unit(np.asarray(normal, float) - (np.asarray(normal, float) @ d) * d)
+    side = cross(d, nrm)
+    return d, math.cos(tilt) * side - math.sin(tilt) * nrm, math.cos(tilt) * nrm + math.sin(tilt) * side
+
+def wing(root, direction, normal, n_seg, seg_len, width, look: PanelLook = BLUE_PANELS, boom=0.3, gap=0.04,
+         tilt=0.0) -> list[Face]:
+    "A solar wing: a boom (body) from `root` along `direction`, then `n_seg` panels of `seg_len` x `width`."
+    d, side, nrm = wing_frame(direction, normal, tilt)
+    root = np.asarray(root, float)
+    faces = box(root + d * boom / 2, (boom, 0.04 + width * 0.05, 0.04 + width * 0.05), GREY_METAL,
+                axes=np.stack([d, side, nrm]))
+    for k in range(n_seg):
+        c = root + d * (boom + gap + seg_len / 2 + k * (seg_len + gap))
+        faces += panel(c, d * seg_len, side * width, look)
+    return faces
+
+def round_array(root, direction, normal, radius, look: PanelLook = BLUE_PANELS, boom=0.3, gores=12, hub=0.12,
+                tilt=0.0) -> list[Face]:
+    "A round fan array (UltraFlex-like): a boom from `root` along `direction`, then a disc of `gores` panel gores."
+    d, side, nrm = wing_frame(direction, normal, tilt)
+    root = np.asarray(root, float)
+    faces = box(root + d * boom / 2, (boom, 0.05, 0.05), GREY_METAL, axes=np.stack([d, side, nrm]))
+    c = root + d * (boom + radius)
+    t = 2 * np.pi * np.arange(gores + 1) / gores
+    ring = np.cos(t)[:, None] * d + np.sin(t)[:, None] * side
+    inner, outer = c + hub * radius * ring, c + radius * ring
+    grid = (max(2, look.grid[0] // 2), 1)                    # concentric cell rows, one gore wide
+    faces += [Face(np.array([inner[i], outer[i], outer[i + 1], inner[i + 1]]), 2, look.cells, two_sided=True,
+                   grid=grid, back=look.back, line=look.line) for i in range(gores)]
+    return faces + prism(8, hub * radius, 0.06, c, nrm, GREY_METAL)
+
+# %% ../nbs/01_synthetic.ipynb #8797379d
+STYLES = ('default', 'shifted')
+
+STYLE_TABLE = {   # parameter: (the part the default style draws from, the part only the shifted style draws from)
+    # numbers: [lo, hi) intervals, integers when the bounds are ints; the shifted part is the gaps and a little beyond
+    'dim':          (((0.78, 0.88), (0.98, 1.08), (1.18, 1.26)),
+                     ((0.70, 0.78), (0.88, 0.98), (1.08, 1.18), (1.26, 1.34))),
+    'body_aspect':  (((0.62, 0.76), (0.90, 1.10), (1.32, 1.60)),
+                     ((0.50, 0.62), (0.76, 0.90), (1.10, 1.32), (1.60, 1.90))),
+    'panel_aspect': (((0.55, 0.70), (0.85, 1.15), (1.40, 1.70)),
+                     ((0.45, 0.55), (0.70, 0.85), (1.15, 1.40), (1.70, 2.00))),
+    'segments':     (((1, 4), (5, 6)), ((4, 5), (6, 7))),                       # default 1, 2, 3, 5; shifted 4, 6
+    'cells_along':  (((2, 4), (5, 6), (8, 10)), ((4, 5), (6, 8), (10, 13))),    # 2, 3, 5, 8, 9; 4, 6, 7, 10-12
+    'cells_across': (((1, 3), (4, 5)), ((3, 4), (5, 7))),                       # 1, 2, 4; 3, 5, 6
+    'cell_hue':     (((0.58, 0.64), (0.67, 0.71), (0.74, 0.79)),
+                     ((0.52, 0.58), (0.64, 0.67), (0.71, 0.74), (0.79, 0.84))),
+    'foil_hue':     (((0.095, 0.125),), ((0.065, 0.095), (0.125, 0.145))),
+    'paint_hue':    (((0.0, 0.1), (0.2, 0.3), (0.4, 0.5), (0.6, 0.7), (0.8, 0.9)),
+                     ((0.1, 0.2), (0.3, 0.4), (0.5, 0.6), (0.7, 0.8), (0.9, 1.0))),
+    'grey_level':   (((0.0, 0.15), (0.3, 0.45), (0.6, 0.75), (0.9, 1.0)), ((0.15, 0.3), (0.45, 0.6), (0.75, 0.9))),
+    # names: the shifted part adds palettes and modules that the default style never uses
+    'body_material': (('gold', 'gold', 'silver', 'silver', 'white', 'white', 'grey', 'pastel', 'dark', 'metal'),
+                      ('gold', 'gold', 'silver', 'silver', 'white', 'white', 'grey', 'pastel', 'dark', 'metal',
+                       'kapton', 'black_foil', 'anodised')),    # a name listed twice is drawn twice as often
+    'cell_kind':    (('blue', 'black'), ('blue', 'black', 'thin_film')),
+    'array':        (('wing',), ('wing', 'round')),
+}
+
+def is_named(part) -> bool:
+    "True for a part of named choices, False for a part of numeric intervals."
+    return isinstance(part[0], str)
+
+def in_part(value, part) -> bool:
+    "True if `value` is one of the names of `part`, or lies in one of its `[lo, hi)` intervals."
+    if is_named(part): return value in part
+    return any(lo <= value < hi for lo, hi in part)
+
+def held_out(name: str) -> tuple:
+    "What only the shifted style draws of parameter `name`: its intervals, or the names the default never uses."
+    default, shifted = STYLE_TABLE[name]
+    return tuple(x for x in shifted if x not in default) if is_named(shifted) else shifted
+
+def check_style(style, who: str = 'style') -> str:
+    "`style` if it is one of `STYLES`, else a ValueError naming it."
+    if style not in STYLES: raise ValueError(f"{who}: style must be one of {', '.join(STYLES)}; got {style!r}")
+    return style
+
+class Draws:
+    "The random draws of one model in a `style`: `d(name)` comes from that style's part of `STYLE_TABLE[name]` only."
+    def __init__(self, rng: np.random.Generator, style: str = 'default', log: list | None = None):
+        self.rng, self.style, self.log, self.palette = rng, check_style(style), log, []
+
+    def __call__(self, name: str):
+        "A random value of parameter `name`: a name, or a number (interval chosen in proportion to its length)."
+        part = STYLE_TABLE[name][STYLES.index(self.style)]
+        if is_named(part): v = part[int(self.rng.integers(len(part)))]
+        else:
+            w = np.cumsum([hi - lo for lo, hi in part])
+            lo, hi = part[min(int(np.searchsorted(w, self.rng.random() * w[-1], 'right')), len(part) - 1)]
+            v = min(float(self.rng.uniform(lo, hi)), math.nextafter(hi, lo))
+            if isinstance(lo, int): v = int(v)
+        if self.log is not None: self.log.append((name, v))
+        return v
+
+    def dim(self, x: float) -> float:
+        "A nominal dimension `x` jittered by the factor `dim`."
+        return x * self('dim')
+
+    def body(self, *dims) -> list[float]:
+        "Jittered dimensions of a main body, one random axis stretched by `body_aspect` relative to the others."
+        out, a = [self.dim(x) for x in dims], math.sqrt(self('body_aspect'))
+        k = int(self.rng.integers(len(out)))
+        return [x * a if i == k else x / a for i, x in enumerate(out)]
+
+    def panel_size(self, length: float, width: float) -> tuple[float, float]:
+        "Jittered length and width of a wing panel, their ratio changed by `panel_aspect`."
+        a = math.sqrt(self('panel_aspect'))
+        return self.dim(length) * a, self.dim(width) / a
+
+    def material(self) -> Material:
+        "A body material for the next part: new for a model's first two parts, then often one it already uses."
+        if len(self.palette) < 2 or self.rng.random() < 0.3: self.palette.append(body_material(self))
+        return self.palette[int(self.rng.integers(len(self.palette)))]
+
+# %% ../nbs/01_synthetic.ipynb #bd780743
+def hsv(h: float, s: float, v: float) -> tuple:
+    "An RGB albedo from hue (wrapping at 1), saturation and value."
+    return colorsys.hsv_to_rgb(h % 1.0, s, v)
+
+def log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    "A random number between `lo` and `hi`, uniform in log scale."
+    return math.exp(rng.uniform(math.log(lo), math.log(hi)))
+
+def body_material(d: Draws) -> Material:
+    "A random body surface: foil (gold, silver; shifted: kapton, black), paint (white, grey, pastel, dark) or metal."
+    r, kind, g = d.rng, d('body_material'), d('grey_level')
+    foil = lambda alb: Material(alb, 'foil', r.uniform(0.4, 1.1), r.uniform(6, 30))
+    if kind == 'gold': return foil(hsv(d('foil_hue'), r.uniform(0.55, 0.85), 0.6 + 0.35 * g))
+    if kind == 'silver': return foil(hsv(0.6, r.uniform(0, 0.06), 0.55 + 0.4 * g))
+    if kind == 'kapton': return foil(hsv(r.uniform(0.05, 0.085), r.uniform(0.7, 0.95), 0.35 + 0.4 * g))
+    if kind == 'black_foil': return foil(hsv(0.6, 0.1, 0.04 + 0.08 * g))
+    if kind in ('metal', 'anodised'):
+        if kind == 'metal': alb = hsv(0.6, 0.03, 0.4 + 0.5 * g)
+        else: alb = hsv(d('paint_hue'), r.uniform(0.25, 0.5), 0.35 + 0.4 * g)
+        return Material(alb, 'metal', r.uniform(0.6, 1.5), log_uniform(r, 30, 200))
+    if kind == 'white': alb = hsv(r.uniform(0, 1), r.uniform(0, 0.05), 0.72 + 0.25 * g)
+    elif kind == 'grey': alb = hsv(r.uniform(0, 1), r.uniform(0, 0.06), 0.25 + 0.45 * g)
+    elif kind == 'pastel': alb = hsv(d('paint_hue'), r.uniform(0.15, 0.4), 0.55 + 0.4 * g)
+    else: alb = hsv(d('paint_hue'), r.uniform(0, 0.5), 0.06 + 0.2 * g)                 # dark paint
+    return Material(alb, 'paint', r.uniform(0.02, 0.2), r.uniform(4, 14))
+
+def panel_look(d: Draws) -> PanelLook:
+    "Random solar panels: blue, purple or black cells (shifted: also thin film), grid pitch and lines, back colour."
+    r, kind = d.rng, d('cell_kind')
+    if kind == 'blue': alb = hsv(d('cell_hue'), r.uniform(0.5, 0.9), r.uniform(0.15, 0.42))
+    elif kind == 'black': alb = hsv(d('cell_hue'), r.uniform(0, 0.35), r.uniform(0.03, 0.1))
+    else: alb = hsv(r.uniform(0.02, 0.09), r.uniform(0.35, 0.6), r.uniform(0.12, 0.3))      # thin film: bronze-brown
+    cells = Material(alb, 'cells', r.uniform(0.15, 1.5), log_uniform(r, 8, 300))
+    back = hsv(r.uniform(0, 1), r.uniform(0, 0.08), 0.3 + 0.65 * d('grey_level'))         # silver, grey or white
+    grid = (d('cells_along'), d('cells_across'))
+    if r.random() < 0.15: return PanelLook(cells, back, grid, None)                       # no visible grid
+    base, s = (r.uniform(0.55, 0.95) if r.random() < 0.6 else r.uniform(0.0, 0.04)), r.uniform(0.25, 1.0)
+    return PanelLook(cells, back, grid, tuple(float((1 - s) * c + s * base) for c in alb))
+
+# %% ../nbs/01_synthetic.ipynb #1a59b8dc
+def arrays(d: Draws, roots, directions, normal, n_seg, seg_len, width, look, boom=0.3, tilt=0.0) -> list[Face]:
+    "Solar arrays from `roots` along `directions`: wings of `n_seg` panels, or (shifted) round arrays of the same area."
+    kind, f = d('array'), []
+    for root, direction in zip(roots, directions):
+        if kind == 'round':
+            radius = math.sqrt(n_seg * seg_len * width / math.pi)
+            f += round_array(root, direction, normal, radius, look, boom, tilt=tilt)
+        else: f += wing(root, direction, normal, n_seg, seg_len, width, look, boom=boom, tilt=tilt)
+    return f
+
+def make_cheops(d: Draws) -> list[Face]:
+    "Hexagonal platform, telescope tube, sun shield of three body-mounted panels."
+    r, h = d.body(0.8, 0.5)
+    f = prism(6, r, h, (0, 0, 0), (0, 0, 1), d.material(), cap=d.material())
+    tr, tl = d.dim(0.35), d.dim(1.3)
+    f += prism(16, tr, tl, (0, -0.15 * r, h / 2 + tl / 2), (0, 0, 1), d.material(), cap=APERTURE)
+    look, sh = panel_look(d), d.dim(1.3)
+    for ang in (-0.6, 0, 0.6):                       # three facets of a shield wrapping the tube on the +y side
+        c = np.array([np.sin(ang) * r * 0.85, np.cos(ang) * r * 0.85, h / 2 + sh / 2])
+        f += panel(c, (np.cos(ang) * r * 0.9, -np.sin(ang) * r * 0.9, 0), (0, 0, sh), look)
+    return f
+
+def make_lisa(d: Draws) -> list[Face]:
+    "Wide flat octagonal science module with an octagonal array on top (three quads), over a propulsion module."
+    r, h = d.body(1.1, 0.45)
+    f = prism(8, r, h, (0, 0, 0), (0, 0, 1), d.material(), cap=d.material(), phase=np.pi / 8)
+    t = np.pi / 8 + 2 * np.pi * np.arange(8) / 8
+    p = np.stack([0.97 * r * np.cos(t), 0.97 * r * np.sin(t), np.full(8, h / 2 + 0.02)], 1)
+    look = panel_look(d)
+    for q, grid in (((7, 0, 3, 4), look.grid), ((0, 1, 2, 3), (look.grid[0], 1)), ((4, 5, 6, 7), (look.grid[0], 1))):
+        f.append(Face(p[list(q)], 2, look.cells, two_sided=True, grid=grid, back=look.back, line=look.line))
+    f += prism(8, d.dim(0.85), d.dim(0.5), (0, 0, -h / 2 - 0.25), (0, 0, 1), d.material(), cap=APERTURE,
+               phase=np.pi / 8)
+    f += prism(12, 0.1, 0.3, (0, 0, -h / 2 - 0.65), (0, 0, 1), GREY_METAL, radius2=0.05)      # thruster nozzle
+    return f
+
+def make_obs(d: Draws) -> list[Face]:
+    "Tall box with a dish and an instrument, one long wing."
+    sx, sy, sz = d.body(0.9, 0.9, 1.6)
+    f = box((0, 0, 0), (sx, sy, sz), d.material())
+    L, W = d.panel_size(1.1, 0.6)
+    f += arrays(d, [(sx / 2, 0, sz * 0.2)], [(1, 0, 0)], (0, 0, 1), d('segments'), L, W, panel_look(d),
+                tilt=d.rng.uniform(-0.8, 0.8))
+    f += dish(d.dim(0.45), 0.15, (0, 0, -sz / 2 - 0.1), (0, 0, -1), d.material())
+    return f + prism(16, 0.2, 0.5, (0, sy / 2 + 0.25, sz * 0.3), (0, 1, 0), d.material(), cap=APERTURE)
+
+def make_proba2(d: Draws) -> list[Face]:
+    "Small cube with body-mounted panels on two sides and two square wings."
+    sx, sy, sz = d.body(0.6, 0.6, 0.7)
+    f = box((0, 0, 0), (sx, sy, sz), d.material())
+    look = panel_look(d)
+    for sign in (-1, 1):                              # body-mounted panels just outside two side faces
+        f += panel((sign * (sx / 2 + 0.01), 0, 0), (0, sy * 0.9, 0), (0, 0, sz * 0.9), look)
+    L, W = d.panel_size(0.6, 0.6)
+    return f + arrays(d, [(0, -sy / 2, sz * 0.3), (0, sy / 2, sz * 0.3)], [(0, -1, 0.3), (0, 1, 0.3)], (1, 0, 0),
+                      1, L, W, look, boom=0.05, tilt=d.rng.uniform(-0.3, 0.3))
+
+def make_proba3(d: Draws) -> list[Face]:
+    "Box with a coronagraph tube and two single-panel wings."
+    sx, sy, sz = d.body(1.2, 1.0, 0.8)
+    f = box((0, 0, 0), (sx, sy, sz), d.material())
+    f += prism(16, d.dim(0.2), d.dim(0.8), (0, 0, sz / 2 + 0.4), (0, 0, 1), d.material(), cap=APERTURE)
+    L, W = d.panel_size(1.3, 0.8)
+    return f + arrays(d, [(0, -sy / 2, 0), (0, sy / 2, 0)], [(0, -1, 0), (0, 1, 0)], (0, 0, 1), 1, L, W, panel_look(d),
+                      tilt=d.rng.uniform(-0.6, 0.6))
+
+def make_proba3ocs(d: Draws) -> list[Face]:
+    "Flat box carrying a large occulter disc; body-mounted panels on top and on one side."
+    sx, sy, sz = d.body(1.1, 1.1, 0.5)
+    f = box((0, 0, 0), (sx, sy, sz), d.material())
+    f += prism(24, d.dim(0.75), 0.06, (sx / 2 + 0.25, 0, 0), (1, 0, 0), d.material())
+    f += prism(8, 0.06, 0.25, (sx / 2 + 0.12, 0, 0), (1, 0, 0), GREY_METAL)
+    look = panel_look(d)
+    f += panel((0, 0, sz / 2 + 0.01), (sx * 0.9, 0, 0), (0, sy * 0.9, 0), look)
+    return f + panel((0, -sy / 2 - 0.01, 0), (sx * 0.9, 0, 0), (0, 0, sz * 0.8), look)
+
+def make_smart1(d: Draws) -> list[Face]:
+    "Cube with a small antenna and two long wings."
+    sx, sy, sz = d.body(1.0, 1.0, 1.0)
+    f = box((0, 0, 0), (sx, sy, sz), d.material())
+    L, W = d.panel_size(1.4, 0.7)
+    f += arrays(d, [(0, -sy / 2, 0), (0, sy / 2, 0)], [(0, -1, 0), (0, 1, 0)], (1, 0, 0), d('segments'), L, W,
+                panel_look(d), tilt=d.rng.uniform(-0.8, 0.8))
+    f += dish(0.25, 0.08, (0, 0, sz / 2 + 0.25), (0, 0, 1), d.material(), n=10, rings=1)
+    return f + prism(6, 0.03, 0.25, (0, 0, sz / 2 + 0.12), (0, 0, 1), GREY_METAL)
+
+def make_soho(d: Draws) -> list[Face]:
+    "Service module under a larger payload module, a dish on a boom, two wide wings."
+    s, hs, hp = d.body(1.2, 0.8, 1.3)
+    f = box((0, 0, -0.4), (s, s, hs), d.material())
+    f += box((0, 0, 0.6 * s), (s * 1.1, s * 1.15, hp), d.material())
+    L, W = d.panel_size(1.0, 1.1)
+    f += arrays(d, [(0, -s / 2, -0.4), (0, s / 2, -0.4)], [(0, -1, 0), (0, 1, 0)], (1, 0, 0), d('segments'), L, W,
+                panel_look(d), tilt=d.rng.uniform(-0.4, 0.4))
+    f += prism(6, 0.04, 0.7, (s / 2 + 0.35, 0, -0.6), (1, 0, 0), GREY_METAL)
+    return f + dish(d.dim(0.4), 0.12, (s / 2 + 0.7, 0, -0.6), (1, 0, -0.3), d.material())
+
+def make_venus(d: Draws) -> list[Face]:
+    "Cube with a large dish on top and two wings of square panels."
+    sx, sy, sz = d.body(1.5, 1.6, 1.4)
+    f = box((0, 0, 0), (sx, sy, sz), d.material())
+    f += dish(d.dim(0.65), 0.2, (0, 0, sz / 2 + 0.05), (0, 0, 1), d.material(), n=14)
+    f += dish(0.2, 0.06, (sx / 2 + 0.05, sy * 0.2, sz * 0.25), (1, 0, 0), d.material(), n=8, rings=1)
+    L, W = d.panel_size(1.2, 1.2)
+    return f + arrays(d, [(0, -sy / 2, 0), (0, sy / 2, 0)], [(0, -1, 0), (0, 1, 0)], (1, 0, 0), d('segments'), L, W,
+                      panel_look(d), tilt=d.rng.uniform(-0.6, 0.6))
+
+def make_xmm(d: Draws) -> list[Face]:
+    "Long telescope tube between a mirror module and a service module carrying two wings."
+    r, L = d.body(0.5, 5.0)
+    f = prism(16, r, L, (0, 0, 0), (0, 0, 1), d.material(), cap=APERTURE)
+    f += prism(8, d.dim(0.95), d.dim(0.9), (0, 0, -L / 2 - 0.45), (0, 0, 1), d.material(), phase=np.pi / 8)
+    f += prism(16, r * 1.3, 0.8, (0, 0, L / 2 + 0.4), (0, 0, 1), d.material(), cap=APERTURE)
+    sl, sw = d.panel_size(0.9, 0.75)
+    return f + arrays(d, [(-0.9, 0, -L / 2 - 0.45), (0.9, 0, -L / 2 - 0.45)], [(-1, 0, 0), (1, 0, 0)], (0, 1, 0),
+                      d('segments'), sl, sw, panel_look(d), boom=0.1, tilt=d.rng.uniform(-0.5, 0.5))
+
+BUILDERS = dict(zip(SPACECRAFT, [make_cheops, make_lisa, make_obs, make_proba2, make_proba3, make_proba3ocs,
+                                 make_smart1, make_soho, make_venus, make_xmm]))
+
+# %% ../nbs/01_synthetic.ipynb #35c054e0
+EXTRAS = ('antenna', 'boom', 'truss', 'dish', 'box', 'thruster', 'mli', 'radiator')
+
+def radiator_plate(verts, d: Draws) -> list[Face]:
+    "A two-sided radiator on the quad `verts` (body class): white paint or silver mirror tiles, often gridded."
+    r, g = d.rng, d('grey_level')
+    if r.random() < 0.5: mat = Material(hsv(0.6, r.uniform(0, 0.04), 0.75 + 0.2 * g), 'plate', r.uniform(0.05, 0.3))
+    else:
+        alb = hsv(0.6, r.uniform(0, 0.06), 0.6 + 0.35 * g)                # silver mirror tiles
+        mat = Material(alb, 'plate', r.uniform(0.6, 1.5), log_uniform(r, 20, 200))
+    grid = (int(r.integers(2, 9)), int(r.integers(1, 5))) if r.random() < 0.6 else None
+    line = tuple(float(c * r.uniform(0.3, 0.75)) for c in mat.albedo)
+    return [Face(np.asarray(verts, float), 1, mat, two_sided=True, grid=grid, back=mat.albedo, line=line)]
+
+def extra_part(kind: str, host: Face, d: Draws) -> list[Face]:
+    "One extra structure of `kind` (body class) standing on a random point of the solid face `host`."
+    r, n = d.rng, face_normal(host.verts)
+    p = r.dirichlet(np.ones(len(host.verts))) @ host.verts            # a random point inside the (convex) face
+    u, v, _ = basis(n)
+    if kind == 'antenna':
+        a, L = unit(n + r.normal(0, 0.35, 3)), r.uniform(0.3, 1.2)
+        f = prism(6, r.uniform(0.012, 0.03), L, p + a * L / 2, a, GREY_METAL)
+        return f + (box(p + a * L, (0.08, 0.08, 0.08), d.material()) if r.random() < 0.4 else [])
+    if kind == 'boom':
+        a, L = unit(n + r.normal(0, 0.8, 3)), r.uniform(1.0, 2.5)
+        return rod(p, p + a * L, r.uniform(0.015, 0.035), GREY_METAL, n=6) + box(p + a * L, (0.12,) * 3, d.material())
+    if kind == 'truss':
+        return truss(p, n + r.normal(0, 0.3, 3), r.uniform(0.8, 2.0), r.uniform(0.2, 0.45), int(r.integers(2, 4)),
+                     d.material(), r.uniform(0.02, 0.04))
+    if kind == 'dish':
+        h = r.uniform(0.05, 0.3)
+        return rod(p, p + n * h, 0.03, GREY_METAL) + dish(r.uniform(0.15, 0.45), r.uniform(0.04, 0.12), p + n * h,
+                                                         n + r.normal(0, 0.4, 3), d.material(), n=10, rings=1)
+    if kind == 'box':
+        s = r.uniform(0.1, 0.35, 3)
+        return box(p + n * s[2] / 2, s, d.material(), axes=np.stack([u, v, n]))
+    if kind == 'thruster':
+        L, r0 = r.uniform(0.08, 0.22), r.uniform(0.025, 0.06)
+        return prism(10, r0, L, p + n * L / 2, n, GREY_METAL, cap=APERTURE, radius2=r0 * r.uniform(1.8, 3.0))
+    if kind == 'mli':
+        a, rr, L = unit(n + r.normal(0, 0.2, 3)), r.uniform(0.1, 0.25), r.uniform(0.2, 0.6)
+        return prism(12, rr, L, p + a * L / 2, a, d.material())
+    c = host.verts.mean(0)
+    if len(host.verts) == 4 and r.random() < 0.5:                      # radiator flush on the face
+        return radiator_plate(c + r.uniform(0.5, 0.9) * (host.verts - c) + 0.012 * n, d)
+    a, b = r.uniform(0.3, 0.9) * n, r.uniform(0.3, 1.0) * (math.cos(t := r.uniform(0, np.pi)) * u + math.sin(t) * v)
+    return radiator_plate(np.array([p, p + b, p + b + a, p + a]), d)  # radiator fin standing off the face
+
+def appendages(faces: list[Face], d: Draws, max_n: int = 4) -> list[Face]:
+    "0 to `max_n` extra structures (`EXTRAS`) on large solid body faces."
     hosts = [f for f in faces if f.cls == 1 and not f.two_sided and face_area(f.verts) > 0.15]
     extra = []
-    for _ in range(int(rng.integers(0, max_n + 1)) if hosts else 0):
-        f = hosts[rng.integers(len(hosts))]
-        n = face_normal(f.verts)
-        w = rng.dirichlet(np.ones(len(f.verts)))                 # a random point inside the (convex) face
-        p = w @ f.verts
-        if rng.random() < 0.6:
-            d = n + rng.normal(0, 0.35, 3); d /= np.linalg.norm(d)
-            L = rng.uniform(0.3, 1.2)
-            extra += prism(6, rng.uniform(0.012, 0.03), L, p + d * L / 2, d, GREY)
-            if rng.random() < 0.4: extra += box(p + d * L, (0.08, 0.08, 0.08), WHITE)
-        else:
-            s = rng.uniform(0.1, 0.3, 3)
-            u, v, _ = basis(n)
-            extra += box(p + n * s[2] / 2, s, _mli(rng), axes=np.stack([u, v, n]), shine=0.3)
+    for _ in range(int(d.rng.integers(0, max_n + 1)) if hosts else 0):
+        host = hosts[int(d.rng.integers(len(hosts)))]
+        extra += extra_part(EXTRAS[int(d.rng.integers(len(EXTRAS)))], host, d)
     return faces + extra
 
-def build_model(spacecraft: str, rng: np.random.Generator) -> list[Face]:
-    "The faces of a random instance of `spacecraft` with random appendages, centred on its bounding box."
+def build_model(spacecraft: str, rng: np.random.Generator, style: str = 'default', log: list | None = None
+                ) -> list[Face]:
+    "The faces of a random instance of `spacecraft` in `style`, with extra structures, centred on its bounding box."
     if spacecraft not in BUILDERS:
         raise ValueError(f"unknown spacecraft {spacecraft!r}; expected one of {SPACECRAFT}")
-    faces = appendages(BUILDERS[spacecraft](rng), rng)
+    d = Draws(rng, style, log)
+    faces = appendages(BUILDERS[spacecraft](d), d)
     allv = np.concatenate([f.verts for f in faces])
     c = (allv.min(0) + allv.max(0)) / 2
     for f in faces: f.verts = f.verts - c
@@ -322,10 +549,18 @@ class Camera:
         if self.f is None: return np.broadcast_to([0., 0., -1.], pc.shape)
         return -pc / np.linalg.norm(pc, axis=-1, keepdims=True)
 
-def random_camera(radius: float, size: int, rng: np.random.Generator, partial: bool = False) -> Camera:
-    "A random pose and projection framing a model of bounding `radius`, cut by the border when `partial`."
+def random_extent(rng: np.random.Generator) -> float:
+    "A random bounding radius of the model as a fraction of the image side: mostly 8-42 %, sometimes tiny or huge."
+    u = rng.random()
+    if u < 0.06: return rng.uniform(0.03, 0.08)                          # tiny
+    if u < 0.88: return log_uniform(rng, 0.08, 0.42)                     # about 10-60 % of the frame wide
+    return rng.uniform(0.42, 0.9)                                        # frame-filling, cut by the border
+
+def random_camera(radius: float, size: int, rng: np.random.Generator, partial: bool = False,
+                  extent: float | None = None) -> Camera:
+    "A random pose and projection framing a model of bounding `radius` at `extent` (default: `random_extent`)."
     R = random_rotation(rng)
-    r_px = size * math.exp(rng.uniform(math.log(0.1), math.log(0.5)))
+    r_px = size * (random_extent(rng) if extent is None else extent)
     if partial: cu, cv = rng.uniform(-0.05, 1.05, 2) * size
     else: cu, cv = size / 2 + rng.uniform(-0.22, 0.22, 2) * size
     if rng.random() < 0.75:
@@ -335,9 +570,10 @@ def random_camera(radius: float, size: int, rng: np.random.Generator, partial: b
     return Camera(R, np.array([0, 0, 4 * radius]), size, scale=r_px / radius, center=(cu, cv))
 
 # %% ../nbs/01_synthetic.ipynb #62db4540
-def smooth_noise(shape, cells: int, rng: np.random.Generator) -> np.ndarray:
-    "Smooth random field in [0, 1] of `shape`: bicubic upsampling of a `cells` x `cells` random grid."
-    g = Image.fromarray((rng.random((cells, cells)) * 255).astype(np.uint8))
+def smooth_noise(shape, cells, rng: np.random.Generator) -> np.ndarray:
+    "Smooth random field in [0, 1] of `shape`: bicubic upsampling of a random grid of `cells` (int, or (rows, cols))."
+    ny, nx = (cells, cells) if np.isscalar(cells) else cells
+    g = Image.fromarray((rng.random((int(ny), int(nx))) * 255).astype(np.uint8))
     return np.asarray(g.resize(shape[::-1], Image.BICUBIC), np.float32) / 255
 
 def fractal_noise(shape, cells: int, rng: np.random.Generator, octaves: int = 4) -> np.ndarray:
@@ -346,9 +582,10 @@ def fractal_noise(shape, cells: int, rng: np.random.Generator, octaves: int = 4)
     return out / (2 - 0.5 ** (octaves - 1))
 
 def star_field(size: int, rng: np.random.Generator) -> np.ndarray:
-    "Black sky with stars: float32 [S, S, 3] in [0, 1]."
+    "Black sky with stars of random density (none in 15 % of the skies): float32 [S, S, 3] in [0, 1]."
     img = np.zeros((size, size, 3), np.float32)
-    n = int(rng.uniform(0.5, 4) * size * size / 1000)
+    density = 0.0 if rng.random() < 0.15 else log_uniform(rng, 0.3, 8.0)       # stars per 1000 pixels
+    n = int(density * size * size / 1000)
     ys, xs = rng.integers(0, size, n), rng.integers(0, size, n)
     b = np.minimum(rng.pareto(2.5, n) * 0.15 + 0.05, 1.0)
     tint = 1 - rng.uniform(0, 0.25, (n, 3))
@@ -358,13 +595,18 @@ def star_field(size: int, rng: np.random.Generator) -> np.ndarray:
 def upsample(a: np.ndarray, size: int) -> np.ndarray:
     "Bilinear resize of a float32 [h, w, c] array to [size, size, c]."
     if a.shape[0] == size: return a
-    return np.stack([np.asarray(Image.fromarray(a[..., k]).resize((size, size), Image.BILINEAR)) for k in range(a.shape[2])], -1)
+    layer = lambda k: np.asarray(Image.fromarray(a[..., k]).resize((size, size), Image.BILINEAR))
+    return np.stack([layer(k) for k in range(a.shape[2])], -1)
 
-def earth_layer(S: int, sun: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    "A large Earth disc lit from `sun` (camera frame) with its limb glow: (RGB [S,S,3], opacity [S,S,1])."
-    R = S * rng.uniform(0.6, 4.0)
+def smooth_size(size: int) -> int:
+    "The resolution smooth layers (Earth, glare, textures) are computed at before upsampling to `size`."
+    return min(size, max(128, size // 2))
+
+def earth_layer(S: int, sun: np.ndarray, rng: np.random.Generator, full: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    "A large Earth disc lit from `sun` (camera frame), its limb in the frame or (`full`) covering it: (RGB, opacity)."
+    R = S * (rng.uniform(1.5, 5.0) if full else rng.uniform(0.6, 4.0))
     ang = rng.uniform(0, 2 * np.pi)
-    dist = R + S * rng.uniform(-0.45, 0.35)                 # limb somewhere across the frame
+    dist = rng.uniform(0, R - 0.75 * S) if full else R + S * rng.uniform(-0.45, 0.35)   # limb across the frame
     ex, ey = S / 2 + dist * math.cos(ang), S / 2 + dist * math.sin(ang)
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
     nx, ny = (xx - ex) / R, (yy - ey) / R
@@ -373,7 +615,8 @@ def earth_layer(S: int, sun: np.ndarray, rng: np.random.Generator) -> tuple[np.n
     nz = -np.sqrt(np.clip(1 - rr, 0, 1))
     lit = np.clip(nx * sun[0] + ny * sun[1] + nz * sun[2], 0, 1) ** 0.8
     land = np.clip((fractal_noise((S, S), 3, rng) - 0.55) * 12, 0, 1)[..., None]   # soft coasts
-    terrain = np.array([0.2, 0.26, 0.12], np.float32) + fractal_noise((S, S), 8, rng)[..., None] * np.array([0.25, 0.15, 0.05], np.float32)
+    terrain = (np.array([0.2, 0.26, 0.12], np.float32)
+               + fractal_noise((S, S), 8, rng)[..., None] * np.array([0.25, 0.15, 0.05], np.float32))
     ocean = np.array([0.03, 0.1, 0.3], np.float32) * (0.8 + 0.4 * fractal_noise((S, S), 6, rng))[..., None]
     clouds = np.clip((fractal_noise((S, S), 6, rng) - rng.uniform(0.4, 0.6)) * 3, 0, 1)[..., None]
     col = (ocean * (1 - land) + terrain * land) * (1 - clouds) + 0.95 * clouds
@@ -381,19 +624,41 @@ def earth_layer(S: int, sun: np.ndarray, rng: np.random.Generator) -> tuple[np.n
     col = col * (1 - haze) + haze * np.array([0.45, 0.6, 0.9], np.float32)
     d = (np.sqrt(rr) - 1) * R / S                           # limb glow just outside the disc
     glow = np.exp(-np.abs(d) / rng.uniform(0.005, 0.02)) * rng.uniform(0.3, 0.8)
-    rgb = col * (0.03 + 0.97 * lit[..., None]) * inside[..., None] + glow[..., None] * np.array([0.25, 0.45, 0.9], np.float32)
+    rgb = (col * (0.03 + 0.97 * lit[..., None]) * inside[..., None]
+           + glow[..., None] * np.array([0.25, 0.45, 0.9], np.float32))
     return rgb.astype(np.float32), inside[..., None].astype(np.float32)
 
-def earth(img: np.ndarray, sun: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    "Paint the Earth over the sky `img` [S, S, 3], computed at up to 256 px and upsampled (it is smooth)."
+def earth(img: np.ndarray, sun: np.ndarray, rng: np.random.Generator, full: bool = False) -> np.ndarray:
+    "Paint the Earth over the sky `img` [S, S, 3] (computed at `smooth_size` and upsampled: it is smooth)."
     S = img.shape[0]
-    rgb, inside = earth_layer(min(S, 256), sun, rng)
+    rgb, inside = earth_layer(smooth_size(S), sun, rng, full)
     out = upsample(np.concatenate([rgb, inside], -1), S)
     return img * (1 - out[..., 3:]) + out[..., :3]
 
+def textured(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    "Cover the sky `img` with a bright textured surface (a cloud deck, a moon seen from close)."
+    S = smooth_size(img.shape[0])
+    t = fractal_noise((S, S), int(rng.integers(3, 9)), rng)
+    col = np.asarray(hsv(rng.uniform(0, 1), rng.uniform(0, 0.25), 1.0), np.float32)
+    tex = rng.uniform(0.15, 0.7) * (0.4 + 0.9 * t)[..., None] * col
+    return upsample(tex.astype(np.float32), img.shape[0])
+
+BACKGROUNDS = {'space': 0.62, 'earth': 0.30, 'full_earth': 0.04, 'textured': 0.04}    # kind: share of the samples
+
+def background_kind(rng: np.random.Generator) -> str:
+    "A random kind of background, with the probabilities of `BACKGROUNDS`."
+    return list(BACKGROUNDS)[int(rng.choice(len(BACKGROUNDS), p=list(BACKGROUNDS.values())))]
+
+def background(size: int, sun: np.ndarray, kind: str, rng: np.random.Generator) -> np.ndarray:
+    "The sky behind the spacecraft (float32 [S, S, 3]): stars, then the Earth's limb, a full Earth or a texture."
+    img = star_field(size, rng)
+    if kind in ('earth', 'full_earth'): return earth(img, sun, rng, full=kind == 'full_earth')
+    return textured(img, rng) if kind == 'textured' else img
+
+# %% ../nbs/01_synthetic.ipynb #3742c080
 def sun_glare(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    "Add a sun glare (core, halo, streaks) centred near or outside the frame (computed at up to 128 px)."
-    S = min(img.shape[0], 128)
+    "Add a sun glare (core, halo, streaks) centred near or outside the frame, sometimes with a lens flare."
+    S = smooth_size(img.shape[0])
     cx, cy = rng.uniform(-0.3, 1.3, 2) * S
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32) + 0.5
     dx, dy = (xx - cx) / S, (yy - cy) / S
@@ -402,42 +667,216 @@ def sun_glare(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     th = np.arctan2(dy, dx)
     for a in rng.uniform(0, np.pi, int(rng.integers(2, 5))):
         g += 0.15 * np.exp(-np.abs(np.sin(th - a)) * r * S / 1.5) * np.exp(-r / 0.4)
-    return img + upsample((g[..., None] * np.array([1.0, 0.97, 0.9])).astype(np.float32), img.shape[0])
+    out = g[..., None] * np.array([1.0, 0.97, 0.9], np.float32)
+    if rng.random() < 0.5:                                   # lens flare: ghosts along the line glare -> centre
+        for t in rng.uniform(0.3, 2.0, int(rng.integers(2, 6))):
+            gx, gy, rad = cx + t * (S / 2 - cx), cy + t * (S / 2 - cy), rng.uniform(0.02, 0.12) * S
+            disc = np.clip((rad - np.hypot(xx - gx, yy - gy)) / (0.3 * rad), 0, 1)
+            out += disc[..., None] * rng.uniform(0.02, 0.1) * np.asarray(hsv(rng.uniform(0, 1), 0.4, 1.0), np.float32)
+    return img + upsample(out.astype(np.float32), img.shape[0])
+
+def motion_blur(img: np.ndarray, length: float, angle: float) -> np.ndarray:
+    "`img` [S, S, C] averaged over `length` pixels along the direction `angle` (radians; edges repeated)."
+    k = max(2, int(round(length)))
+    offs = [(round((i - (k - 1) / 2) * math.sin(angle)), round((i - (k - 1) / 2) * math.cos(angle))) for i in range(k)]
+    p = int(max(max(abs(a), abs(b)) for a, b in offs))
+    pad = np.pad(img, ((p, p), (p, p), (0, 0)), mode='edge')
+    S0, S1 = img.shape[:2]
+    return sum(pad[p + dy:p + dy + S0, p + dx:p + dx + S1] for dy, dx in offs) / k
+
+def vignette(img: np.ndarray, strength: float) -> np.ndarray:
+    "`img` darkened towards the corners: by the factor `1 - strength` at a corner, unchanged at the centre."
+    S0, S1 = img.shape[:2]
+    yy, xx = np.ogrid[0:S0, 0:S1]
+    r2 = (((yy + 0.5) / S0 - 0.5) ** 2 + ((xx + 0.5) / S1 - 0.5) ** 2) / 0.5
+    return img * (1 - strength * r2).astype(np.float32)[..., None]
+
+def sensor_noise(img: np.ndarray, rng: np.random.Generator, read: float, shot: float, colour: float) -> np.ndarray:
+    "`img` plus noise of standard deviation sqrt(read^2 + shot * signal), its channels correlated unless `colour` = 1."
+    n, c = rng.standard_normal(img.shape, dtype=np.float32), img.shape[-1]
+    mono = sum(n[..., k] for k in range(c))[..., None] / np.float32(math.sqrt(c))   # unit variance, in every channel
+    scale = math.sqrt(colour ** 2 + (1 - colour) ** 2 + 2 * colour * (1 - colour) / math.sqrt(c))
+    n = (np.float32(colour / scale) * n + np.float32((1 - colour) / scale) * mono)
+    return img + n * np.sqrt(np.float32(read * read) + np.float32(shot) * np.maximum(img, 0))
+
+def tone_curve(gamma: float, contrast: float, black: float) -> np.ndarray:
+    "The camera's tone curve as a table from 12-bit linear values to uint8: gamma, S-curve contrast, black level."
+    x = np.linspace(0, 1, 4096) ** gamma
+    x = x + (contrast - 1) * (x - 0.5) * (1 - np.abs(2 * x - 1))       # about mid-grey; 0 and 1 stay where they are
+    x = x * (1 - black) + black
+    return (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+def camera_effects(img: np.ndarray, rng: np.random.Generator, meter: float | None = None, env=None,
+                   fill: float = 0.0) -> np.ndarray:
+    "The scene (float [S, S, 3]) through random optics and sensor (exposed for `meter`, plus `fill * env`): uint8."
+    S = img.shape[0]
+    auto = 1.0 if meter is None else float(np.clip(rng.uniform(0.25, 0.6) / max(meter, 1e-3), 0.5, 6.0))
+    img = img * np.float32(auto * 2 ** rng.uniform(-0.5, 0.5)) * (1 + rng.normal(0, 0.05, 3)).astype(np.float32)
+    if env is not None and fill: img = img + np.float32(fill) * env          # the fill light, in the picture's units
+    if rng.random() < 0.3: img = sun_glare(img, rng)                        # after the exposure: not multiplied by it
+    img = np.clip(img, 0, 1).astype(np.float32)
+    u = rng.random()
+    if u < 0.5:                                              # defocus
+        pil = Image.fromarray((img * 255 + 0.5).astype(np.uint8))
+        img = np.asarray(pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.5) * S / 256)), np.float32) / 255
+    elif u < 0.62: img = motion_blur(img, rng.uniform(1.5, 6) * S / 256, rng.uniform(0, np.pi))
+    if rng.random() < 0.4: img = vignette(img, rng.uniform(0.1, 0.5))
+    img = sensor_noise(img, rng, rng.uniform(0, 0.025), rng.uniform(0, 0.003), rng.uniform(0, 1))
+    gamma, contrast = 2 ** rng.uniform(-0.35, 0.35), rng.uniform(0.85, 1.2)
+    black = rng.uniform(0, 0.05) if rng.random() < 0.25 else 0.0
+    image = tone_curve(gamma, contrast, black)[(np.clip(img, 0, 1) * 4095 + 0.5).astype(np.uint16)]
+    return jpeg_roundtrip(image, int(rng.integers(30, 96))) if rng.random() < 0.5 else image
+
+# %% ../nbs/01_synthetic.ipynb #93ba595c
+VISIBLE_DELTA = 0.04    # a labelled patch whose mean luminance is within this of the local background's is invisible
+RETRY_SHARE = 0.25      # `take_picture` takes the picture again while more of a class than this is invisible ...
+TRIES = 3               # ... at most this many times in all
+
+def luminance(image) -> np.ndarray:
+    "Mean of R, G and B in [0, 1] of a uint8 image [H, W, 3] (float32 [H, W])."
+    img = np.asarray(image)
+    return (img[..., 0].astype(np.float32) + img[..., 1] + img[..., 2]) * np.float32(1 / 765)
+
+def integral(a) -> np.ndarray:
+    "Summed-area table of `a` [H, W, ...] with a leading zero row and column: float64 [H+1, W+1, ...]."
+    c = np.zeros((a.shape[0] + 1, a.shape[1] + 1) + a.shape[2:])
+    c[1:, 1:] = np.cumsum(a, 0, dtype=np.float64).cumsum(1)
+    return c
+
+def window_sum(c: np.ndarray, ys, xs, r: int) -> np.ndarray:
+    "Sums over the (2r+1)^2 windows centred on cells `(ys, xs)` (cut at the border), from the summed-area table `c`."
+    H, W = c.shape[0] - 1, c.shape[1] - 1
+    y0, y1, x0, x1 = np.clip(ys - r, 0, H), np.clip(ys + r + 1, 0, H), np.clip(xs - r, 0, W), np.clip(xs + r + 1, 0, W)
+    return c[y1, x1] - c[y0, x1] - c[y1, x0] + c[y0, x0]
+
+def block_size(shape) -> int:
+    "Side in pixels of the blocks visibility is judged on: 1/64 of the image's shorter side, at least 1."
+    return max(1, min(shape[:2]) // 64)
+
+def check_pair(image, classes, who: str = 'visibility') -> tuple[np.ndarray, np.ndarray]:
+    "`image` [H, W, 3] and `classes` [H, W] (values 0, 1, 2) as arrays, or a ValueError naming the problem."
+    image, classes = np.asarray(image), np.asarray(classes)
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[:2] != classes.shape:
+        raise ValueError(f"{who}: need an RGB image [H, W, 3] and a class map [H, W] of the same size; "
+                         f"got {image.shape} and {classes.shape}")
+    if classes.size and (classes.min() < 0 or classes.max() > 2):
+        raise ValueError(f"{who}: class values must be 0, 1 or 2; got {classes.min()}..{classes.max()}")
+    return image, classes.astype(np.int64)
+
+def block_contrast(image, classes) -> tuple[np.ndarray, np.ndarray]:
+    "Per block, body and panels: mean luminance minus the local background's ([h, w, 2], nan if none), pixel counts."
+    image, classes = check_pair(image, classes, 'block_contrast')
+    (H, W), b = classes.shape, block_size(classes.shape)
+    h, w, R = -(-H // b), -(-W // b), max(1, min(H, W) // (16 * b))
+    key = (((np.arange(H) // b) * w)[:, None] + np.arange(W) // b) * 3 + classes      # (block, class) of every pixel
+    n = np.bincount(key.ravel(), minlength=3 * h * w).reshape(h, w, 3)
+    s = np.bincount(key.ravel(), luminance(image).ravel(), minlength=3 * h * w).reshape(h, w, 3)
+    craft, pad = n[..., 1] + n[..., 2] > 0, np.pad(n[..., 1] + n[..., 2] > 0, 1)
+    clear = ~np.any([pad[dy:dy + h, dx:dx + w] for dy in range(3) for dx in range(3)], 0)   # not next to the craft
+    if not (clear & (n[..., 0] > 0)).any(): clear = ~craft
+    bg = integral(np.stack([n[..., 0] * clear, s[..., 0] * clear], -1))
+    ys, xs = np.nonzero(craft)
+    back = np.full((h, w), np.nan, np.float32)
+    todo, r = np.arange(len(ys)), R
+    while len(todo) and bg[-1, -1, 0] > 0:                   # widen the window where it holds no background
+        got = window_sum(bg, ys[todo], xs[todo], r)
+        ok = got[:, 0] > 0
+        back[ys[todo[ok]], xs[todo[ok]]] = got[ok, 1] / got[ok, 0]
+        todo, r = todo[~ok], 2 * r
+    with np.errstate(invalid='ignore', divide='ignore'): mean = s[..., 1:] / n[..., 1:]
+    return mean - back[..., None], n[..., 1:]
+
+def invisible_pixels(image, classes, delta: float = VISIBLE_DELTA) -> np.ndarray:
+    "True at the labelled pixels whose class, in their block, is within `delta` of the local background's luminance."
+    classes = np.asarray(classes)
+    d, _ = block_contrast(image, classes)
+    b, inv = block_size(classes.shape), np.abs(d) < delta                   # nan (no background at all): visible
+    big = np.repeat(np.repeat(inv, b, 0), b, 1)[:classes.shape[0], :classes.shape[1]]
+    return np.where(classes == 1, big[..., 0], np.where(classes == 2, big[..., 1], False))
+
+def invisible_shares(image, classes, delta: float = VISIBLE_DELTA) -> tuple[float, float]:
+    "The shares of the body pixels and of the panel pixels that are invisible (0 for a class that isn't there)."
+    d, n = block_contrast(image, classes)
+    bad, tot = (n * (np.abs(d) < delta)).sum((0, 1)), n.sum((0, 1))
+    return tuple(float(bad[c] / tot[c]) if tot[c] else 0.0 for c in (0, 1))
+
+def visibility_stats(samples, delta: float = VISIBLE_DELTA) -> dict:
+    "Visibility over `(image, classes)` pairs: invisible and dark shares per class, the sky, mostly invisible panels."
+    acc, per, bgl = {}, {'body': [], 'panels': []}, []
+    add = lambda k, v: acc.__setitem__(k, acc.get(k, 0) + int(v))
+    for image, classes in samples:
+        image, classes = check_pair(image, classes, 'visibility_stats')
+        lum, inv = luminance(image), invisible_pixels(image, classes, delta)
+        for c, name in ((1, 'body'), (2, 'panels')):
+            m = classes == c
+            add(f'{name}_pixels', m.sum()); add(f'{name}_invisible', inv[m].sum())
+            add(f'{name}_dark04', (lum[m] < 0.04).sum()); add(f'{name}_dark08', (lum[m] < 0.08).sum())
+            if m.any(): per[name].append((inv[m].mean(), (lum[m] < 0.06).mean()))
+        bgl.append(lum[classes == 0])
+    out = {}
+    for name in ('body', 'panels'):
+        n = max(acc.get(f'{name}_pixels', 0), 1)
+        for k in ('invisible', 'dark04', 'dark08'): out[f'{name}_{k}'] = acc.get(f'{name}_{k}', 0) / n
+        p = np.array(per[name]).reshape(-1, 2)
+        out[f'{name}_invisible_per_image'] = float(p[:, 0].mean()) if len(p) else 0.0
+        out[f'{name}_mostly_invisible'] = float((p[:, 0] > 0.5).mean()) if len(p) else 0.0
+        out[f'{name}_mostly_dark06'] = float((p[:, 1] > 0.5).mean()) if len(p) else 0.0
+    sky = np.concatenate(bgl) if bgl else np.zeros(0)
+    out['background_median'] = float(np.median(sky)) if sky.size else float('nan')
+    out['background_dark04'] = float((sky < 0.04).mean()) if sky.size else float('nan')
+    out['images'] = len(bgl)
+    return out
+
+
+# %% ../nbs/01_synthetic.ipynb #29533f90
+def take_picture(scene: np.ndarray, classes: np.ndarray, rng: np.random.Generator, meter: float | None = None,
+                 env=None, fill: float = 0.0, tries: int = TRIES) -> np.ndarray:
+    "`camera_effects`, taken again (new draws, fill light + 0.05) while over `RETRY_SHARE` of a class is invisible."
+    best = None
+    for k in range(tries):
+        image = camera_effects(scene, rng, meter, env, fill + 0.05 * k)
+        worst = max(invisible_shares(image, classes))
+        if best is None or worst < best[0]: best = (worst, image)   # the best picture, the first one on a tie
+        if worst <= RETRY_SHARE: break
+    return best[1]
+
 
 # %% ../nbs/01_synthetic.ipynb #68aaa5f0
 def pack(faces: list[Face]) -> dict:
-    "The model as flat arrays: vertices, per-face offsets, classes, albedos, materials (for vectorised shading)."
+    "The model as flat arrays: vertices, per-face offsets, classes, materials, grids (for vectorised shading)."
     counts = np.array([len(f.verts) for f in faces])
     start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     idx = np.arange(counts.sum())
     nxt = idx + 1 - np.repeat(counts, counts) * (idx + 1 == np.repeat(start + counts, counts))
-    alb = np.array([f.albedo for f in faces], float)
+    alb = np.array([f.mat.albedo for f in faces], float)
+    nan3 = (np.nan,) * 3
     return dict(verts=np.concatenate([f.verts for f in faces]), start=start, counts=counts, next=nxt,
                 cls=np.array([f.cls for f in faces]), albedo=alb,
-                back=np.array([f.back if f.back is not None else f.albedo for f in faces], float),
-                two_sided=np.array([f.two_sided for f in faces]), shine=np.array([f.shine for f in faces]),
-                grid=[f.grid for f in faces])
+                back=np.array([f.back if f.back is not None else f.mat.albedo for f in faces], float),
+                line=np.array([f.line if f.line is not None else nan3 for f in faces], float),
+                two_sided=np.array([f.two_sided for f in faces]), shine=np.array([f.mat.shine for f in faces]),
+                gloss=np.array([f.mat.gloss for f in faces]), kind=np.array([KINDS.index(f.mat.kind) for f in faces]),
+                grid=[f.grid for f in faces], cells=np.array([f.grid or (0, 0) for f in faces]))
 
-def shade(m: dict, pc: np.ndarray, cam: Camera, sun, ambient: float, gain: float) -> dict:
-    "Per-face geometry and colours from camera-space vertices `pc`: plane, visibility, depth, lit and shadow RGB."
+def shade(m: dict, pc: np.ndarray, cam: Camera, sun, ambient, gain: float) -> dict:
+    "Per-face geometry and colours from camera-space vertices `pc`: plane, visibility, depth, lit, shadow, line RGB."
     v, w = pc, pc[m['next']]
     n = np.add.reduceat(np.stack([v[:, 1] * w[:, 2] - v[:, 2] * w[:, 1], v[:, 2] * w[:, 0] - v[:, 0] * w[:, 2],
                                   v[:, 0] * w[:, 1] - v[:, 1] * w[:, 0]], 1), m['start'])
     n /= np.linalg.norm(n, axis=1, keepdims=True) + 1e-12
     c = np.add.reduceat(pc, m['start']) / m['counts'][:, None]
-    view = cam.view_dir(c)
-    facing = (n * view).sum(1)
-    front = facing > 0
+    front = (n * cam.view_dir(c)).sum(1) > 0
     ns = np.where(front[:, None], n, -n)                    # two-sided faces: the side seen by the camera
     alb = np.where(front[:, None], m['albedo'], m['back'])
     diff = np.clip(ns @ sun, 0, None)
-    h = sun + view; h /= np.linalg.norm(h, axis=1, keepdims=True) + 1e-12
-    spec = m['shine'] * np.clip((ns * h).sum(1), 0, None) ** 40 * (diff > 0)
     amb = np.broadcast_to(np.asarray(ambient, float), (3,))          # grey or tinted (earthshine) ambient light
-    lit = gain * (alb * (amb[None] + 1.1 * diff[:, None]) + spec[:, None])
+    light = amb[None] + 1.1 * diff[:, None]
+    has_line = ~np.isnan(m['line'][:, 0]) | ~front                   # back sides show their frame in a darker tone
+    line = np.where(front[:, None], np.nan_to_num(m['line']), 0.75 * alb)
     to8 = lambda x: (np.clip(x, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return dict(normal=n, offset=(n * c).sum(1), visible=front | m['two_sided'], depth=c[:, 2], lit=diff > 0,
-                rgb=to8(lit), shadow_rgb=to8(gain * alb * amb[None]))
+    return dict(normal=n, side=ns, front=front, offset=(n * c).sum(1), visible=front | m['two_sided'], depth=c[:, 2],
+                lit=diff > 0, rgb=to8(gain * alb * light), shadow_rgb=to8(gain * alb * amb[None]),
+                line_rgb=to8(gain * line * light), has_line=has_line, albedo=alb)
 
 def _grid_lines(verts: np.ndarray, grid: tuple) -> np.ndarray:
     "End points (camera space) of the cell-grid lines of a quad panel: [n_lines, 2, 3]."
@@ -462,30 +901,14 @@ def sun_buffer(m: dict, pc: np.ndarray, sh: dict, sun: np.ndarray, res: int):
             s0 = m['start'][i]; d.polygon([tuple(p) for p in q[s0:s0 + m['counts'][i]]], fill=int(i) + 1)
     return np.asarray(buf), to_px, 1 / k
 
-def cast_shadows(rgb: np.ndarray, ids: np.ndarray, m: dict, pc: np.ndarray, sh: dict, cam: Camera, sun, ss: int,
-                 origin=(0, 0)):
-    "Darken, in place, the pixels of `rgb` (at `ss` x) whose surface point has another face between it and the sun."
-    sub = ids[::ss, ::ss]                                  # test one point per output pixel, not per subpixel
-    ys, xs = np.nonzero(sub)
-    f = sub[ys, xs] - 1
-    keep = sh['lit'][f]
-    ys, xs, f = ys[keep], xs[keep], f[keep]
-    if not len(f): return rgb
-    px_x, px_y = (xs * ss + origin[0] + 0.5) / ss, (ys * ss + origin[1] + 0.5) / ss
-    P = cam.unproject(px_x, px_y, sh['normal'][f], sh['offset'][f])
-    buf, to_px, px = sun_buffer(m, pc, sh, sun, min(2 * cam.size, 1024))
+def in_shadow(P: np.ndarray, f: np.ndarray, m: dict, pc: np.ndarray, sh: dict, sun, size: int) -> np.ndarray:
+    "True where the point `P` (camera space) of face `f` has another face between it and the sun (shadow map)."
+    buf, to_px, px = sun_buffer(m, pc, sh, sun, min(2 * size, 1024))
     q = np.clip(to_px(P).astype(int), 0, buf.shape[0] - 1)
     g = buf[q[:, 1], q[:, 0]] - 1
     ng = sh['normal'][g]; nl = ng @ sun
     t = (sh['offset'][g] - (ng * P).sum(1)) / np.where(np.abs(nl) < 1e-6, np.inf, nl)
-    dark = (g >= 0) & (g != f) & (t > 3 * px)
-    if not dark.any(): return rgb
-    flag = np.zeros(sub.shape, bool); flag[ys[dark], xs[dark]] = True
-    grow = lambda a: np.repeat(np.repeat(a, ss, 0), ss, 1)[:ids.shape[0], :ids.shape[1]]
-    hit = grow(flag) & (grow(sub) == ids)                    # subpixels of the same face as their test point
-    hy, hx = np.nonzero(hit)
-    rgb[hy + origin[1], hx + origin[0]] = sh['shadow_rgb'][ids[hy, hx] - 1]
-    return rgb
+    return (g >= 0) & (g != f) & (t > 3 * px)
 
 def class_codes(ss: int) -> tuple[int, int]:
     "Values drawn for body and panels in the supersampled class buffer (chosen so one box filter counts both)."
@@ -506,8 +929,63 @@ def coverage_to_classes(cls_ss: Image.Image, ss: int) -> tuple[np.ndarray, np.nd
     classes = np.where(2 * cover >= n, np.where(pan > body, 2, 1), 0).astype(np.uint8)
     return (cover.astype(np.float32) / n)[..., None], classes
 
-def draw_model(m: dict, cam: Camera, sun, ambient: float, gain: float, ss: int, shadows: bool = True):
-    "Rasterise a packed model far to near: (premultiplied RGB [S,S,3] float, coverage [S,S,1], class map uint8)."
+def random_surface(size: int, rng: np.random.Generator) -> dict:
+    "Texture fields and strengths of one sample for `surface_light` (per kind of `KINDS`)."
+    S = size
+    ridge = lambda cells: 1 - np.abs(2 * smooth_noise((S, S), cells, rng) - 1)
+    crinkle = 0.65 * ridge(max(4, S // 6)) + 0.35 * ridge(max(8, S // 3))          # creased foil
+    grain = smooth_noise((S, S), max(4, S // 8), rng)
+    brushed = smooth_noise((S, S), (max(4, S // 3), 3), rng)                       # streaks
+    amp = np.array([rng.uniform(0.02, 0.12), rng.uniform(0.15, 0.45), rng.uniform(0.05, 0.25), rng.uniform(0.01, 0.06),
+                    rng.uniform(0.02, 0.08)], np.float32)
+    bump = np.array([0.0, rng.uniform(0.1, 0.4), rng.uniform(0.0, 0.05), 0.0, 0.0], np.float32)
+    return dict(crinkle=crinkle, grain=grain, brushed=brushed, amp=amp, bump=bump, cell_jitter=rng.uniform(0, 0.3),
+                cell_table=rng.random(1021).astype(np.float32))
+
+FOIL, METAL, CELLS = (KINDS.index(k) for k in ('foil', 'metal', 'cells'))
+
+def cell_index(P: np.ndarray, f: np.ndarray, m: dict, pc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "The grid cell (column, row) of each point `P` on its quad face `f` (coordinates along edges 0-1 and 0-3)."
+    s0 = m['start'][f]
+    v0 = pc[s0]; e1, e3 = pc[s0 + 1] - v0, pc[s0 + 3] - v0
+    s = ((P - v0) * e1).sum(1) / (e1 * e1).sum(1); t = ((P - v0) * e3).sum(1) / (e3 * e3).sum(1)
+    nu, nv = m['cells'][f, 0], m['cells'][f, 1]
+    return np.clip((s * nu).astype(int), 0, nu - 1), np.clip((t * nv).astype(int), 0, nv - 1)
+
+def surface_light(fg, a, ys, xs, f, P, sunlit, m, sh, pc, cam, sun, gain, surface=None, env=None):
+    "Texture (with `surface`, also on `env`) and specular light of pixels `(ys, xs)` showing faces `f` at `P`, in `fg`."
+    kind = np.where(sh['front'][f] | (m['kind'][f] != CELLS), m['kind'][f], 0)    # a panel's back: plain paint
+    if surface is not None:
+        field = np.where(kind == FOIL, surface['crinkle'][ys, xs],
+                         np.where(kind == METAL, surface['brushed'][ys, xs], surface['grain'][ys, xs]))
+        tex = 1 + 2 * surface['amp'][kind] * (field - 0.5)
+        q = np.flatnonzero((kind == CELLS) & (m['counts'][f] == 4) & (m['cells'][f, 0] > 0))
+        if len(q):                                           # every cell of a panel has its own brightness
+            iu, iv = cell_index(P[q], f[q], m, pc)
+            h = (f[q] * 7919 + iu * 104729 + iv * 31) % len(surface['cell_table'])
+            tex[q] *= 1 + 2 * surface['cell_jitter'] * (surface['cell_table'][h] - 0.5)
+        fg[ys, xs] *= tex[:, None].astype(np.float32)
+        if env is not None: env[ys, xs] *= tex[:, None].astype(np.float32)
+    on = np.flatnonzero(sunlit & (m['shine'][f] > 0))
+    if not len(on): return fg
+    fo, ko = f[on], kind[on]
+    hv = sun[None] + cam.view_dir(P[on]); hv /= np.linalg.norm(hv, axis=1, keepdims=True) + 1e-12
+    nh = (sh['side'][fo] * hv).sum(1)
+    if surface is not None: nh = nh + surface['bump'][ko] * (surface['crinkle'][ys[on], xs[on]] - 0.5)
+    shine = m['shine'][fo] * np.where(kind[on] == m['kind'][fo], 1.0, 0.3)         # matte panel backs
+    spec = gain * shine * np.clip(nh, 0, 1) ** m['gloss'][fo]
+    alb = sh['albedo'][fo]
+    tinted = (ko == FOIL) | (ko == METAL)                     # metals reflect in their own colour
+    col = np.where(tinted[:, None], alb / np.maximum(alb.max(1, keepdims=True), 1e-3), 1.0)
+    fg[ys[on], xs[on]] += (spec[:, None] * col * a[ys[on], xs[on]]).astype(np.float32)
+    return fg
+
+def env_weight(albedo: np.ndarray) -> np.ndarray:
+    "How much of the environment's light surfaces of `albedo` (n, 3) reflect: their hue, at least half of it."
+    return (0.5 + 0.5 * albedo / np.maximum(albedo.max(1, keepdims=True), 1e-3)).astype(np.float32)
+
+def draw_model(m: dict, cam: Camera, sun, ambient, gain: float, ss: int, shadows: bool = True, surface=None, tint=1.0):
+    "Rasterise a packed model far to near: premultiplied RGB [S,S,3], coverage [S,S,1], class map, `env` [S,S,3]."
     S, H = cam.size, cam.size * ss
     rgb, cls, ids = Image.new('RGB', (H, H)), Image.new('L', (H, H)), Image.new('I', (H, H))
     dr, dm, di = ImageDraw.Draw(rgb), ImageDraw.Draw(cls), ImageDraw.Draw(ids)
@@ -519,91 +997,123 @@ def draw_model(m: dict, cam: Camera, sun, ambient: float, gain: float, ss: int, 
     for i in np.argsort(-sh['depth'], kind='stable'):
         if not sh['visible'][i]: continue
         s0, k = m['start'][i], m['counts'][i]
-        col = tuple(sh['rgb'][i].tolist())
         poly = [tuple(p) for p in hi[s0:s0 + k]]
-        dr.polygon(poly, fill=col); dm.polygon(poly, fill=codes[m['cls'][i]]); di.polygon(poly, fill=int(i) + 1)
-        if m['grid'][i] is not None:
-            line = tuple(min(255, int(c * 0.6 + 60)) for c in col)
+        dr.polygon(poly, fill=tuple(sh['rgb'][i].tolist())); dm.polygon(poly, fill=codes[m['cls'][i]])
+        di.polygon(poly, fill=int(i) + 1)
+        if m['grid'][i] is not None and sh['has_line'][i]:
+            line = tuple(sh['line_rgb'][i].tolist())
             if k == 4:
                 for seg in _grid_lines(pc[s0:s0 + 4], m['grid'][i]):
                     dr.line([tuple(p) for p in (cam.project(seg) * ss).tolist()], fill=line, width=lw)
             dr.polygon(poly, outline=line, width=lw)
-    box_ = cls.getbbox()
-    if shadows and box_ is not None:                     # only the spacecraft's bounding box needs the test
-        x0, y0, x1, y1 = box_
-        rgb = np.array(rgb)
-        cast_shadows(rgb, np.asarray(ids.crop(box_)), m, pc, sh, cam, sun, ss, origin=(x0, y0))
-    else: rgb = np.asarray(rgb)
+    rgb, box_ = np.array(rgb), cls.getbbox()
+    if box_ is not None:                                   # the spacecraft's box, aligned to whole output pixels
+        x0, y0 = box_[0] - box_[0] % ss, box_[1] - box_[1] % ss
+        crop = np.asarray(ids.crop((x0, y0, box_[2], box_[3])))
+        sub = crop[::ss, ::ss]                             # the face seen at each output pixel (its first subpixel)
+        ys, xs = np.nonzero(sub)
+        f = sub[ys, xs] - 1
+        P = cam.unproject((xs * ss + x0 + 0.5) / ss, (ys * ss + y0 + 0.5) / ss, sh['normal'][f], sh['offset'][f])
+        sunlit = sh['lit'][f].copy()
+        if shadows and sunlit.any():
+            k_ = np.flatnonzero(sunlit)
+            dark = k_[in_shadow(P[k_], f[k_], m, pc, sh, sun, S)]
+            if len(dark):                                  # the verdict applies to the pixel's subpixels of that face
+                flag = np.zeros(sub.shape, bool); flag[ys[dark], xs[dark]] = True
+                grow = lambda x: np.repeat(np.repeat(x, ss, 0), ss, 1)[:crop.shape[0], :crop.shape[1]]
+                hy, hx = np.nonzero(grow(flag) & (grow(sub) == crop))
+                rgb[hy + y0, hx + x0] = sh['shadow_rgb'][crop[hy, hx] - 1]
+                sunlit[dark] = False
     fg = np.asarray(Image.fromarray(rgb).reduce(ss) if ss > 1 else rgb, np.float32) / 255
     a, classes = coverage_to_classes(cls, ss)
-    return fg, a, classes
+    env = np.zeros_like(fg)                                # the environment light reflected, per unit of fill light
+    if box_ is not None:
+        seen = sub.copy()                                  # a face at each pixel: the first subpixel's, else another's
+        for dy, dx in [(dy, dx) for dy in range(ss) for dx in range(ss)][1:]:
+            v = crop[dy::ss, dx::ss]; s_ = seen[:v.shape[0], :v.shape[1]]
+            np.copyto(s_, v, where=s_ == 0)
+        ey, ex = np.nonzero(seen)
+        py, px = ey + y0 // ss, ex + x0 // ss
+        env[py, px] = env_weight(sh['albedo'][seen[ey, ex] - 1]) * tint * a[py, px]      # environment light of `tint`
+        ys, xs = ys + y0 // ss, xs + x0 // ss
+        surface_light(fg, a, ys, xs, f, P, sunlit, m, sh, pc, cam, sun, gain, surface, env)
+    return fg, a, classes, env
 
-def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int = 2, shadows: bool = True):
-    "Render one `spacecraft` at `size` px: (image uint8 [S,S,3], classes uint8 [S,S], bbox (x1, y1, x2, y2))."
+def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int = 2, shadows: bool = True,
+                  style: str = 'default'):
+    "One `spacecraft` at `size` px in `style`: (image uint8 [S,S,3], classes uint8 [S,S], bbox (x1, y1, x2, y2))."
     if size < 16: raise ValueError(f"render_sample: size must be >= 16 px, got {size}")
-    m = pack(build_model(spacecraft, rng))
+    m = pack(build_model(spacecraft, rng, style))
     radius = np.linalg.norm(m['verts'], axis=1).max()
     sun = rng.normal(size=3); sun /= np.linalg.norm(sun)
     if sun[2] > 0 and rng.random() < 0.85: sun[2] = -sun[2]    # mostly lit from the camera's side
-    has_earth = rng.random() < 0.35
-    tint = np.array([0.8, 0.95, 1.25]) if has_earth else np.ones(3)   # earthshine is bluish
-    ambient, gain = rng.uniform(0.04, 0.2) * tint, rng.uniform(0.75, 1.25)
+    kind = background_kind(rng)
+    tint = np.array([0.8, 0.95, 1.25]) if kind in ('earth', 'full_earth') else np.ones(3)   # earthshine is bluish
+    ambient, gain = log_uniform(rng, 0.06, 0.3) * tint, rng.uniform(0.6, 1.5)
     m['albedo'] = m['albedo'] * rng.uniform(0.88, 1.12, (len(m['albedo']), 1))   # no two faces quite alike
-    backs = (m['cls'] == 2) & m['two_sided']                   # panel substrate: light to mid grey
-    m['back'][backs] = rng.uniform(0.35, 0.85) * np.array([1.0, 1.0, rng.uniform(0.9, 1.05)])
-    partial = rng.random() < 0.15
+    surface = random_surface(size, rng)
+    partial, extent = rng.random() < 0.1, random_extent(rng)
     for _ in range(50):
-        cam = random_camera(radius, size, rng, partial)
-        fg, a, classes = draw_model(m, cam, sun, ambient, gain, ss, shadows)
-        if (classes > 0).mean() >= 0.004: break
-    bg = star_field(size, rng)
-    if has_earth: bg = earth(bg, sun, rng)
-    crinkle = rng.uniform(0, 0.5) * (smooth_noise((size, size), max(4, size // 6), rng) - 0.5)
-    fg = fg * np.where(classes == 1, 1 + crinkle, 1)[..., None]   # insulation foil is never flat
-    img = bg * (1 - a) + fg
-    if rng.random() < 0.3: img = sun_glare(img, rng)
-    img = np.clip(img, 0, 1)
-    if rng.random() < 0.6:
-        pil = Image.fromarray((img * 255 + 0.5).astype(np.uint8))
-        img = np.asarray(pil.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.2) * size / 256)), np.float32) / 255
-    img = img + rng.uniform(0.0, 0.03) * rng.standard_normal((size, size, 1), dtype=np.float32)
-    image = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+        cam = random_camera(radius, size, rng, partial, extent)
+        fg, a, classes, env = draw_model(m, cam, sun, ambient, gain, ss, shadows, surface, tint)
+        if (classes > 0).sum() >= max(6, size * size // 4000): break
+    img = background(size, sun, kind, rng) * (1 - a) + fg
+    meter = float(img[classes > 0].mean()) if classes.any() else None     # the camera exposes for the spacecraft
+    fill = rng.uniform(0.06, 0.15)                                        # drawn last: poses as in RENDER_VERSION 8
+    image = take_picture(img, classes, rng, meter, env, fill)
     return image, classes.copy(), mask_bbox(classes)
 
 # %% ../nbs/01_synthetic.ipynb #d9f5f699
-def show_samples(names=SPACECRAFT, per_type: int = 2, size: int = 160, seed: int = 0):
-    "A matplotlib grid: for each spacecraft type, `per_type` images and their mask overlays."
+def show_samples(names=SPACECRAFT, per_type: int = 2, size: int = 160, seed: int = 0, style: str = 'default'):
+    "A matplotlib grid: for each spacecraft type, `per_type` images in `style` and their mask overlays."
     import matplotlib.pyplot as plt
     fig, axs = plt.subplots(2 * per_type, len(names), figsize=(1.6 * len(names), 3.3 * per_type), squeeze=False)
     for j, name in enumerate(names):
         for k in range(per_type):
-            img, cm, _ = render_sample(name, size, np.random.default_rng([seed, j, k]))
+            img, cm, _ = render_sample(name, size, np.random.default_rng([seed, j, k]), style=style)
             axs[2 * k, j].imshow(img); axs[2 * k + 1, j].imshow(overlay_classes(img, cm))
         axs[0, j].set_title(name, fontsize=9)
     for ax in axs.flat: ax.set_axis_off()
     fig.tight_layout()
     return fig
 
+def show_styles(names=SPACECRAFT, per_type: int = 2, size: int = 128, seed: int = 0):
+    "A matplotlib grid of both styles: per type, `per_type` default then `per_type` shifted samples (image, overlay)."
+    import matplotlib.pyplot as plt
+    rows = [(style, k) for style in STYLES for k in range(per_type)]
+    fig, axs = plt.subplots(2 * len(rows), len(names), figsize=(1.3 * len(names), 2.7 * len(rows)), squeeze=False)
+    for j, name in enumerate(names):
+        for r, (style, k) in enumerate(rows):
+            rng = np.random.default_rng([seed, j, k, STYLES.index(style)])
+            img, cm, _ = render_sample(name, size, rng, style=style)
+            axs[2 * r, j].imshow(img); axs[2 * r + 1, j].imshow(overlay_classes(img, cm))
+        axs[0, j].set_title(name, fontsize=8)
+    for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([]); [s.set_visible(False) for s in ax.spines.values()]
+    for r, (style, k) in enumerate(rows):
+        axs[2 * r, 0].set_ylabel(style, fontsize=9); axs[2 * r + 1, 0].set_ylabel(f'{style} mask', fontsize=9)
+    fig.tight_layout(h_pad=0.2, w_pad=0.2)
+    return fig
+
 # %% ../nbs/01_synthetic.ipynb #0a3e3ab1
-RENDER_VERSION = 7      # bump whenever the renderer's output changes: cached sets are then regenerated
+RENDER_VERSION = 9      # bump whenever the renderer's output changes: cached sets are then regenerated
 SPLITS = {'train': 0, 'val': 1, 'test': 2}
 IMAGE_QUALITY, MASK_QUALITY = 92, 85
 
-def sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    "The generator of sample `index` of `split`: a function of `(seed, split, index)` only."
-    return np.random.default_rng([RENDER_VERSION, int(seed), SPLITS[split], int(index)])
+def sample_rng(seed: int, split: str, index: int, style: str = 'default') -> np.random.Generator:
+    "The generator of sample `index` of `split`: a function of `(style, seed, split, index)` only."
+    return np.random.default_rng([RENDER_VERSION, STYLES.index(style), int(seed), SPLITS[split], int(index)])
 
-def sample_spec(split: str, index: int, seed: int) -> tuple[str, str, np.random.Generator]:
+def sample_spec(split: str, index: int, seed: int, style: str = 'default') -> tuple[str, str, np.random.Generator]:
     "(spacecraft, image file name, generator) of sample `index` of `split`."
-    rng = sample_rng(seed, split, index)
+    rng = sample_rng(seed, split, index, style)
     if split == 'test': return SPACECRAFT[rng.integers(len(SPACECRAFT))], f'test_{index:05d}_img.jpg', rng
     return SPACECRAFT[index % len(SPACECRAFT)], f'image_{index // len(SPACECRAFT) + 1:05d}_img.jpg', rng
 
 def _render_task(task) -> tuple:
     "Render and write one sample; return its CSV row (None for test images)."
-    out, split, index, seed, size = task
-    name, fname, rng = sample_spec(split, index, seed)
-    image, classes, _ = render_sample(name, size, rng)
+    out, split, index, seed, size, style = task
+    name, fname, rng = sample_spec(split, index, seed, style)
+    image, classes, _ = render_sample(name, size, rng, style=style)
     if split == 'test':
         write_test_image(out, fname, image, IMAGE_QUALITY)
         return split, index, None
@@ -633,17 +1143,18 @@ def _render_parallel(tasks: list, workers: int):
                 if dead: raise RuntimeError(f"write_dataset: a rendering worker died (exit code {dead[0].exitcode})")
                 continue
             if item is None: running -= 1
-            elif item[0] == 'error': raise RuntimeError(f"write_dataset: a rendering worker failed: {item[1]}\n{item[2]}")
+            elif item[0] == 'error':
+                raise RuntimeError(f"write_dataset: a rendering worker failed: {item[1]}\n{item[2]}")
             else: yield item
     finally:
         for p in procs:
             if p.is_alive(): p.terminate()
             p.join()
 
-def dataset_params(n_train, n_val, n_test, size, seed) -> dict:
+def dataset_params(n_train, n_val, n_test, size, seed, style: str = 'default') -> dict:
     "The parameters that determine a synthetic set's bytes (stored in `.synthetic.json`)."
-    return dict(generator='unet3plus.synthetic', render_version=RENDER_VERSION, n_train=int(n_train),
-                n_val=int(n_val), n_test=int(n_test), size=int(size), seed=int(seed))
+    return dict(generator='unet3plus.synthetic', render_version=RENDER_VERSION, style=check_style(style),
+                n_train=int(n_train), n_val=int(n_val), n_test=int(n_test), size=int(size), seed=int(seed))
 
 def is_synthetic_set(root, params: dict | None = None) -> bool:
     "True if `root` holds a finished synthetic set (made with `params`, when given)."
@@ -660,18 +1171,19 @@ def _check_counts(**kw):
             raise ValueError(f"write_dataset: {k} must be an integer >= {16 if k == 'size' else 0}, got {v!r}")
 
 def write_dataset(out, n_train: int = 2000, n_val: int = 400, n_test: int = 200, size: int = 256, seed: int = 0,
-                  workers: int = 1, progress: bool = False) -> Path:
-    "Render a synthetic SPARK 2024 stream-1 data set into `out` (the exact real layout); return `out`."
+                  workers: int = 1, progress: bool = False, style: str = 'default') -> Path:
+    "Render a synthetic SPARK 2024 stream-1 data set in `style` into `out` (the exact real layout); return `out`."
     _check_counts(n_train=n_train, n_val=n_val, n_test=n_test, size=size, workers=workers, seed=seed)
-    out, params = Path(out), dataset_params(n_train, n_val, n_test, size, seed)
+    check_style(style, 'write_dataset')
+    out, params = Path(out), dataset_params(n_train, n_val, n_test, size, seed, style)
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"write_dataset: {out} is a file, not a folder")
     if out.exists() and any(out.iterdir()):
         if is_synthetic_set(out, params): return out
         raise FileExistsError(f"write_dataset: {out} is not empty and isn't a synthetic set made with {params}; "
                               "refusing to overwrite it (choose an empty or new folder)")
     make_layout(out, SPACECRAFT)
-    tasks = [(str(out), split, i, seed, size) for split, n in (('train', n_train), ('val', n_val), ('test', n_test))
-             for i in range(n)]
+    counts = (('train', n_train), ('val', n_val), ('test', n_test))
+    tasks = [(str(out), split, i, seed, size, style) for split, n in counts for i in range(n)]
     rows = {'train': {}, 'val': {}}
     bar = None
     if progress:
@@ -686,21 +1198,21 @@ def write_dataset(out, n_train: int = 2000, n_val: int = 400, n_test: int = 200,
     for split in ('train', 'val'):
         ordered = sorted(rows[split].items(), key=lambda kv: (kv[0] % len(SPACECRAFT), kv[0]))  # grouped by class
         write_split_csv(out, split, [r for _, r in ordered])
-    (out / '.synthetic.json').write_text(json.dumps(params, indent=1))
+    atomic_write_text(out / '.synthetic.json', json.dumps(params, indent=1))
     return out
 
 # %% ../nbs/01_synthetic.ipynb #bcb6275f
 def cache_base(cache_dir=None) -> Path:
-    "The folder holding cached synthetic sets: `cache_dir`, else `$UNET3PLUS_CACHE/synthetic`, else `~/.cache/unet3plus/synthetic`."
+    "The folder of cached sets: `cache_dir`, else `$UNET3PLUS_CACHE/synthetic`, else `~/.cache/unet3plus/synthetic`."
     if cache_dir is not None: return Path(cache_dir).expanduser()
     return Path(os.environ.get('UNET3PLUS_CACHE') or '~/.cache/unet3plus').expanduser() / 'synthetic'
 
 def synthetic_root(cache_dir=None, n_train: int = 2000, n_val: int = 400, n_test: int = 200, size: int = 256,
-                   seed: int = 0, workers: int = 1, progress: bool = False) -> Path:
+                   seed: int = 0, workers: int = 1, progress: bool = False, style: str = 'default') -> Path:
     "A synthetic data set with these parameters, rendered into the cache on first use and reused afterwards."
-    params = dataset_params(n_train, n_val, n_test, size, seed)
+    params = dataset_params(n_train, n_val, n_test, size, seed, check_style(style, 'synthetic_root'))
     base = cache_base(cache_dir)
-    final = base / f"v{RENDER_VERSION}-size{size}-train{n_train}-val{n_val}-test{n_test}-seed{seed}"
+    final = base / f"v{RENDER_VERSION}-{style}-size{size}-train{n_train}-val{n_val}-test{n_test}-seed{seed}"
     if is_synthetic_set(final, params): return final
     if final.exists():
         raise FileExistsError(f"synthetic_root: {final} exists but isn't a finished synthetic set with {params}; "
@@ -708,7 +1220,7 @@ def synthetic_root(cache_dir=None, n_train: int = 2000, n_val: int = 400, n_test
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f'.{final.name}.tmp-', dir=base))
     try:
-        write_dataset(tmp, n_train, n_val, n_test, size, seed, workers=workers, progress=progress)
+        write_dataset(tmp, n_train, n_val, n_test, size, seed, workers=workers, progress=progress, style=style)
         try: os.rename(tmp, final)
         except OSError:                                       # another process finished first: use its copy
             if not is_synthetic_set(final, params): raise
@@ -717,9 +1229,13 @@ def synthetic_root(cache_dir=None, n_train: int = 2000, n_val: int = 400, n_test
     return final
 
 # %% ../nbs/01_synthetic.ipynb #fcb213fa
+class OneLineParser(argparse.ArgumentParser):
+    "An `ArgumentParser` whose usage errors are one line, `PROG: error: MESSAGE`, with exit status 2."
+    def error(self, message): self.exit(2, f"{self.prog}: error: {message}\n")
+
 def parse_args(argv=None) -> argparse.Namespace:
     "Flags of `unet3plus-synth`."
-    p = argparse.ArgumentParser(prog='unet3plus-synth', description=
+    p = OneLineParser(prog='unet3plus-synth', description=
         'Render a synthetic SPARK 2024 stream-1 data set (train/val CSVs, JPEG images and masks, stream-1-test).')
     p.add_argument('--out', required=True, help='output folder (must be empty or new)')
     p.add_argument('--n_train', type=int, default=2000, help='training samples (balanced over the 10 spacecraft)')
@@ -728,18 +1244,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--size', type=int, default=256, help='image side in pixels (the real set is 1024)')
     p.add_argument('--seed', type=int, default=0, help='random seed; the same seed gives identical files')
     p.add_argument('--workers', type=int, default=1, help='rendering processes (output does not depend on it)')
+    p.add_argument('--style', choices=STYLES, default='default',
+                   help='default: the randomised training look; shifted: geometry and palettes held out of default')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
     return p.parse_args(argv)
 
-def main(argv=None):
-    "Entry point of `unet3plus-synth`."
+def main(argv=None) -> None:
+    "Entry point of `unet3plus-synth`: status 0 on success; a user error prints one line and exits with status 2."
     a = parse_args(argv)
     try:
-        out = write_dataset(a.out, a.n_train, a.n_val, a.n_test, a.size, a.seed, workers=a.workers, progress=not a.quiet)
-    except (ValueError, FileExistsError, NotADirectoryError) as e:
-        sys.exit(f"unet3plus-synth: error: {e}")
-    print(f"wrote {a.n_train} train, {a.n_val} val, {a.n_test} test images ({a.size} px, seed {a.seed}) to {out}")
-    return out
+        out = write_dataset(a.out, a.n_train, a.n_val, a.n_test, a.size, a.seed, workers=a.workers,
+                            progress=not a.quiet, style=a.style)
+    except (ValueError, OSError) as e:                       # bad values, a refused or unusable --out
+        print(f"unet3plus-synth: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {a.n_train} train, {a.n_val} val, {a.n_test} test images ({a.size} px, {a.style} style, "
+          f"seed {a.seed}) to {out}")
 
 # %% ../nbs/01_synthetic.ipynb #babef1e5
 def bench_synth(argv: list[str] | None = None) -> dict:
@@ -765,7 +1285,7 @@ def bench_synth(argv: list[str] | None = None) -> dict:
     for size in a.sizes:
         fns = {'default (ss=2, shadows)': batch(size), 'ss=1, no shadows': batch(size, ss=1, shadows=False),
                'ss=2, no shadows': batch(size, shadows=False), 'ss=4, shadows': batch(size, ss=4),
-               'default + 2 JPEG writes': written(size)}
+               'default + 2 JPEG writes': written(size), 'shifted style': batch(size, style='shifted')}
         t = measure(fns, repeats=a.repeats, warmup=1)
         c0 = time.process_time(); fns['default (ss=2, shadows)'](); cpu = (time.process_time() - c0) / len(SPACECRAFT)
         base = t['default (ss=2, shadows)']

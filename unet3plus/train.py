@@ -22,16 +22,17 @@ from .metrics import ConfusionMatrix, all_reduce_sum
 # %% auto #0
 __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'REQUEUE_STATUS', 'LAYOUT_FILE', 'MODEL_FIELDS', 'RUN_OUTPUTS', 'RUN_LEFTOVERS',
            'log', 'TrainConfig', 'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config',
-           'deep_merge', 'resolve_precision', 'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier',
+           'deep_merge', 'precision_of', 'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier',
            'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys',
            'SeededSamples', 'resolve_data_root', 'check_files', 'build_datasets', 'build_model', 'as_outputs',
            'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'fit_in_memory', 'replace_dir', 'rng_state',
            'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag', 'clean_partial_checkpoints',
            'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position',
            'to_universal', 'load_universal', 'save_model', 'checkpoint_folder', 'checkpoint_weights',
-           'export_checkpoint', 'previous_run', 'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss',
-           'train_epoch', 'validate', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train',
-           'build_parser', 'parse_args', 'main', 'export_main', 'torchrun_main', 'loop_speed', 'bench_train']
+           'export_checkpoint', 'train_command', 'data_record', 'input_size_of', 'train_record', 'previous_run',
+           'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch',
+           'validate', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser',
+           'parse_args', 'main', 'export_main', 'torchrun_main', 'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -51,6 +52,7 @@ class TrainConfig:
     data_root: str | None = None
     target_size: int = 512
     augment: bool = True
+    object_crop: float = 0.0
     downsample: bool = False
     downsample_size: int = 1000
     num_workers: int = 4
@@ -69,6 +71,7 @@ class TrainConfig:
     warmup_ratio: float = 0.05
     grad_clip: float = 1.0
     precision: str = 'auto'
+    compile: bool = False
     zero_stage: int = 0
     ds_config: str | None = None
     deepspeed: bool = False
@@ -116,7 +119,8 @@ def check_data_root(root) -> Path:
 _FLOAT_FLAGS = {  # every float field of TrainConfig: (the test its value must pass, what that means)
     'lr': (lambda v: v > 0, '> 0'), 'weight_decay': (lambda v: v >= 0, '>= 0'),
     'warmup_ratio': (lambda v: 0 <= v < 1, 'in [0, 1)'), 'grad_clip': (lambda v: v >= 0, '>= 0 (0 disables clipping)'),
-    'cgm_weight': (lambda v: v >= 0, '>= 0'), 'dist_timeout': (lambda v: v > 0, '> 0 (minutes)')}
+    'cgm_weight': (lambda v: v >= 0, '>= 0'), 'object_crop': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    'dist_timeout': (lambda v: v > 0, '> 0 (minutes)')}
 
 def check_floats(cfg: TrainConfig):
     "Raise a ValueError naming the first float flag of `cfg` that is not a finite number in its range."
@@ -170,16 +174,19 @@ def deep_merge(base: dict, override: dict) -> dict:
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
     return out
 
-def resolve_precision(precision: str, cuda: bool, bf16_ok: bool = True) -> str:
-    "The precision to train in: fp16/bf16 only on CUDA; on CPU fp32 (with a warning when another was asked for)."
-    if not cuda:
-        if precision in ('fp16', 'bf16'): warnings.warn(f"--precision {precision} needs a GPU; training in fp32 on the CPU")
-        return 'fp32'
-    if precision == 'auto': return 'bf16' if bf16_ok else 'fp16'
-    return precision
+from .decoder import resolve_precision
+
+def precision_of(conf: dict) -> str:
+    "The precision a DeepSpeed config `conf` trains in: 'bf16 autocast', 'bf16', 'fp16' or 'fp32'."
+    ac = conf.get('torch_autocast') or {}
+    if ac.get('enabled'):
+        return ('fp16' if str(ac.get('dtype')).split('.')[-1] in ('fp16', 'float16', 'half') else 'bf16') + ' autocast'
+    for k in ('bf16', 'fp16'):
+        if conf.get(k, {}).get('enabled'): return k
+    return 'fp32'
 
 def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | None = None, bf16_ok: bool | None = None,
-              world_size: int | None = None) -> dict:
+              world_size: int | None = None, fast_bf16: bool | None = None) -> dict:
     "DeepSpeed's config for `cfg` on `world_size` processes: AdamW, warmup + decay, clipping, accumulation, ZeRO..."
     cuda = torch.cuda.is_available() if cuda is None else cuda
     if bf16_ok is None: bf16_ok = cuda and torch.cuda.is_bf16_supported()     # V100/T4: 'auto' means fp16
@@ -196,9 +203,11 @@ def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | Non
                 scheduler=sched, gradient_clipping=float(cfg.grad_clip), zero_optimization=dict(stage=cfg.zero_stage),
                 steps_per_print=10**9, wall_clock_breakdown=False)
     if not cuda: conf['optimizer']['params']['torch_adam'] = True    # no JIT-compiled fused Adam on the CPU
-    prec = resolve_precision(cfg.precision, cuda, bf16_ok)
+    prec = resolve_precision(cfg.precision, 'cuda' if cuda else 'cpu', bf16_ok, fast_bf16)
     if prec == 'fp16': conf['fp16'] = dict(enabled=True, loss_scale=0, initial_scale_power=16)
-    if prec == 'bf16': conf['bf16'] = dict(enabled=True)
+    if prec == 'bf16' and cuda: conf['bf16'] = dict(enabled=True)
+    if prec == 'bf16' and not cuda:       # autocast around the forward; fp32 weights, gradients, AdamW, all-reduce
+        conf['torch_autocast'] = dict(enabled=True, dtype='bfloat16', lower_precision_safe_modules=[])
     if cfg.ds_config:
         user = read_ds_config(cfg.ds_config)
         check_ds_batch(cfg, user, world_size or (dist.get_world_size() if dist.is_initialized() else 1))
@@ -324,7 +333,8 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     root = resolve_data_root(cfg)
     sub_tr = cfg.downsample_size if cfg.downsample else None
     sub_va = max(1, cfg.downsample_size // 5) if cfg.downsample else None
-    tr = SparkSegmentation.from_root(root, 'train', target_size=cfg.target_size, augment=cfg.augment, subset=sub_tr, seed=cfg.seed)
+    tr = SparkSegmentation.from_root(root, 'train', target_size=cfg.target_size, augment=cfg.augment, subset=sub_tr,
+                                     seed=cfg.seed, object_crop=cfg.object_crop)
     va = SparkSegmentation.from_root(root, 'val', target_size=cfg.target_size, augment=False, subset=sub_va, seed=cfg.seed)
     if len(tr) == 0 or len(va) == 0: raise ValueError(f"data set under {root} is empty (train: {len(tr)}, val: {len(va)} samples)")
     for ds in (tr, va): check_files(ds)
@@ -576,22 +586,25 @@ def load_universal(engine, folder) -> tuple:
     return res
 
 # %% ../nbs/07_train.ipynb #19e19dff
-def _write_module(module: nn.Module, out: Path):
-    "`module.save_pretrained(out)`, or its state dict as `out/model.safetensors`."
-    if hasattr(module, 'save_pretrained'): module.save_pretrained(out)
+def _write_module(module: nn.Module, out: Path, training: dict | None = None):
+    "`module.save_pretrained(out, training=...)` (if it takes a record), or its state dict as `out/model.safetensors`."
+    if hasattr(module, 'save_pretrained'):
+        import inspect
+        takes = training is not None and 'training' in inspect.signature(module.save_pretrained).parameters
+        module.save_pretrained(out, **({'training': training} if takes else {}))
     else:
         from safetensors.torch import save_file
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}, str(out / 'model.safetensors'))
 
-def save_model(engine, out) -> Path:
-    "Save the engine's module as a `from_pretrained` folder at `out` (atomic; ZeRO-3 parameters gathered first)."
+def save_model(engine, out, training: dict | None = None) -> Path:
+    "Save the engine's module as a `from_pretrained` folder at `out` with its `training` record (atomic, ZeRO-3 too)."
     out = Path(out); module = engine.module if hasattr(engine, 'module') else engine
     def write():
         if is_main():
             tmp = out.with_name(f'.tmp-{out.name}')
             if tmp.exists(): shutil.rmtree(tmp)
-            _write_module(module, tmp); replace_dir(tmp, out)
+            _write_module(module, tmp, training); replace_dir(tmp, out)
     if getattr(engine, 'zero_optimization_stage', lambda: 0)() == 3:
         import deepspeed
         with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None): write()
@@ -647,6 +660,68 @@ def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
     _write_module(model.float().eval(), tmp); replace_dir(tmp, out)
     return out
 
+# %% ../nbs/07_train.ipynb #3950cf72
+_LAUNCH_FLAGS = ('local_rank', 'resume', 'overwrite', 'progress')     # how one launch ran, not what it trained
+
+def train_command(cfg: TrainConfig) -> str:
+    "The `unet3plus-train` command line that gives `cfg`: `--field value` for each field that differs from its default."
+    import dataclasses, shlex
+    default, parts = TrainConfig(), ['unet3plus-train']
+    for f in dataclasses.fields(cfg):                    # each field is the flag of its name (`--no_X`: True off)
+        k, v = f.name, getattr(cfg, f.name)
+        if k in _LAUNCH_FLAGS or v is None or v == getattr(default, k): continue
+        if isinstance(v, bool): parts.append(f'--{k}' if v else f'--no_{k}')
+        else: parts += [f'--{k}', shlex.quote(str(v))]
+    return ' '.join(parts)
+
+def data_record(cfg: TrainConfig, val_ds, custom: bool = False) -> dict:
+    "Where a run's validation split came from: its SPARK root, the synthetic set's parameters, the subset; or 'custom'."
+    if custom or not hasattr(val_ds, 'csv_path'):
+        return dict(custom=f"custom data sets passed to train() ({len(val_ds)} validation samples)")
+    root = Path(val_ds.csv_path).parent.resolve()
+    meta, synthetic = root / '.synthetic.json', None
+    if cfg.data_root is None and meta.is_file():
+        try: synthetic = json.loads(meta.read_text())
+        except (OSError, ValueError): synthetic = None
+    return dict(data_root=str(root), synthetic=synthetic, split=val_ds.split, seed=cfg.seed,
+                val_subset=max(1, cfg.downsample_size // 5) if cfg.downsample else None)   # as build_datasets draws it
+
+def input_size_of(ds):
+    "The input size of a data set's samples (its `target_size`, else its first image's): int when square, else [H, W]."
+    size = getattr(ds, 'target_size', None)
+    if size is None:
+        try: size = tuple(ds[0]['image'].shape[-2:])
+        except (IndexError, KeyError, TypeError, AttributeError): return None
+    h, w = (size, size) if isinstance(size, int) else size
+    return int(h) if h == w else [int(h), int(w)]
+
+def _finite(v):
+    "`v` as a float, or None when it is missing or not finite."
+    return float(v) if v is not None and math.isfinite(v) else None
+
+def _validation(row, names) -> dict | None:
+    "The validation metrics of a history row (None if that epoch was not validated)."
+    if not row or 'miou' not in row: return None
+    return dict(epoch=row['epoch'], miou=_finite(row['miou']), miou_no_bg=_finite(row.get('miou_no_bg')),
+                mdice=_finite(row.get('mdice')), pixel_acc=_finite(row.get('pixel_acc')),
+                iou={n: _finite(v) for n, v in zip(names, row.get('iou') or [])})
+
+def train_record(cfg: TrainConfig, data: dict, class_names, row: dict | None, state: dict, world_size: int = 1,
+                 target_size=None) -> dict:
+    "The training record of the weights saved after history row `row` (the `training` key of their config.json)."
+    from unet3plus import __version__
+    from unet3plus.data import PALETTE
+    names = list(class_names or [f'class_{i}' for i in range(cfg.n_classes)])
+    best_row = next((h for h in state['history'] if h.get('epoch') == state['best_epoch']), None)
+    if best_row is None and row and row.get('epoch') == state['best_epoch']: best_row = row   # not in the history yet
+    best = dict(monitor=cfg.monitor, score=_finite(state['best_score']), epoch=state['best_epoch'],
+                **{k: v for k, v in (_validation(best_row, names) or {}).items() if k != 'epoch'})
+    return dict(target_size=target_size or cfg.target_size, object_crop=float(getattr(cfg, 'object_crop', 0.0) or 0.0),
+                class_names=names, class_colors=PALETTE.tolist() if names == list(CLASSES) else None, data=data,
+                epoch=row['epoch'] if row else state['epoch'], step=state['step'], validation=_validation(row, names),
+                best=best,
+                command=train_command(cfg), processes=world_size, version=__version__)
+
 # %% ../nbs/07_train.ipynb #ad5e48e1
 RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json', 'training_plots.png', 'training_report.txt',
                'train_config.json', 'ds_config.json', 'train.log')
@@ -701,6 +776,10 @@ def _input_dtype(engine) -> torch.dtype:
     if getattr(engine, 'bf16_enabled', lambda: False)(): return torch.bfloat16
     return torch.float32
 
+def as_channels_last(x: torch.Tensor) -> torch.Tensor:
+    "An image batch in channels_last layout, so that every conv after it runs in the layout oneDNN and cuDNN prefer."
+    return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
+
 def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = None, on_step: Callable | None = None,
                 progress=None, stop: Callable[[], bool] | None = None) -> dict:
     "Training steps of one epoch (until every rank agrees to `stop()`); updates `state`; returns mean loss and speed."
@@ -711,7 +790,8 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
     images, stopped = 0, False
     t0 = time.perf_counter()
     for batch in loader:
-        x = batch['image'].to(dev, dt, non_blocking=True); y = batch['mask'].to(dev, non_blocking=True)
+        x = as_channels_last(batch['image'].to(dev, dt, non_blocking=True))
+        y = batch['mask'].to(dev, non_blocking=True)
         loss, parts = loss_fn(engine(x), y)
         lv = loss.item(); ok = math.isfinite(lv)
         stat = [lv if ok else 0.0, 0.0 if ok else 1.0, float(len(x)), float(stop is not None and stop())]
@@ -744,10 +824,10 @@ def validate(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False)
         if dist.is_initialized() and dist.get_world_size() > 1: dist.all_reduce(n_all, op=dist.ReduceOp.MAX)
         n_max = int(n_all.item())
     for batch in loader:
-        x = batch['image'].to(dev, dt); y = batch['mask'].to(dev)
+        x = as_channels_last(batch['image'].to(dev, dt)); y = batch['mask'].to(dev)
         out = as_outputs(engine(x)); loss, _ = loss_fn(out, y)
         tot += torch.tensor([loss.item() * len(x), float(len(x))], dtype=torch.float64)
-        cm.update(out['logits'], y); last = x                                            # counted on the device
+        cm.update(out['logits'].float(), y); last = x             # fp32 (bf16 under autocast), counted on the device
     if pad_batches:
         for _ in range(n_max - len(loader)): engine(last)     # keep ZeRO-3 collectives in step; not counted
     tot = all_reduce_sum(tot)
@@ -873,11 +953,15 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
     model = model_fn() if model_fn is not None else build_model(cfg)
     universal = plan == 'universal'            # the engine loads a universal copy of the checkpoint
     engine = init_engine(model, cfg, deep_merge(conf, {'checkpoint': {'load_universal': True}}) if universal else conf)
+    if cfg.compile: engine.compile()                   # torch.compile through DeepSpeed (inductor; a GPU's option)
     loss_fn = TrainLoss(cfg.loss, cfg.n_classes, cfg.deep_supervision, cfg.cgm_weight)
     prepare_save_path(cfg)                     # only now: remove old outputs (--overwrite, a never-trained run's files)
     setup_logging(save)
     if is_main() and ckdir.exists(): clean_partial_checkpoints(ckdir)
     class_names = CLASSES if len(CLASSES) == cfg.n_classes else None
+    trained_on = data_record(cfg, val_ds, custom=datasets is not None)
+    size = None if datasets is None else input_size_of(val_ds)
+    def record(row): return train_record(cfg, trained_on, class_names, row, state, world, size)   # for a model folder
     state = dict(epoch=0, epoch_batches=0, epoch_loss=0.0, step=0, history=[], best_score=None, best_epoch=None, bad_validations=0)
     if resuming:
         loaded = load_checkpoint(engine, ckdir, universal=universal)
@@ -895,7 +979,8 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
         atomic_write_text(save / 'ds_config.json', json.dumps(conf, indent=2))
     n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())   # ZeRO-3 partitions: ds_numel is the full size
     log.info(f"{world} process(es), {env['backend']} on {env['device']}; {len(train_ds)} train / {len(val_ds)} val images; "
-             f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all")
+             f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
+             f"{precision_of(conf)}")
 
     def loop_state(): return copy.deepcopy(state)
     def checkpoint(tag): save_checkpoint(engine, ckdir, tag, loop_state(), cfg.keep_checkpoints)
@@ -942,12 +1027,12 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
             msg += f", val loss {rec['val_loss']:.4f}, mIoU {rec['miou']:.4f}, mDice {rec['mdice']:.4f}"
             if _is_better(score, state['best_score'], cfg.monitor):
                 state.update(best_score=float(score), best_epoch=ep + 1, bad_validations=0)
-                save_model(engine, save / 'unet3plus_best'); msg += f" (new best {cfg.monitor})"
+                save_model(engine, save / 'unet3plus_best', record(rec)); msg += f" (new best {cfg.monitor})"
             else: state['bad_validations'] += 1
         log.info(msg)
         state['history'].append(rec)
         state.update(epoch=ep + 1, epoch_batches=0, epoch_loss=0.0)
-        if (ep + 1) % cfg.save_every == 0 or last: save_model(engine, save / f'unet3plus_epoch_{ep + 1}')
+        if (ep + 1) % cfg.save_every == 0 or last: save_model(engine, save / f'unet3plus_epoch_{ep + 1}', record(rec))
         checkpoint(f"epoch{ep + 1:04d}-step{state['step']:08d}")
         if is_main():
             atomic_write_text(save / 'history.json', json.dumps(state['history'], indent=1))
@@ -956,7 +1041,7 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
         if cfg.patience > 0 and state['bad_validations'] >= cfg.patience:
             stopped = f"early stopping: {cfg.monitor} did not improve in {cfg.patience} validations"; log.info(stopped); break
         if r['stopped'] and state['epoch'] < cfg.epochs: return stop_for_signal(latest_tag(ckdir))
-    save_model(engine, save / 'unet3plus_final')
+    save_model(engine, save / 'unet3plus_final', record(state['history'][-1] if state['history'] else None))
     best = best_so_far()
     if is_main():
         atomic_write_text(save / 'training_report.txt', training_report(
@@ -1002,6 +1087,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--data_root', default=d.data_root, help='SPARK root (train.csv, val.csv, images/, mask/); default: built-in synthetic set')
     g.add_argument('--target_size', type=int, default=d.target_size, help='train/validate at this square size')
     g.add_argument('--no_augment', dest='augment', action='store_false', help='no training augmentation')
+    g.add_argument('--object_crop', type=float, default=d.object_crop,
+                   help='probability that a training sample is a square crop around its spacecraft (side x1.1-1.8 '
+                        'of its box, random position, resized to --target_size) instead of the full frame')
     g.add_argument('--downsample', action='store_true', help='train on a class-stratified subset')
     g.add_argument('--downsample_size', type=int, default=d.downsample_size, help='training images in the subset (validation: a fifth)')
     g.add_argument('--num_workers', type=int, default=d.num_workers, help='data loader workers per process')
@@ -1019,7 +1107,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--schedule', default=d.schedule, choices=SCHEDULES, help='warmup + cosine or linear decay')
     g.add_argument('--warmup_ratio', type=float, default=d.warmup_ratio, help='fraction of the steps spent warming up')
     g.add_argument('--grad_clip', type=float, default=d.grad_clip, help='gradient norm clipping (0: off)')
-    g.add_argument('--precision', default=d.precision, choices=PRECISIONS, help='auto: bf16/fp16 on GPU, fp32 on CPU')
+    g.add_argument('--precision', default=d.precision, choices=PRECISIONS,
+                   help='auto: bf16 (fp16 without bf16) on GPU; on CPUs bf16 autocast with AMX/AVX512-BF16, else fp32')
+    g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor; pays on GPUs)')
     g.add_argument('--zero_stage', type=int, default=d.zero_stage, choices=(0, 1, 2, 3), help='DeepSpeed ZeRO stage')
     g.add_argument('--ds_config', default=d.ds_config, help='JSON file merged over the generated DeepSpeed config')
     g.add_argument('--deepspeed', action='store_true', help='accepted for compatibility; training always uses DeepSpeed')
@@ -1105,14 +1195,15 @@ def _bench_model(backbone: str):
     from unet3plus.model import UNet3Plus
     return UNet3Plus(backbone=backbone, pretrained=False)
 
-def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 8, n_batches: int = 4, repeats: int = 3) -> float:
+def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 8, n_batches: int = 4, repeats: int = 3,
+               precision: str = 'fp32') -> float:
     "Global images/s of `train_epoch` in this process group (each rank its share of every global batch)."
     env = setup_distributed(); rank, world = env['rank'], env['world_size']
     if global_batch % world: raise ValueError(f"global batch {global_batch} does not split over {world} processes")
     bs = global_batch // world
     batches = [{k: v[rank * bs:(rank + 1) * bs] for k, v in b.items()} for b in _bench_batches(n_batches, global_batch, size)]
     torch.manual_seed(0); model = _bench_model(backbone)
-    cfg = TrainConfig(backbone=backbone, batch_size=bs, loss='ce_dice', progress=False)
+    cfg = TrainConfig(backbone=backbone, batch_size=bs, loss='ce_dice', progress=False, precision=precision)
     engine = init_engine(model, cfg, ds_config(cfg, 1000))
     loss_fn, times = TrainLoss('ce_dice'), []
     for r in range(repeats + 1):
@@ -1124,39 +1215,49 @@ def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 
 
 def bench_train(argv: Sequence[str] | None = None) -> dict:
     "`unet3plus-bench train`: loop vs bare model images/s in one process, then the loop in 1 vs 2 processes."
-    from .bench import measure, print_table, ratio
+    from .bench import add_precision_arg, bench_precisions
     p = argparse.ArgumentParser('unet3plus-bench train')
     p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=int, default=128)
     p.add_argument('--batch_size', type=int, default=8); p.add_argument('--batches', type=int, default=4)
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--procs', type=int, nargs='*', default=[1, 2],
                                                                       help='process counts for the torchrun part (none: skip)')
+    add_precision_arg(p)
     a = p.parse_args(list(argv or []))
     setup_distributed()
+    return {prec: _bench_train_in(a, prec) for prec in bench_precisions(a.precision)}
+
+def _bench_train_in(a, prec: str) -> dict:
+    "`bench_train`'s figures in precision `prec` ('fp32' or 'bf16': autocast on the CPU)."
+    from .bench import measure, print_table, ratio
+    from .decoder import precision_autocast
     batches = _bench_batches(a.batches, a.batch_size, a.size)
     torch.manual_seed(0); bare = _bench_model(a.backbone)
     torch.manual_seed(0); model = _bench_model(a.backbone)
-    cfg = TrainConfig(backbone=a.backbone, batch_size=a.batch_size, loss='ce_dice', progress=False)
+    cfg = TrainConfig(backbone=a.backbone, batch_size=a.batch_size, loss='ce_dice', progress=False, precision=prec)
     engine = init_engine(model, cfg, ds_config(cfg, 1000))
+    dev = 'cuda' if torch.cuda.is_available() else 'cpu'
     opt = torch.optim.AdamW(param_groups(bare, cfg.weight_decay), lr=cfg.lr)
     loss_fn = TrainLoss('ce_dice')
     def bare_epoch():
         bare.train()
         for b in batches:
-            loss, _ = loss_fn(bare(b['image']), b['mask'])
+            with precision_autocast(dev, prec if dev == 'cpu' else 'fp32'): out = bare(b['image'])
+            loss, _ = loss_fn(out, b['mask'])
             opt.zero_grad(set_to_none=True); loss.backward()
             nn.utils.clip_grad_norm_(bare.parameters(), cfg.grad_clip); opt.step(); loss.item()
     def loop_epoch(): train_epoch(engine, batches, loss_fn, dict(epoch=0, step=0, epoch_batches=0))
     t = measure({'bare model': bare_epoch, 'train_epoch': loop_epoch}, repeats=a.repeats, warmup=1)
     n_img = a.batches * a.batch_size
     rows = [dict(what=k, seconds=v, images_per_s=n_img / v, vs_bare=ratio(v, t['bare model'])) for k, v in t.items()]
-    print_table(rows, f"training step loop, {a.backbone} at {a.size} px, batch {a.batch_size}, {a.batches} batches (one process)")
+    print_table(rows, f"training step loop, {a.backbone} at {a.size} px, batch {a.batch_size}, {a.batches} batches, "
+                      f"{prec} (one process)")
     res = dict(loop_overhead=t['train_epoch'] / t['bare model'] - 1, bare_images_per_s=n_img / t['bare model'],
                loop_images_per_s=n_img / t['train_epoch'])
     print(f"loop overhead over the bare model: {100 * res['loop_overhead']:+.1f} % (goal <= 5 %)")
     speeds = {}
     for n in a.procs:
         code = (f"from unet3plus.train import loop_speed, is_main; v = loop_speed({a.backbone!r}, {a.size}, {a.batch_size}, {a.batches}, "
-                f"{a.repeats})\nif is_main(): print('IMAGES_PER_S', v)")
+                f"{a.repeats}, {prec!r})\nif is_main(): print('IMAGES_PER_S', v)")
         env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
         env.setdefault('DS_ACCELERATOR', 'cpu' if not torch.cuda.is_available() else env.get('DS_ACCELERATOR', 'cuda'))
         cmd = ['torchrun', '--nproc_per_node', str(n), '--master_port', str(free_port()), '--no-python', sys.executable, '-c', code]
@@ -1166,7 +1267,7 @@ def bench_train(argv: Sequence[str] | None = None) -> dict:
     if speeds:
         base = speeds[min(speeds)]
         print_table([dict(processes=n, images_per_s=v, vs_first=ratio(v, base)) for n, v in speeds.items()],
-                    f"training loop in several processes (torchrun, global batch {a.batch_size})")
+                    f"training loop in several processes (torchrun, global batch {a.batch_size}, {prec})")
         res['processes'] = speeds
     return res
 
