@@ -28,11 +28,11 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'REQUEUE_STATUS', 'LAYOUT_FILE
            'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'fit_in_memory', 'replace_dir', 'rng_state',
            'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag', 'clean_partial_checkpoints',
            'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position',
-           'to_universal', 'load_universal', 'save_model', 'checkpoint_folder', 'checkpoint_weights',
-           'export_checkpoint', 'train_command', 'data_record', 'input_size_of', 'train_record', 'previous_run',
-           'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch',
-           'validate', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser',
-           'parse_args', 'main', 'export_main', 'torchrun_main', 'loop_speed', 'bench_train']
+           'to_universal', 'load_universal', 'save_model', 'train_command', 'data_record', 'input_size_of',
+           'train_record', 'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint',
+           'previous_run', 'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last',
+           'train_epoch', 'validate', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train',
+           'build_parser', 'parse_args', 'main', 'export_main', 'torchrun_main', 'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -612,54 +612,6 @@ def save_model(engine, out, training: dict | None = None) -> Path:
     barrier()
     return out
 
-# %% ../nbs/07_train.ipynb #c5a592ac
-MODEL_FIELDS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'freeze_backbone')   # build_model's
-
-def checkpoint_folder(path) -> Path:
-    "The checkpoint folder `path` names: a run's `checkpoints/` (the tag in its `latest`) or a `checkpoints/<tag>/`."
-    p = Path(path)
-    if not p.is_dir(): raise FileNotFoundError(f"--export_checkpoint {p}: folder not found")
-    if (p / 'latest').is_file():
-        if latest_tag(p) is None: raise FileNotFoundError(f"--export_checkpoint {p}: its 'latest' names no folder")
-        return p / latest_tag(p)
-    if not any(p.glob('*model_states.pt')):
-        raise FileNotFoundError(f"--export_checkpoint {p}: not a DeepSpeed checkpoint "
-                                "(pass RUN/checkpoints or RUN/checkpoints/TAG)")
-    return p
-
-def checkpoint_weights(folder) -> dict:
-    "The whole module's fp32 weights and buffers in DeepSpeed checkpoint `folder`, of any ZeRO stage."
-    folder = Path(folder)
-    if any(folder.glob('*zero_pp_rank_*_optim_states.pt')):       # ZeRO 1-3: fp32 weights in the optimizer partitions
-        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # progress bars
-            return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name))
-    sd = torch.load(folder / 'mp_rank_00_model_states.pt', map_location='cpu', weights_only=False)   # trusted input
-    return {k: v.float() if v.is_floating_point() else v for k, v in sd['module'].items()}
-
-def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
-    "Write DeepSpeed checkpoint `path` as a `from_pretrained` folder `out`: the run's model (or `model`)."
-    folder, out = checkpoint_folder(path), Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"--to {out}: exists and is not an empty folder")
-    where = 'the given model'
-    if model is None:                                      # the model that the run's train_config.json describes
-        f = folder.parent.parent / 'train_config.json'; where = str(f)
-        if not f.is_file(): raise FileNotFoundError(f"--export_checkpoint {path}: {f} (the model) not found")
-        d = json.loads(f.read_text())
-        model = build_model(TrainConfig(**{k: d[k] for k in MODEL_FIELDS if k in d}, pretrained=False))  # no download
-        model.config['pretrained'] = bool(d.get('pretrained') or d.get('pretrained_path'))    # as the run recorded it
-    try: missing, unexpected = model.load_state_dict(checkpoint_weights(folder), strict=False)
-    except RuntimeError as e: missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []   # a shape mismatch
-    if missing or unexpected:
-        raise ValueError(f"--export_checkpoint {folder}: its weights do not fit {where} "
-                         f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(unexpected[:3]) or '-'})")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f'.tmp-{out.name}')
-    if tmp.exists(): shutil.rmtree(tmp)
-    _write_module(model.float().eval(), tmp); replace_dir(tmp, out)
-    return out
-
 # %% ../nbs/07_train.ipynb #3950cf72
 _LAUNCH_FLAGS = ('local_rank', 'resume', 'overwrite', 'progress')     # how one launch ran, not what it trained
 
@@ -721,6 +673,68 @@ def train_record(cfg: TrainConfig, data: dict, class_names, row: dict | None, st
                 epoch=row['epoch'] if row else state['epoch'], step=state['step'], validation=_validation(row, names),
                 best=best,
                 command=train_command(cfg), processes=world_size, version=__version__)
+
+# %% ../nbs/07_train.ipynb #c5a592ac
+MODEL_FIELDS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'freeze_backbone')   # build_model's
+
+def checkpoint_folder(path) -> Path:
+    "The checkpoint folder `path` names: a run's `checkpoints/` (the tag in its `latest`) or a `checkpoints/<tag>/`."
+    p = Path(path)
+    if not p.is_dir(): raise FileNotFoundError(f"--export_checkpoint {p}: folder not found")
+    if (p / 'latest').is_file():
+        if latest_tag(p) is None: raise FileNotFoundError(f"--export_checkpoint {p}: its 'latest' names no folder")
+        return p / latest_tag(p)
+    if not any(p.glob('*model_states.pt')):
+        raise FileNotFoundError(f"--export_checkpoint {p}: not a DeepSpeed checkpoint "
+                                "(pass RUN/checkpoints or RUN/checkpoints/TAG)")
+    return p
+
+def checkpoint_weights(folder) -> dict:
+    "The whole module's fp32 weights and buffers in DeepSpeed checkpoint `folder`, of any ZeRO stage."
+    folder = Path(folder)
+    if any(folder.glob('*zero_pp_rank_*_optim_states.pt')):       # ZeRO 1-3: fp32 weights in the optimizer partitions
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # progress bars
+            return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name))
+    sd = torch.load(folder / 'mp_rank_00_model_states.pt', map_location='cpu', weights_only=False)   # trusted input
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd['module'].items()}
+
+def checkpoint_record(folder, cfg: TrainConfig) -> dict:
+    "The training record of checkpoint `folder`'s weights: its loop state, and the data its run's model folders name."
+    folder = Path(folder); run = folder.parent.parent
+    ck = torch.load(sorted(folder.glob('*model_states.pt'))[0], map_location='cpu', weights_only=False)   # trusted input
+    state = dict(epoch=0, step=0, history=[], best_score=None, best_epoch=None)
+    state.update({k: ck[k] for k in state if k in ck})                # the loop state is the checkpoint's client state
+    h = state['history']                                               # validated only at the end of an epoch
+    row = h[-1] if h and h[-1].get('epoch') == state['epoch'] and not ck.get('epoch_batches') else None
+    recs = [json.loads(p.read_text()).get('training') for p in sorted(run.glob('unet3plus_*/config.json'))]
+    data = next((r['data'] for r in recs if isinstance(r, dict) and r.get('data')), None)   # None: no model folder yet
+    return train_record(cfg, data, CLASSES if len(CLASSES) == cfg.n_classes else None, row, state,
+                        read_layout(folder)['world_size'] or 1)
+
+def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
+    "Write DeepSpeed checkpoint `path` as a `from_pretrained` folder `out`: the run's model (or `model`)."
+    folder, out = checkpoint_folder(path), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--to {out}: exists and is not an empty folder")
+    where, training = 'the given model', None
+    if model is None:                                      # the model that the run's train_config.json describes
+        f = folder.parent.parent / 'train_config.json'; where = str(f)
+        if not f.is_file(): raise FileNotFoundError(f"--export_checkpoint {path}: {f} (the model) not found")
+        d = json.loads(f.read_text())
+        model = build_model(TrainConfig(**{k: d[k] for k in MODEL_FIELDS if k in d}, pretrained=False))  # no download
+        model.config['pretrained'] = bool(d.get('pretrained') or d.get('pretrained_path'))    # as the run recorded it
+        training = checkpoint_record(folder, TrainConfig(**{k: v for k, v in d.items() if k in TrainConfig.__dataclass_fields__}))
+    try: missing, unexpected = model.load_state_dict(checkpoint_weights(folder), strict=False)
+    except RuntimeError as e: missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []   # a shape mismatch
+    if missing or unexpected:
+        raise ValueError(f"--export_checkpoint {folder}: its weights do not fit {where} "
+                         f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(unexpected[:3]) or '-'})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f'.tmp-{out.name}')
+    if tmp.exists(): shutil.rmtree(tmp)
+    _write_module(model.float().eval(), tmp, training); replace_dir(tmp, out)
+    return out
 
 # %% ../nbs/07_train.ipynb #ad5e48e1
 RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json', 'training_plots.png', 'training_report.txt',
