@@ -21,18 +21,19 @@ from .metrics import ConfusionMatrix, all_reduce_sum
 
 # %% auto #0
 __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'REQUEUE_STATUS', 'LAYOUT_FILE', 'MODEL_FIELDS', 'RUN_OUTPUTS', 'RUN_LEFTOVERS',
-           'log', 'TrainConfig', 'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config',
-           'deep_merge', 'precision_of', 'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier',
-           'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys',
-           'SeededSamples', 'resolve_data_root', 'check_files', 'build_datasets', 'build_model', 'as_outputs',
-           'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'fit_in_memory', 'replace_dir', 'rng_state',
-           'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag', 'clean_partial_checkpoints',
-           'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position',
-           'to_universal', 'load_universal', 'save_model', 'train_command', 'data_record', 'input_size_of',
-           'train_record', 'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint',
-           'previous_run', 'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last',
-           'train_epoch', 'validate', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train',
-           'build_parser', 'parse_args', 'main', 'export_main', 'torchrun_main', 'loop_speed', 'bench_train']
+           'log', 'TORCHRUN_SIGNALS', 'TrainConfig', 'read_ds_config', 'check_data_root', 'check_floats',
+           'check_ds_batch', 'check_config', 'deep_merge', 'precision_of', 'ds_config', 'free_port',
+           'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed',
+           'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root', 'check_files', 'build_datasets',
+           'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'TinySegNet', 'ColourSet', 'fit_in_memory',
+           'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag',
+           'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout',
+           'resume_plan', 'resume_position', 'to_universal', 'load_universal', 'save_model', 'train_command',
+           'data_record', 'input_size_of', 'train_record', 'checkpoint_folder', 'checkpoint_weights',
+           'checkpoint_record', 'export_checkpoint', 'previous_run', 'will_resume', 'check_save_path',
+           'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch', 'validate', 'init_engine',
+           'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main',
+           'export_main', 'slurm_torchrun_argv', 'torchrun_main', 'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -1181,15 +1182,27 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 # %% ../nbs/07_train.ipynb #62b074d3
+TORCHRUN_SIGNALS = 'SIGINT,SIGHUP,SIGQUIT'     # torchrun's default set without SIGTERM
+
+def slurm_torchrun_argv(argv: Sequence[str]) -> list[str]:
+    "`torchrun` arguments for a SLURM step: `--signals-to-handle` without SIGTERM, unless `argv` sets it."
+    from torch.distributed.run import get_args_parser
+    if any(a.split('=')[0] in ('--signals-to-handle', '--signals_to_handle') for a in argv): return list(argv)
+    if any('--signals-to-handle' in a.option_strings for a in get_args_parser()._actions):
+        return ['--signals-to-handle', TORCHRUN_SIGNALS, *argv]
+    os.environ['TORCHELASTIC_SIGNALS_TO_HANDLE'] = TORCHRUN_SIGNALS    # older torchrun: read from the environment
+    return list(argv)
+
 def torchrun_main(argv: Sequence[str] | None = None) -> int:
     "`unet3plus-torchrun`: `torchrun` that SIGUSR1 does not kill, exiting with `REQUEUE_STATUS` when its workers did."
     from torch.distributed.run import parse_args as torchrun_args, run
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)      # inherited by the workers until train's StopSignals takes over
+    argv = list(sys.argv[1:] if argv is None else argv)
     if 'SLURM_STEP_ID' in os.environ:                  # SLURM signals every process of the step, the workers too:
-        os.environ['TORCHELASTIC_SIGNALS_TO_HANDLE'] = 'SIGINT,SIGHUP,SIGQUIT'   # no SIGKILL 30 s after SIGTERM
+        argv = slurm_torchrun_argv(argv)               # torchrun leaves SIGTERM alone (no SIGKILL 30 s after it)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # and no death while the workers still write their checkpoint
-    try: run(torchrun_args(sys.argv[1:] if argv is None else list(argv)))
+    try: run(torchrun_args(argv))
     except ChildFailedError as e:
         if {f.exitcode for f in e.failures.values()} != {REQUEUE_STATUS}: raise
         print("unet3plus-torchrun: the workers stopped on a signal after a checkpoint "
