@@ -37,11 +37,48 @@ setup_env() {
   fi
 }
 
-# First host of the allocation (the rendezvous host); localhost outside SLURM.
+# Address of the first node of the allocation (the rendezvous host): its NodeAddr (the node name unless
+# slurm.conf says otherwise); localhost outside SLURM.
 master_addr() {
   if [ -n "${SLURM_JOB_NODELIST:-}" ] && command -v scontrol >/dev/null 2>&1; then
-    scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1
+    local node addr
+    node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
+    addr=$(scontrol show node "$node" 2>/dev/null | grep -o 'NodeAddr=[^ ]*' | cut -d= -f2)
+    echo "${addr:-$node}"
   else
     echo localhost
   fi
+}
+
+# Exit status of a training run that stopped on a signal after writing a checkpoint (unet3plus.train.REQUEUE_STATUS).
+REQUEUE_STATUS=75
+
+# Run a job step in the background so that this shell takes SLURM's signals while it runs: SIGUSR1 (the
+# time-limit warning of #SBATCH --signal=B:USR1@N) and SIGTERM are passed on to srun, which signals every
+# process of the step (the trainers checkpoint and exit with 75). A step that exits with 75 after SIGUSR1 (or
+# after a SIGUSR1 sent to the trainers directly) stopped to be continued: the job is requeued (scontrol requeue;
+# #SBATCH --requeue) and its next run resumes. After SIGTERM (scancel, preemption, the time limit) SLURM decides.
+run_requeueable() {
+  if [ "${DRY_RUN:-0}" = 1 ]; then launch "$@"; return 0; fi
+  local rc
+  got_term=
+  "$@" &
+  step_pid=$!
+  trap 'echo "slurm: SIGUSR1 (time limit near, or scancel --signal=USR1): the training processes checkpoint and stop"
+        kill -USR1 "$step_pid" 2>/dev/null || true' USR1
+  trap 'echo "slurm: SIGTERM: passed on to the training processes"; got_term=1; kill -TERM "$step_pid" 2>/dev/null || true' TERM
+  while :; do
+    rc=0; wait "$step_pid" || rc=$?
+    kill -0 "$step_pid" 2>/dev/null || break      # a trapped signal ends `wait` early: wait again
+  done
+  trap - USR1 TERM
+  if [ "$rc" = "$REQUEUE_STATUS" ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    if [ -n "$got_term" ]; then
+      echo "slurm: the run stopped with a checkpoint after SIGTERM: not requeued (SLURM cancels, or requeues a preempted job itself)"
+    else
+      echo "slurm: the run stopped with a checkpoint (exit status $rc): requeueing job $SLURM_JOB_ID"
+      scontrol requeue "$SLURM_JOB_ID" && exit 0     # SLURM ends this run of the job script here
+    fi
+  fi
+  return "$rc"
 }

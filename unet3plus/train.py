@@ -5,7 +5,9 @@
 # %% ../nbs/07_train.ipynb #024b8ea4
 from __future__ import annotations
 import argparse, contextlib, copy, json, logging, math, os, random, shutil, socket, subprocess, sys, time, warnings
+import io, signal, threading
 from dataclasses import dataclass, asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -14,23 +16,26 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
-from .cli import cli_errors
+from .cli import cli_errors, original_message
 from .data import CLASSES
 from .files import atomic_write_text
 from .metrics import ConfusionMatrix, all_reduce_sum
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'MODEL_FOLDER_FILES', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'log', 'TrainConfig',
-           'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge',
-           'precision_of', 'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'ResumableSampler',
+__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'REQUEUE_STATUS', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES', 'MODEL_FIELDS',
+           'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'log', 'TORCHRUN_SIGNALS', 'TrainConfig', 'read_ds_config',
+           'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'precision_of',
+           'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler',
            'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root',
            'check_files', 'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'replace_dir',
            'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag',
-           'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'check_model_folder', 'save_model',
-           'train_command', 'data_record', 'input_size_of', 'train_record', 'previous_run', 'check_save_path',
+           'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout',
+           'resume_plan', 'resume_position', 'to_universal', 'load_universal', 'check_model_folder', 'save_model',
+           'train_command', 'data_record', 'input_size_of', 'train_record', 'checkpoint_folder', 'checkpoint_weights',
+           'checkpoint_record', 'export_checkpoint', 'previous_run', 'will_resume', 'check_save_path',
            'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch', 'validation_epoch', 'init_engine',
            'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main',
-           'loop_speed', 'bench_train']
+           'export_main', 'slurm_torchrun_argv', 'torchrun_main', 'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -83,9 +88,10 @@ class TrainConfig:
     save_every: int = 1
     checkpoint_every: int = 0
     keep_checkpoints: int = 2
-    resume: bool = False
+    resume: bool | str = False
     overwrite: bool = False
     progress: bool = True
+    dist_timeout: float = 10.0
     local_rank: int = -1
 
     def __post_init__(self): check_config(self)
@@ -117,7 +123,8 @@ def check_data_root(root) -> Path:
 _FLOAT_FLAGS = {  # every float field of TrainConfig: (the test its value must pass, what that means)
     'lr': (lambda v: v > 0, '> 0'), 'weight_decay': (lambda v: v >= 0, '>= 0'),
     'warmup_ratio': (lambda v: 0 <= v < 1, 'in [0, 1)'), 'grad_clip': (lambda v: v >= 0, '>= 0 (0 disables clipping)'),
-    'cgm_weight': (lambda v: v >= 0, '>= 0'), 'object_crop': (lambda v: 0 <= v <= 1, 'in [0, 1]')}
+    'cgm_weight': (lambda v: v >= 0, '>= 0'), 'object_crop': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    'dist_timeout': (lambda v: v > 0, '> 0 (minutes)')}
 
 def check_floats(cfg: TrainConfig):
     "Raise a ValueError naming the first float flag of `cfg` that is not a finite number in its range."
@@ -155,6 +162,8 @@ def check_config(cfg: TrainConfig):
     if cfg.schedule not in SCHEDULES: raise ValueError(f"--schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
     if cfg.precision not in PRECISIONS: raise ValueError(f"--precision must be one of {PRECISIONS}, got {cfg.precision!r}")
     if cfg.monitor not in MONITORS: raise ValueError(f"--monitor must be one of {MONITORS}, got {cfg.monitor!r}")
+    if not (isinstance(cfg.resume, bool) or cfg.resume == 'auto'):
+        raise ValueError(f"--resume takes no value or 'auto', got {cfg.resume!r}")
     if cfg.resume and cfg.overwrite: raise ValueError("--resume and --overwrite contradict each other: pick one")
     if cfg.pretrained_path is not None and not Path(cfg.pretrained_path).exists():
         raise FileNotFoundError(f"--pretrained_path {cfg.pretrained_path}: file not found")
@@ -215,8 +224,8 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
 
-def setup_distributed(local_rank: int = -1) -> dict:
-    "Join (or make, for a lone process) the process group; return rank, world_size, local_rank and device."
+def setup_distributed(local_rank: int = -1, timeout: float | None = None) -> dict:
+    "Join (or make) the process group, collectives failing after `timeout` minutes; return rank, world size, device..."
     if not torch.cuda.is_available(): os.environ.setdefault('DS_ACCELERATOR', 'cpu')
     if local_rank >= 0: os.environ.setdefault('LOCAL_RANK', str(local_rank))
     if 'RANK' not in os.environ:                      # no launcher: a one-process group
@@ -229,7 +238,8 @@ def setup_distributed(local_rank: int = -1) -> dict:
     backend = 'nccl' if acc.device_name() == 'cuda' else 'gloo'
     if not dist.is_initialized():
         logging.getLogger('DeepSpeed').setLevel(logging.WARNING)
-        deepspeed.init_distributed(dist_backend=backend, verbose=False)
+        kw = {} if timeout is None else dict(timeout=timedelta(minutes=timeout))
+        deepspeed.init_distributed(dist_backend=backend, verbose=False, **kw)
     if acc.device_name() == 'cuda': acc.set_device(lr_)
     device = torch.device(acc.device_name(lr_)) if acc.device_name() == 'cuda' else torch.device('cpu')
     return dict(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=lr_, device=device, backend=dist.get_backend())
@@ -241,6 +251,23 @@ def is_main() -> bool:
 def barrier():
     "Wait for every rank (a no-op without a process group)."
     if dist.is_initialized() and dist.get_world_size() > 1: dist.barrier()
+
+# %% ../nbs/07_train.ipynb #cca84139
+REQUEUE_STATUS = 75     # sysexits.h EX_TEMPFAIL: stopped on a signal after a checkpoint; run the same command again
+
+class StopSignals:
+    "While active, SIGUSR1 and SIGTERM do not kill the process: the name of the first one is kept in `received`."
+    names = ('SIGUSR1', 'SIGTERM')
+    def __init__(self): self.received, self.saved = None, {}
+    def __call__(self, signum, frame=None):
+        if self.received is None: self.received = signal.Signals(signum).name
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():     # Python sets handlers in the main thread only
+            for n in self.names: self.saved[n] = signal.signal(getattr(signal, n), self)
+        return self
+    def __exit__(self, *exc):
+        for n, h in self.saved.items(): signal.signal(getattr(signal, n), signal.SIG_DFL if h is None else h)
+        self.saved = {}
 
 # %% ../nbs/07_train.ipynb #dcdf4a5e
 class ResumableSampler(DistributedSampler):
@@ -430,6 +457,7 @@ def save_checkpoint(engine, ckpt_dir, tag: str, state: dict, keep: int = 2):
     tmp = f'.tmp-{tag}'
     engine.save_checkpoint(str(ckpt_dir), tag=tmp, client_state=state, save_latest=False)
     save_rng_state(rng_file(ckpt_dir / tmp, dist.get_rank() if dist.is_initialized() else 0))
+    if is_main(): atomic_write_text(ckpt_dir / tmp / LAYOUT_FILE, json.dumps(checkpoint_layout(engine)))
     barrier()
     if is_main():
         replace_dir(ckpt_dir / tmp, ckpt_dir / tag)
@@ -439,18 +467,93 @@ def save_checkpoint(engine, ckpt_dir, tag: str, state: dict, keep: int = 2):
             if p.name != tag: shutil.rmtree(p, ignore_errors=True)
     barrier()
 
-def load_checkpoint(engine, ckpt_dir) -> dict:
-    "Load the checkpoint `latest` names into `engine` (model, optimizer, scheduler) and this rank's RNG; return the loop state."
+def load_checkpoint(engine, ckpt_dir, universal: bool = False) -> dict:
+    "Load the checkpoint `latest` names into `engine` (model, optimizer, scheduler, RNGs); return the loop state."
     tag = latest_tag(ckpt_dir)
     if tag is None: raise FileNotFoundError(f"--resume: no checkpoint to resume from in {ckpt_dir} (no valid 'latest' file)")
-    path, state = engine.load_checkpoint(str(ckpt_dir), tag=tag)
-    if path is None: raise RuntimeError(f"--resume: DeepSpeed could not load checkpoint {Path(ckpt_dir) / tag}")
-    rank = dist.get_rank() if dist.is_initialized() else 0
-    rf = rng_file(Path(ckpt_dir) / tag, rank)
-    if rf.is_file(): load_rng_state(rf)
-    else: log.warning(f"--resume: {rf} not found (older unet3plus, or another number of processes?): RNG not restored")
+    folder = Path(ckpt_dir) / tag
+    path, state = load_universal(engine, folder) if universal else engine.load_checkpoint(str(ckpt_dir), tag=tag)
+    if path is None: raise RuntimeError(f"--resume: DeepSpeed could not load checkpoint {folder}")
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    rf, old = rng_file(folder, dist.get_rank() if dist.is_initialized() else 0), read_layout(folder)['world_size']
+    if old not in (None, world):                       # one rank's draws are not another's: start afresh
+        log.info(f"--resume: {folder} was written by {old} process(es): RNG states not restored")
+    elif rf.is_file(): load_rng_state(rf)
+    else: log.warning(f"--resume: {rf} not found (a checkpoint of an older unet3plus?): RNG not restored")
     state = dict(state or {}); state['tag'] = tag
     return state
+
+# %% ../nbs/07_train.ipynb #b21fb31c
+LAYOUT_FILE = 'layout.json'
+
+def checkpoint_layout(engine) -> dict:
+    "How the engine's processes share the work: their number, micro batch, accumulation steps and ZeRO stage."
+    return dict(world_size=dist.get_world_size() if dist.is_initialized() else 1,
+                batch_size=engine.train_micro_batch_size_per_gpu(), grad_accum=engine.gradient_accumulation_steps(),
+                zero_stage=engine.zero_optimization_stage())
+
+def read_layout(folder) -> dict:
+    "The layout of checkpoint `folder` (`layout.json`; without it the number of RNG files gives the world size)."
+    f = Path(folder) / LAYOUT_FILE
+    if f.is_file(): return json.loads(f.read_text())
+    n = len(list(Path(folder).glob('rng_rank*.safetensors')))
+    return dict(world_size=n or None, batch_size=None, grad_accum=None, zero_stage=None)
+
+def resume_plan(folder, world: int, cfg: TrainConfig, stage: int) -> str:
+    "How `world` processes of `cfg` load checkpoint `folder`: 'same' or 'universal'; a ValueError if they cannot."
+    lay = read_layout(folder); old, was_stage = lay['world_size'], lay['zero_stage']
+    if was_stage is not None and was_stage != stage:
+        raise ValueError(f"--resume: {folder} was written at ZeRO stage {was_stage} and this run asks for stage "
+                         f"{stage}: pass --zero_stage {was_stage}")
+    if lay['batch_size'] is not None:
+        was, now = lay['batch_size'] * lay['grad_accum'] * old, cfg.batch_size * cfg.grad_accum * world
+        if was != now:
+            raise ValueError(f"--resume: {folder} was trained with a global batch of {was} ({old} process(es) x "
+                             f"--batch_size {lay['batch_size']} x --grad_accum {lay['grad_accum']}), this run's is "
+                             f"{now} ({world} x {cfg.batch_size} x {cfg.grad_accum}): keep it at {was} with "
+                             "--batch_size or --grad_accum")
+    if old in (None, world): return 'same'
+    if lay['batch_size'] is None:
+        raise ValueError(f"--resume: {folder} has no {LAYOUT_FILE} (an older unet3plus wrote it): "
+                         f"resume it with {old} process(es)")
+    if stage == 3:
+        raise ValueError(f"--resume: {folder} is a ZeRO-3 checkpoint of {old} process(es), which {world} cannot load: "
+                         f"resume it with {old}, or make a model of it with "
+                         f"unet3plus-train --export_checkpoint {folder} --to DIR")
+    return 'universal' if any(Path(folder).glob('*zero_pp_rank_*_optim_states.pt')) else 'same'
+
+def resume_position(state: dict, layout: dict, world: int, batch_size: int) -> dict:
+    "Loop `state` saved with `layout`, for `world` processes of `batch_size`: as many global samples into the epoch."
+    done = state['epoch_batches'] * layout['batch_size'] * layout['world_size']      # global samples of this epoch
+    if done % (world * batch_size):
+        raise ValueError(f"--resume: {done} samples into the epoch do not split into batches of {batch_size} "
+                         f"on {world} process(es)")
+    b = done // (world * batch_size)
+    return {**state, 'epoch_batches': b, 'epoch_loss': state['epoch_loss'] * b / state['epoch_batches'] if b else 0.0}
+
+def to_universal(src, out):
+    "Convert DeepSpeed checkpoint folder `src` into a universal checkpoint folder `out` (`ds_to_universal`, here)."
+    from deepspeed.checkpoint.ds_to_universal import main as convert
+    args = argparse.Namespace(input_folder=str(src), output_folder=str(out), num_extract_workers=1, num_merge_workers=1,
+                              keep_temp_folder=False, strict=True, inject_missing_state=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()): convert(args)  # chatter
+
+def load_universal(engine, folder) -> tuple:
+    "Load checkpoint `folder` into `engine` (made with `checkpoint.load_universal`) through a universal copy of it."
+    folder = Path(folder); tmp = folder.parent / '.tmp-universal'
+    if is_main():
+        if tmp.exists(): shutil.rmtree(tmp)
+        to_universal(folder, tmp / folder.name)
+    barrier()
+    try:
+        res = engine.load_checkpoint(str(tmp), tag=folder.name)
+        sd = torch.load(folder / 'mp_rank_00_model_states.pt', map_location='cpu', weights_only=False)   # trusted input
+        buffers = {k: sd['module'][k] for k, _ in engine.module.named_buffers() if k in sd['module']}
+        engine.module.load_state_dict(buffers, strict=False)        # the universal loader restores parameters only
+    finally:
+        barrier()
+        if is_main(): shutil.rmtree(tmp, ignore_errors=True)
+    return res
 
 # %% ../nbs/07_train.ipynb #19e19dff
 def _write_module(module: nn.Module, out: Path, training: dict | None = None):
@@ -553,6 +656,68 @@ def train_record(cfg: TrainConfig, data: dict, class_names, row: dict | None, st
                 best=best,
                 command=train_command(cfg), processes=world_size, version=__version__)
 
+# %% ../nbs/07_train.ipynb #c5a592ac
+MODEL_FIELDS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'freeze_backbone')   # build_model's
+
+def checkpoint_folder(path) -> Path:
+    "The checkpoint folder `path` names: a run's `checkpoints/` (the tag in its `latest`) or a `checkpoints/<tag>/`."
+    p = Path(path)
+    if not p.is_dir(): raise FileNotFoundError(f"--export_checkpoint {p}: folder not found")
+    if (p / 'latest').is_file():
+        if latest_tag(p) is None: raise FileNotFoundError(f"--export_checkpoint {p}: its 'latest' names no folder")
+        return p / latest_tag(p)
+    if not any(p.glob('*model_states.pt')):
+        raise FileNotFoundError(f"--export_checkpoint {p}: not a DeepSpeed checkpoint "
+                                "(pass RUN/checkpoints or RUN/checkpoints/TAG)")
+    return p
+
+def checkpoint_weights(folder) -> dict:
+    "The whole module's fp32 weights and buffers in DeepSpeed checkpoint `folder`, of any ZeRO stage."
+    folder = Path(folder)
+    if any(folder.glob('*zero_pp_rank_*_optim_states.pt')):       # ZeRO 1-3: fp32 weights in the optimizer partitions
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # progress bars
+            return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name))
+    sd = torch.load(folder / 'mp_rank_00_model_states.pt', map_location='cpu', weights_only=False)   # trusted input
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd['module'].items()}
+
+def checkpoint_record(folder, cfg: TrainConfig) -> dict:
+    "The training record of checkpoint `folder`'s weights: its loop state, and the data its run's model folders name."
+    folder = Path(folder); run = folder.parent.parent
+    ck = torch.load(sorted(folder.glob('*model_states.pt'))[0], map_location='cpu', weights_only=False)   # trusted input
+    state = dict(epoch=0, step=0, history=[], best_score=None, best_epoch=None)
+    state.update({k: ck[k] for k in state if k in ck})                # the loop state is the checkpoint's client state
+    h = state['history']                                               # validated only at the end of an epoch
+    row = h[-1] if h and h[-1].get('epoch') == state['epoch'] and not ck.get('epoch_batches') else None
+    recs = [json.loads(p.read_text()).get('training') for p in sorted(run.glob('unet3plus_*/config.json'))]
+    data = next((r['data'] for r in recs if isinstance(r, dict) and r.get('data')), None)   # None: no model folder yet
+    return train_record(cfg, data, CLASSES if len(CLASSES) == cfg.n_classes else None, row, state,
+                        read_layout(folder)['world_size'] or 1)
+
+def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
+    "Write DeepSpeed checkpoint `path` as a `from_pretrained` folder `out`: the run's model (or `model`)."
+    folder, out = checkpoint_folder(path), Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"--to {out}: exists and is not an empty folder")
+    where, training = 'the given model', None
+    if model is None:                                      # the model that the run's train_config.json describes
+        f = folder.parent.parent / 'train_config.json'; where = str(f)
+        if not f.is_file(): raise FileNotFoundError(f"--export_checkpoint {path}: {f} (the model) not found")
+        d = json.loads(f.read_text())
+        model = build_model(TrainConfig(**{k: d[k] for k in MODEL_FIELDS if k in d}, pretrained=False))  # no download
+        model.config['pretrained'] = bool(d.get('pretrained') or d.get('pretrained_path'))    # as the run recorded it
+        training = checkpoint_record(folder, TrainConfig(**{k: v for k, v in d.items() if k in TrainConfig.__dataclass_fields__}))
+    try: missing, unexpected = model.load_state_dict(checkpoint_weights(folder), strict=False)
+    except RuntimeError as e: missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []   # a shape mismatch
+    if missing or unexpected:
+        raise ValueError(f"--export_checkpoint {folder}: its weights do not fit {where} "
+                         f"(missing: {', '.join(missing[:3]) or '-'}; unexpected: {', '.join(unexpected[:3]) or '-'})")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f'.tmp-{out.name}')
+    if tmp.exists(): shutil.rmtree(tmp)
+    _write_module(model.float().eval(), tmp, training); replace_dir(tmp, out)
+    return out
+
 # %% ../nbs/07_train.ipynb #ad5e48e1
 RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json', 'training_plots.png', 'training_report.txt',
                'train_config.json', 'ds_config.json', 'train.log')
@@ -572,13 +737,16 @@ def previous_run(save_path) -> list[str]:
     p = Path(save_path)
     return sorted(x.name for x in p.iterdir() if _trained(x)) if p.is_dir() else []
 
+def will_resume(cfg: TrainConfig) -> bool:
+    "Whether this run continues a checkpoint: `--resume` or `--resume auto`, and `save_path` holds one."
+    return bool(cfg.resume) and latest_tag(Path(cfg.save_path) / 'checkpoints') is not None
+
 def check_save_path(cfg: TrainConfig) -> list[str]:
     "Raise if `save_path` cannot take this run (writing nothing); else return the names of our outputs to remove first."
     p, found = Path(cfg.save_path), previous_run(cfg.save_path)
     if p.exists() and not p.is_dir(): raise NotADirectoryError(f"--save_path {p} is a file, not a folder")
-    if cfg.resume:
-        if latest_tag(p / 'checkpoints') is None: raise FileNotFoundError(f"--resume: no checkpoint to resume from in {p / 'checkpoints'}")
-        return []
+    if will_resume(cfg): return []
+    if cfg.resume is True: raise FileNotFoundError(f"--resume: no checkpoint to resume from in {p / 'checkpoints'}")
     if found and not cfg.overwrite:
         raise FileExistsError(f"--save_path {p} already holds a run ({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}); "
                               "pass --resume to continue it or --overwrite to replace it")
@@ -609,20 +777,20 @@ def as_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = None, on_step: Callable | None = None,
-                progress=None) -> dict:
-    "One epoch of training steps; updates `state` (step, epoch_batches, epoch_loss) and returns the epoch's mean loss and speed."
+                progress=None, stop: Callable[[], bool] | None = None) -> dict:
+    "Training steps of one epoch (until every rank agrees to `stop()`); updates `state`; returns mean loss and speed."
     engine.train()
     dev, dt = engine.device, _input_dtype(engine)
     ws = dist.get_world_size() if dist.is_initialized() else 1
     state.setdefault('epoch_loss', 0.0)
-    images = 0
+    images, stopped = 0, False
     t0 = time.perf_counter()
     for batch in loader:
         x = as_channels_last(batch['image'].to(dev, dt, non_blocking=True))
         y = batch['mask'].to(dev, non_blocking=True)
         loss, parts = loss_fn(engine(x), y)
         lv = loss.item(); ok = math.isfinite(lv)
-        stat = [lv if ok else 0.0, 0.0 if ok else 1.0, float(len(x))]
+        stat = [lv if ok else 0.0, 0.0 if ok else 1.0, float(len(x)), float(stop is not None and stop())]
         if ws > 1: stat = all_reduce_sum(torch.tensor(stat, dtype=torch.float64)).tolist()     # on the GPU under NCCL
         if stat[1] > 0:
             raise NonFiniteLoss(f"non-finite loss ({lv if not ok else 'on another rank'}) at epoch {state['epoch'] + 1}, "
@@ -631,12 +799,14 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
         engine.backward(loss); engine.step()
         images += int(stat[2])
         state['epoch_loss'] += stat[0] / ws; state['epoch_batches'] += 1
-        state['step'] = int(engine.global_steps)
+        stepped, state['step'] = int(engine.global_steps) != state['step'], int(engine.global_steps)
         if progress is not None:
             progress.update(1); progress.set_postfix(loss=f"{state['epoch_loss'] / state['epoch_batches']:.4f}", lr=f"{engine.get_lr()[0]:.2e}")
         if on_step is not None: on_step(state)
         if max_steps is not None and state['step'] >= max_steps: break
-    return dict(loss=state['epoch_loss'] / max(state['epoch_batches'], 1), images=images, seconds=time.perf_counter() - t0)
+        if stat[3] > 0 and stepped: stopped = True; break              # a rank was asked to stop: all stop here
+    return dict(loss=state['epoch_loss'] / max(state['epoch_batches'], 1), images=images,
+                seconds=time.perf_counter() - t0, stopped=stopped)
 
 @torch.no_grad()
 def validation_epoch(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False) -> dict:
@@ -748,12 +918,21 @@ def _jsonable(m: dict) -> dict:
 
 def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, datasets: tuple[Dataset, Dataset] | None = None) -> dict:
     "Train as `cfg` says (optionally on a custom model factory and data sets); return history, best and paths."
+    with StopSignals() as stops: return _train(cfg, model_fn, datasets, stops)
+
+def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
+    "`train`, stopping with a checkpoint when `stops` has received a signal."
     t_start = time.time()
-    env = setup_distributed(cfg.local_rank)
+    env = setup_distributed(cfg.local_rank, cfg.dist_timeout)
     rank, world = env['rank'], env['world_size']
     check_save_path(cfg)                       # refusals first: nothing goes into save_path before the engine exists
     setup_logging()
     save = Path(cfg.save_path); ckdir = save / 'checkpoints'
+    resuming, cuda = will_resume(cfg), env['device'].type == 'cuda'
+    if resuming:                               # a checkpoint this run cannot load is refused before any work
+        stage = ds_config(cfg, cuda=cuda, world_size=world)['zero_optimization']['stage']
+        plan = resume_plan(ckdir / latest_tag(ckdir), world, cfg, stage)
+    else: plan = None
     random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
     train_ds, val_ds = datasets if datasets is not None else build_datasets(cfg)
     from unet3plus.data import make_loader
@@ -766,9 +945,10 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
     batches_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
     steps_per_epoch = max(batches_per_epoch // cfg.grad_accum, 1)
     total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 10**12)
-    conf = ds_config(cfg, total_steps=total_steps, cuda=env['device'].type == 'cuda', world_size=world)
+    conf = ds_config(cfg, total_steps=total_steps, cuda=cuda, world_size=world)
     model = model_fn() if model_fn is not None else build_model(cfg)
-    engine = init_engine(model, cfg, conf)
+    universal = plan == 'universal'            # the engine loads a universal copy of the checkpoint
+    engine = init_engine(model, cfg, deep_merge(conf, {'checkpoint': {'load_universal': True}}) if universal else conf)
     if cfg.compile: engine.compile()                   # torch.compile through DeepSpeed (inductor; a GPU's option)
     loss_fn = TrainLoss(cfg.loss, cfg.n_classes, cfg.deep_supervision, cfg.cgm_weight)
     prepare_save_path(cfg)                     # only now: remove old outputs (--overwrite, a never-trained run's files)
@@ -779,11 +959,17 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
     size = None if datasets is None else input_size_of(val_ds)
     def record(row): return train_record(cfg, trained_on, class_names, row, state, world, size)   # for a model folder
     state = dict(epoch=0, epoch_batches=0, epoch_loss=0.0, step=0, history=[], best_score=None, best_epoch=None, bad_validations=0)
-    if cfg.resume:
-        loaded = load_checkpoint(engine, ckdir)
+    if resuming:
+        loaded = load_checkpoint(engine, ckdir, universal=universal)
+        lay, moved = read_layout(ckdir / loaded['tag']), ''
+        if lay['world_size'] not in (None, world):
+            loaded = resume_position(loaded, lay, world, cfg.batch_size)
+            moved = f" (written by {lay['world_size']} process(es){', through a universal checkpoint' * universal})"
         state.update({k: loaded[k] for k in state if k in loaded})
-        log.info(f"resumed from checkpoint {ckdir / loaded['tag']}: epoch {state['epoch'] + 1}, batch {state['epoch_batches']} of the epoch, "
-                 f"optimizer step {state['step']}, best {cfg.monitor} {state['best_score']}")
+        log.info(f"resumed from checkpoint {ckdir / loaded['tag']}{moved}: epoch {state['epoch'] + 1}, "
+                 f"batch {state['epoch_batches']} of the epoch, optimizer step {state['step']}, "
+                 f"best {cfg.monitor} {state['best_score']}")
+    elif cfg.resume == 'auto': log.info(f"--resume auto: no checkpoint in {ckdir} yet, so a new run starts")
     if is_main():
         atomic_write_text(save / 'train_config.json', json.dumps(asdict(cfg), indent=2))
         atomic_write_text(save / 'ds_config.json', json.dumps(conf, indent=2))
@@ -798,6 +984,18 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
         if s['epoch_batches'] >= batches_per_epoch: return            # the epoch-end checkpoint follows
         if cfg.checkpoint_every and s['epoch_batches'] % cfg.grad_accum == 0 and s['step'] % cfg.checkpoint_every == 0:
             checkpoint(f"epoch{s['epoch'] + 1:04d}-step{s['step']:08d}")
+    paths = dict(save_path=save, best=save / 'unet3plus_best', final=save / 'unet3plus_final',
+                 history=save / 'history.json', plots=save / 'training_plots.png', report=save / 'training_report.txt',
+                 checkpoints=ckdir)
+    def best_so_far(): return dict(score=state['best_score'], epoch=state['best_epoch'], monitor=cfg.monitor)
+    def stop_for_signal(tag):                  # every rank agreed to stop (train_epoch): one collective checkpoint
+        if latest_tag(ckdir) != tag: checkpoint(tag)
+        why = (f"{stops.received or 'another rank got a stop signal'}: stopped after optimizer step {state['step']} "
+               f"with checkpoint {ckdir / tag}; the same command with --resume auto continues the run "
+               f"(exit status {REQUEUE_STATUS})")
+        log.warning(why); barrier()
+        return dict(history=state['history'], best=best_so_far(), paths=paths, stopped=why, world_size=world,
+                    requeue=True)
 
     stopped = 'finished all epochs'
     while state['epoch'] < cfg.epochs:
@@ -807,9 +1005,12 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
         if cfg.progress and is_main():
             from tqdm.auto import tqdm
             bar = tqdm(total=batches_per_epoch, initial=state['epoch_batches'], desc=f'epoch {ep + 1}/{cfg.epochs}', leave=False, file=sys.stderr)
-        try: r = train_epoch(engine, train_dl, loss_fn, state, cfg.max_steps, on_step, bar)
+        try: r = train_epoch(engine, train_dl, loss_fn, state, cfg.max_steps, on_step, bar,
+                             stop=lambda: stops.received is not None)
         finally:
             if bar is not None: bar.close()
+        if r['stopped'] and state['epoch_batches'] < batches_per_epoch:          # in the middle of the epoch
+            return stop_for_signal(f"epoch{ep + 1:04d}-step{state['step']:08d}")
         rec = dict(epoch=ep + 1, step=state['step'], train_loss=r['loss'], lr=float(engine.get_lr()[0]),
                    images_per_s=r['images'] / max(r['seconds'], 1e-9))
         hit_max = cfg.max_steps is not None and state['step'] >= cfg.max_steps
@@ -835,8 +1036,9 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
         if hit_max: stopped = f'reached --max_steps {cfg.max_steps}'; break
         if cfg.patience > 0 and state['bad_validations'] >= cfg.patience:
             stopped = f"early stopping: {cfg.monitor} did not improve in {cfg.patience} validations"; log.info(stopped); break
+        if r['stopped'] and state['epoch'] < cfg.epochs: return stop_for_signal(latest_tag(ckdir))
     save_model(engine, save / 'unet3plus_final', record(state['history'][-1] if state['history'] else None))
-    best = dict(score=state['best_score'], epoch=state['best_epoch'], monitor=cfg.monitor)
+    best = best_so_far()
     if is_main():
         atomic_write_text(save / 'training_report.txt', training_report(
             cfg, state['history'], best, env, time.time() - t_start, stopped, class_names,
@@ -844,8 +1046,6 @@ def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, dat
             data=None if datasets is None else f"custom data sets ({len(train_ds)} train / {len(val_ds)} val)"))
         log.info(f"done ({stopped}); best {cfg.monitor} {best['score']} at epoch {best['epoch']}; outputs in {save}")
     barrier()
-    paths = dict(save_path=save, best=save / 'unet3plus_best', final=save / 'unet3plus_final', history=save / 'history.json',
-                 plots=save / 'training_plots.png', report=save / 'training_report.txt', checkpoints=ckdir)
     return dict(history=state['history'], best=best, paths=paths, stopped=stopped, world_size=world)
 
 # %% ../nbs/07_train.ipynb #81c0d8bb
@@ -854,11 +1054,20 @@ def _loss_names() -> list[str]:
     from unet3plus.losses import LOSSES
     return list(LOSSES)
 
+def _resume_value(v: str) -> str:
+    "The value `--resume` takes: 'auto'."
+    if v != 'auto': raise argparse.ArgumentTypeError(f"takes no value or 'auto', got {v!r}")
+    return v
+
 def build_parser() -> argparse.ArgumentParser:
     "The `unet3plus-train` argument parser; every flag is a `TrainConfig` field with the same default."
     d = TrainConfig()
     p = argparse.ArgumentParser('unet3plus-train', description='Train UNet3+ with DeepSpeed (one CPU process to many GPUs/nodes).',
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog='unet3plus-train --export_checkpoint RUN/checkpoints[/TAG] --to DIR makes a '
+                                       'from_pretrained folder of a DeepSpeed checkpoint. Exit status: 0 done, 2 bad '
+                                       f'input, {REQUEUE_STATUS} stopped on SIGUSR1/SIGTERM with a checkpoint '
+                                       '(run again with --resume auto).')
     g = p.add_argument_group('model')
     g.add_argument('--backbone', default=d.backbone, help='timm encoder name (features_only), or "plain" for the paper encoder')
     g.add_argument('--pretrained', dest='pretrained', action='store_true', default=d.pretrained, help='start from pretrained encoder weights')
@@ -911,9 +1120,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--save_every', type=int, default=d.save_every, help='write unet3plus_epoch_N every N epochs')
     g.add_argument('--checkpoint_every', type=int, default=d.checkpoint_every, help='also checkpoint every N optimizer steps (0: epoch ends only)')
     g.add_argument('--keep_checkpoints', type=int, default=d.keep_checkpoints, help='DeepSpeed checkpoints kept')
-    g.add_argument('--resume', action='store_true', help='continue from the last checkpoint in --save_path')
+    g.add_argument('--resume', nargs='?', const=True, default=d.resume, type=_resume_value, metavar='auto',
+                   help='continue from the last checkpoint in --save_path ("--resume auto": if there is one)')
     g.add_argument('--overwrite', action='store_true', help='delete a previous run in --save_path and start again')
     g.add_argument('--no_progress', dest='progress', action='store_false', help='no progress bar')
+    g.add_argument('--dist_timeout', type=float, default=d.dist_timeout,
+                   help='minutes a collective waits for the slowest rank before the run fails (bounds a hang)')
     g.add_argument('--local_rank', '--local-rank', type=int, default=d.local_rank, help='set by the deepspeed launcher')
     return p
 
@@ -924,10 +1136,61 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     try: return TrainConfig(**vars(args))
     except (ValueError, FileNotFoundError) as e: p.error(str(e))
 
-def main(argv: Sequence[str] | None = None):
-    "Entry point of `unet3plus-train`."
-    cfg = parse_args(sys.argv[1:] if argv is None else argv)
-    with cli_errors('unet3plus-train', errors=(NonFiniteLoss,)): train(cfg)
+def main(argv: Sequence[str] | None = None) -> int:
+    "Entry point of `unet3plus-train`: 0 when done, 2 on bad input, `REQUEUE_STATUS` when stopped by a signal."
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if any(a.split('=')[0] == '--export_checkpoint' for a in argv): return export_main(argv)
+    cfg = parse_args(argv)
+    with cli_errors('unet3plus-train', errors=(NonFiniteLoss,)):
+        try: res = train(cfg)
+        except (OSError, ValueError, NonFiniteLoss) as e:      # in a multi-process run, say which rank failed
+            if not (dist.is_initialized() and dist.get_world_size() > 1): raise
+            raise ValueError(f"rank {dist.get_rank()}: {original_message(e)}") from None
+    return REQUEUE_STATUS if res.get('requeue') else 0
+
+# %% ../nbs/07_train.ipynb #b9e16f01
+def export_main(argv: Sequence[str]) -> int:
+    "`unet3plus-train --export_checkpoint CHECKPOINT --to DIR`: a `from_pretrained` folder of a DeepSpeed checkpoint."
+    p = argparse.ArgumentParser('unet3plus-train --export_checkpoint',
+                                description='Turn a DeepSpeed checkpoint of a run (any ZeRO stage) into a '
+                                            'from_pretrained folder.')
+    p.add_argument('--export_checkpoint', required=True, metavar='CHECKPOINT',
+                   help='RUN/checkpoints (its latest) or RUN/checkpoints/TAG')
+    p.add_argument('--to', required=True, metavar='DIR', help='the model folder to write (new or empty)')
+    a = p.parse_args(argv)
+    try: out = export_checkpoint(a.export_checkpoint, a.to)
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"unet3plus-train: error: {e}", file=sys.stderr); sys.exit(2)
+    print(f"{out}: the weights of {checkpoint_folder(a.export_checkpoint)} (UNet3Plus.from_pretrained loads it)")
+    return 0
+
+# %% ../nbs/07_train.ipynb #62b074d3
+TORCHRUN_SIGNALS = 'SIGINT,SIGHUP,SIGQUIT'     # torchrun's default set without SIGTERM
+
+def slurm_torchrun_argv(argv: Sequence[str]) -> list[str]:
+    "`torchrun` arguments for a SLURM step: `--signals-to-handle` without SIGTERM, unless `argv` sets it."
+    from torch.distributed.run import get_args_parser
+    if any(a.split('=')[0] in ('--signals-to-handle', '--signals_to_handle') for a in argv): return list(argv)
+    if any('--signals-to-handle' in a.option_strings for a in get_args_parser()._actions):
+        return ['--signals-to-handle', TORCHRUN_SIGNALS, *argv]
+    os.environ['TORCHELASTIC_SIGNALS_TO_HANDLE'] = TORCHRUN_SIGNALS    # older torchrun: read from the environment
+    return list(argv)
+
+def torchrun_main(argv: Sequence[str] | None = None) -> int:
+    "`unet3plus-torchrun`: `torchrun` that SIGUSR1 does not kill, exiting with `REQUEUE_STATUS` when its workers did."
+    from torch.distributed.run import parse_args as torchrun_args, run
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)      # inherited by the workers until train's StopSignals takes over
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if 'SLURM_STEP_ID' in os.environ:                  # SLURM signals every process of the step, the workers too:
+        argv = slurm_torchrun_argv(argv)               # torchrun leaves SIGTERM alone (no SIGKILL 30 s after it)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # and no death while the workers still write their checkpoint
+    try: run(torchrun_args(argv))
+    except ChildFailedError as e:
+        if {f.exitcode for f in e.failures.values()} != {REQUEUE_STATUS}: raise
+        print("unet3plus-torchrun: the workers stopped on a signal after a checkpoint "
+              f"(exit status {REQUEUE_STATUS})", file=sys.stderr)
+        return REQUEUE_STATUS
     return 0
 
 # %% ../nbs/07_train.ipynb #0bc180c8
