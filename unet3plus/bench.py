@@ -12,7 +12,8 @@ __all__ = ['BENCH_PRECISIONS', 'BENCHES', 'measure_rounds', 'measure', 'round_ra
            'host_line', 'bench_precisions', 'add_precision_arg', 'get_bench', 'run_bench', 'main']
 
 # %% ../nbs/11_bench.ipynb #18ddb395
-def measure_rounds(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, sync: Callable | None = None) -> dict[str, list[float]]:
+def measure_rounds(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1,
+                   sync: Callable | None = None) -> dict[str, list[float]]:
     "Seconds of each callable in `fns` in every round, run alternately `repeats` times after `warmup` rounds."
     if not fns: raise ValueError("measure: `fns` is empty; pass at least one callable")
     if repeats < 1: raise ValueError(f"measure: repeats must be >= 1, got {repeats}")
@@ -24,13 +25,15 @@ def measure_rounds(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, 
             if r >= warmup: times[k].append(time.perf_counter() - t0)
     return times
 
-def measure(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1, sync: Callable | None = None) -> dict[str, float]:
+def measure(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1,
+            sync: Callable | None = None) -> dict[str, float]:
     "Median seconds of each callable in `fns`, run alternately `repeats` times after `warmup` rounds."
     return {k: statistics.median(v) for k, v in measure_rounds(fns, repeats, warmup, sync).items()}
 
 def round_ratios(times: dict[str, list[float]], key: str, ref: str) -> tuple[float, float, float]:
     "(lowest, median, highest) of `key`'s time over `ref`'s, round by round, from `measure_rounds`."
-    if len(times[key]) != len(times[ref]): raise ValueError(f"round_ratios: {key!r} and {ref!r} have different numbers of rounds")
+    if len(times[key]) != len(times[ref]):
+        raise ValueError(f"round_ratios: {key!r} and {ref!r} have different numbers of rounds")
     rs = [a / b for a, b in zip(times[key], times[ref])]
     return min(rs), statistics.median(rs), max(rs)
 
@@ -47,7 +50,8 @@ def print_table(rows: list[dict], title: str = "") -> str:
     "Print `rows` (dicts with the same keys) as an aligned text table and return it."
     if not rows: return ""
     keys = list(rows[0])
-    cells = [[k for k in keys]] + [[f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in keys] for r in rows]
+    cells = [[k for k in keys]] + [[f"{r.get(k):.4g}" if isinstance(r.get(k), float) else str(r.get(k)) for k in keys]
+                                   for r in rows]
     widths = [max(len(c[i]) for c in cells) for i in range(len(keys))]
     lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(keys))) for c in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -104,7 +108,8 @@ def run_bench(argv: list[str]) -> dict:
     p = argparse.ArgumentParser('unet3plus-bench', description='Speed and memory against peers, in one process. '
                                 '`unet3plus-bench NAME --help` lists the options of benchmark NAME.')
     p.add_argument('bench', choices=list(BENCHES), help='which benchmark to run')
-    if not argv or argv[0].startswith('-'): p.parse_args(argv)   # --help, or a missing name: argparse explains and exits
+    # --help, or a missing name: argparse explains and exits
+    if not argv or argv[0].startswith('-'): p.parse_args(argv)
     args = p.parse_args(argv[:1])
     fn = get_bench(args.bench)
     if '-h' not in argv and '--help' not in argv: print(host_line(), flush=True)   # every benchmark names its machine

@@ -164,13 +164,18 @@ class UNet3PlusDecoder(nn.Module):
         super().__init__()
         enc_channels, n = [int(c) for c in enc_channels], len(enc_channels)
         if n < 2: raise ValueError(f"UNet3PlusDecoder: needs >= 2 encoder levels, got enc_channels={enc_channels}")
-        if branch_order not in BRANCH_ORDERS: raise ValueError(f"UNet3PlusDecoder: branch_order={branch_order!r}; choose one of {BRANCH_ORDERS}")
-        if cat_channels < 1 or light_channels < 1: raise ValueError(f"UNet3PlusDecoder: cat_channels={cat_channels}, light_channels={light_channels} must be >= 1")
+        if branch_order not in BRANCH_ORDERS:
+            raise ValueError(f"UNet3PlusDecoder: branch_order={branch_order!r}; choose one of {BRANCH_ORDERS}")
+        if cat_channels < 1 or light_channels < 1:
+            raise ValueError(f"UNet3PlusDecoder: cat_channels={cat_channels}, "
+                             f"light_channels={light_channels} must be >= 1")
         if fusion not in FUSIONS: raise ValueError(f"UNet3PlusDecoder: fusion={fusion!r}; choose one of {FUSIONS}")
         if fusion_rank is not None and fusion_rank < 1:
             raise ValueError(f"UNet3PlusDecoder: fusion_rank={fusion_rank} must be >= 1")
-        if not 0 <= light_levels <= n - 2: raise ValueError(f"UNet3PlusDecoder: light_levels={light_levels} must be in 0..{n - 2} for {n} levels")
-        self.enc_channels, self.cat_channels, self.branch_order, self.n_levels = enc_channels, cat_channels, branch_order, n
+        if not 0 <= light_levels <= n - 2:
+            raise ValueError(f"UNet3PlusDecoder: light_levels={light_levels} must be in 0..{n - 2} for {n} levels")
+        (self.enc_channels, self.cat_channels,
+         self.branch_order, self.n_levels) = enc_channels, cat_channels, branch_order, n
         self.light_levels, self.light_channels, self.fusion = light_levels, light_channels, fusion
         self.fusion_rank = fusion_rank or cat_channels
         self.sources = [list(range(n)) if i < light_levels else list(range(light_levels, n)) for i in range(n - 1)]
@@ -179,22 +184,26 @@ class UNet3PlusDecoder(nn.Module):
         self.out_channels = self.node_channels[0]
         in_ch = lambda i, s: enc_channels[s] if s <= i else self.node_channels[s]
         own = lambda i: [s for s in self.sources[i] if branch_order == 'paper' or s <= i]   # branches owned by node i
-        self.branches = nn.ModuleList([nn.ModuleList([conv_bn_relu(in_ch(i, s), self.widths[i], conv_bias) for s in own(i)])
+        self.branches = nn.ModuleList([nn.ModuleList([conv_bn_relu(in_ch(i, s), self.widths[i], conv_bias)
+                                                      for s in own(i)])
                                        for i in range(n - 1)])
         kinds = ['full' if i < light_levels else fusion for i in range(n - 1)]           # light nodes: full fusion
         self.fuse = nn.ModuleList([fusion_block(c, self.fusion_rank, conv_bias, k)
                                    for c, k in zip(self.node_channels, kinds)])
         # conv_first: node k (k >= 1) feeds its consumers through one conv with their widths summed
         self.consumers = [[i for i in range(k) if k in self.sources[i]] for k in range(n)]
-        self.up_convs = nn.ModuleList([conv_bn_relu(self.node_channels[k], sum(self.widths[i] for i in self.consumers[k]), conv_bias)
+        self.up_convs = nn.ModuleList([conv_bn_relu(self.node_channels[k],
+                                                    sum(self.widths[i] for i in self.consumers[k]), conv_bias)
                                        for k in range(1, n)]) if branch_order == 'conv_first' else None
 
     def _node(self, i: int, feats: list, nodes: list, ups: dict) -> torch.Tensor:
         "Decoder node `i` from encoder features `feats`, coarser `nodes` and, for conv_first, their convs `ups`."
         size, br, srcs = feats[i].shape[-2:], self.branches[i], self.sources[i]
         xs = [b(resize_to(feats[s], size)) for b, s in zip(br, [s for s in srcs if s <= i])]
-        if self.branch_order == 'paper': xs += [b(resize_to(nodes[s], size)) for b, s in zip(br[len(xs):], [s for s in srcs if s > i])]
-        else: xs += [resize_to(ups[s][i], size) for s in srcs if s > i]       # ReLU'd at the source; upsampling keeps them >= 0
+        if self.branch_order == 'paper':
+            xs += [b(resize_to(nodes[s], size)) for b, s in zip(br[len(xs):], [s for s in srcs if s > i])]
+        else:   # ReLU'd at the source; upsampling keeps them >= 0
+            xs += [resize_to(ups[s][i], size) for s in srcs if s > i]
         return self.fuse[i](torch.cat(xs, 1))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -202,7 +211,8 @@ class UNet3PlusDecoder(nn.Module):
         n = self.n_levels
         if len(features) != n: raise ValueError(f"UNet3PlusDecoder: expected {n} feature maps, got {len(features)}")
         if [f.shape[1] for f in features] != self.enc_channels:
-            raise ValueError(f"UNet3PlusDecoder: feature channels {[f.shape[1] for f in features]} != enc_channels {self.enc_channels}")
+            raise ValueError(f"UNet3PlusDecoder: feature channels {[f.shape[1] for f in features]} "
+                             f"!= enc_channels {self.enc_channels}")
         nodes, ups = [None] * (n - 1) + [features[-1]], {}
         for i in reversed(range(n - 1)):
             if self.up_convs is not None:
@@ -233,7 +243,8 @@ class DeepSupervisionHeads(nn.Module):
 
     def forward(self, nodes: list[torch.Tensor], size) -> list[torch.Tensor]:
         "Logits of every node, each upsampled to `size`, finest first."
-        if len(nodes) != len(self.heads): raise ValueError(f"DeepSupervisionHeads: {len(self.heads)} heads, got {len(nodes)} nodes")
+        if len(nodes) != len(self.heads):
+            raise ValueError(f"DeepSupervisionHeads: {len(self.heads)} heads, got {len(nodes)} nodes")
         return [h(x, size) for h, x in zip(self.heads, nodes)]
 
 # %% ../nbs/03_decoder.ipynb #5c8bee2c
@@ -252,7 +263,9 @@ class CGM(nn.Module):
     def suppress(probs: torch.Tensor, cls_logits: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
         "Zero the maps of foreground classes whose presence probability < `threshold`, then renormalise."
         if cls_logits.shape != (probs.shape[0], probs.shape[1] - 1):
-            raise ValueError(f"CGM.suppress: cls_logits shape {tuple(cls_logits.shape)} does not fit probs {tuple(probs.shape)}")
-        keep = torch.cat([torch.ones_like(cls_logits[:, :1]), (torch.sigmoid(cls_logits) >= threshold).to(probs.dtype)], 1)
+            raise ValueError(f"CGM.suppress: cls_logits shape {tuple(cls_logits.shape)} "
+                             f"does not fit probs {tuple(probs.shape)}")
+        keep = torch.cat([torch.ones_like(cls_logits[:, :1]),
+                          (torch.sigmoid(cls_logits) >= threshold).to(probs.dtype)], 1)
         kept = probs * keep[:, :, None, None]
         return kept / kept.sum(1, keepdim=True).clamp_min(torch.finfo(probs.dtype).tiny)

@@ -63,8 +63,8 @@ def data_n_classes(ds) -> int:
 def check_class_counts(model, ds):
     "Raise a clear error when the model's and the data's class counts differ."
     m, d = model_n_classes(model), data_n_classes(ds)
-    if m != d: raise ValueError(f"model predicts {m} classes but the data set has {d} classes ({CLASSES if d == len(CLASSES) else ''}); "
-                                "evaluate a model trained for this data")
+    if m != d: raise ValueError(f"model predicts {m} classes but the data set has {d} classes "
+                                f"({CLASSES if d == len(CLASSES) else ''}); evaluate a model trained for this data")
     return m
 
 def sample_prediction(scores: torch.Tensor, mask: torch.Tensor, eval_size: str = 'original'):
@@ -77,16 +77,18 @@ def sample_prediction(scores: torch.Tensor, mask: torch.Tensor, eval_size: str =
 
 def warn_about_dataset(ds, eval_size: str = 'original'):
     "Log when a data set would make the metrics misleading: augmented samples, or masks already resized."
-    if getattr(ds, 'augment', None) is not None: log.warning("the data set is augmented: metrics of randomly transformed samples; build it with augment=False")
+    if getattr(ds, 'augment', None) is not None:
+        log.warning("the data set is augmented: metrics of randomly transformed samples; build it with augment=False")
     if eval_size == 'original' and getattr(ds, 'target_size', None) is not None:
-        log.warning("the data set resizes masks to %s: metrics are at that size, not the original; build it with target_size=None "
-                    "and pass target_size to evaluate()", ds.target_size)
+        log.warning("the data set resizes masks to %s: metrics are at that size, not the original; "
+                    "build it with target_size=None and pass target_size to evaluate()", ds.target_size)
 
 def summarize(cm: ConfusionMatrix, class_names) -> dict:
     "Overall and per-class metrics of a confusion matrix, JSON-ready."
     r = cm.compute()
     overall = {k: float(r[k]) for k in ('pixel_acc', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'fwiou') if k in r}
-    per_class = {n: {k: (int(r[k][i]) if k == 'support' else float(r[k][i])) for k in ('iou', 'dice', 'precision', 'recall', 'support')}
+    per_class = {n: {k: (int(r[k][i]) if k == 'support' else float(r[k][i]))
+                     for k in ('iou', 'dice', 'precision', 'recall', 'support')}
                  for i, n in enumerate(class_names)}
     return dict(overall=overall, per_class=per_class, confusion_matrix=cm.matrix.tolist())
 
@@ -109,7 +111,8 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
              progress: bool = True,
              roi='auto') -> dict:
     "Metrics of `model` on a labelled `dataset`: overall, per class, per spacecraft class and per image."
-    if eval_size not in ('original', 'input'): raise ValueError(f"eval_size must be 'original' or 'input', got {eval_size!r}")
+    if eval_size not in ('original', 'input'):
+        raise ValueError(f"eval_size must be 'original' or 'input', got {eval_size!r}")
     use_roi = evaluation_roi(roi, model, target_size, eval_size)
     n = check_class_counts(model, dataset)
     warn_about_dataset(dataset, eval_size)
@@ -133,12 +136,14 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
                                              tta=tta, roi=use_roi, names=names, precision=precision)
         for j in range(len(x)):
             mask = batch['mask'][j].to(device)
-            if int(mask.max()) >= n: raise ValueError(f"mask of {batch['image_name'][j]} holds class {int(mask.max())} but the model has {n} classes")
+            if int(mask.max()) >= n:
+                raise ValueError(f"mask of {batch['image_name'][j]} holds class {int(mask.max())} "
+                                 f"but the model has {n} classes")
             pred, target = sample_prediction(scores[j], mask, eval_size) if not use_roi else (preds[j], mask)
             if pred.shape != target.shape:
                 raise ValueError(f"{names[j]}: the image is {tuple(pred.shape)}, its mask {tuple(target.shape)} (H, W)")
             name = batch.get('class_name', [''] * len(x))[j]
-            cm = per_image_confusion(pred[None], target[None], n)              # counted once: for its group and its own IoU
+            cm = per_image_confusion(pred[None], target[None], n)   # counted once: for its group and its own IoU
             groups.add(cm, [name])
             if biou is not None: biou.update(pred[None], target[None])
             if calib is not None: calib.update(*calibration_sample(scores[j], mask))
@@ -150,9 +155,11 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     res = summarize(groups.total(), class_names)
     if biou is not None:
         b = biou.compute()
-        res['overall'].update(mboundary_iou=float(b['mboundary_iou']), mboundary_iou_no_bg=float(b['mboundary_iou_no_bg']))
+        res['overall'].update(mboundary_iou=float(b['mboundary_iou']),
+                              mboundary_iou_no_bg=float(b['mboundary_iou_no_bg']))
         for c, v in zip(class_names, b['boundary_iou']): res['per_class'][c]['boundary_iou'] = float(v)
-    res['per_spacecraft'] = {g: dict(n_images=sum(r['class_name'] == g for r in rows), **summarize(cm, class_names)) for g, cm in sorted(groups.matrices.items())}
+    res['per_spacecraft'] = {g: dict(n_images=sum(r['class_name'] == g for r in rows), **summarize(cm, class_names))
+                             for g, cm in sorted(groups.matrices.items())}
     res['per_image'] = rows
     res['calibration'] = calib.compute() if calib is not None else None
     res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, roi=use_roi,
@@ -181,10 +188,12 @@ def plot_confusion(matrix, class_names):
     from matplotlib.colors import LogNorm
     m = np.asarray(matrix); norm = row_normalize(m)
     fig = Figure(figsize=(11, 4.6), layout='constrained')
-    for ax, data, title, fmt in zip(fig.subplots(1, 2), (m, norm), ('pixel counts', 'row-normalised (recall on the diagonal)'), ('{:,.0f}', '{:.4f}')):
-        im = ax.imshow(data, cmap='Blues', norm=LogNorm(vmin=1, vmax=max(m.max(), 2)) if data is m else None, vmin=None if data is m else 0, vmax=None if data is m else 1)
-        ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xticklabels=class_names, yticklabels=class_names,
-               xlabel='predicted', ylabel='true', title=title)
+    for ax, data, title, fmt in zip(fig.subplots(1, 2), (m, norm),
+                                    ('pixel counts', 'row-normalised (recall on the diagonal)'), ('{:,.0f}', '{:.4f}')):
+        im = ax.imshow(data, cmap='Blues', norm=LogNorm(vmin=1, vmax=max(m.max(), 2)) if data is m else None,
+                       vmin=None if data is m else 0, vmax=None if data is m else 1)
+        ax.set(xticks=range(len(class_names)), yticks=range(len(class_names)), xticklabels=class_names,
+               yticklabels=class_names, xlabel='predicted', ylabel='true', title=title)
         for (i, j), v in np.ndenumerate(data):
             dark = (np.log10(max(v, 1)) / np.log10(max(m.max(), 2)) if data is m else v) > 0.6
             ax.text(j, i, fmt.format(v), ha='center', va='center', color='white' if dark else 'black', fontsize=9)
@@ -200,10 +209,12 @@ def plot_per_spacecraft(res: dict):
     h = 0.8 / max(len(names), 1)
     for k, c in enumerate(names):
         vals = [res['per_spacecraft'][g]['per_class'][c]['iou'] for g in groups]
-        bars = ax.barh(np.arange(len(groups)) + k * h, np.nan_to_num(vals), h, label=c, color=PALETTE[k + 1] / 255 if k + 1 < len(PALETTE) else None)
+        bars = ax.barh(np.arange(len(groups)) + k * h, np.nan_to_num(vals), h, label=c,
+                       color=PALETTE[k + 1] / 255 if k + 1 < len(PALETTE) else None)
         ax.bar_label(bars, fmt='%.3f', fontsize=7, padding=2)
-    ax.set(yticks=np.arange(len(groups)) + h * (len(names) - 1) / 2, yticklabels=[g or '(none)' for g in groups], xlim=(0, 1), xlabel='IoU',
-           title='IoU per spacecraft class'); ax.invert_yaxis(); ax.legend(loc='lower right'); ax.grid(axis='x', alpha=0.3)
+    ax.set(yticks=np.arange(len(groups)) + h * (len(names) - 1) / 2, yticklabels=[g or '(none)' for g in groups],
+           xlim=(0, 1), xlabel='IoU', title='IoU per spacecraft class')
+    ax.invert_yaxis(); ax.legend(loc='lower right'); ax.grid(axis='x', alpha=0.3)
     return fig
 
 # %% ../nbs/08_evaluate.ipynb #b8b92204
@@ -244,21 +255,27 @@ def format_report(res: dict) -> str:
            f"precision: {s.get('precision', 'fp32')}   "
            f"{s['images_per_s']} images/s",
            *([f"data: {s['data_from']}"] if s.get('data_from') else []), '',
-           text_table(['overall', 'value'], [['pixel accuracy', o['pixel_acc']], ['mIoU', o['miou']], ['mIoU (no background)', o['miou_no_bg']],
-                                             ['mDice', o['mdice']], ['mDice (no background)', o['mdice_no_bg']]]
-                                            + ([['frequency-weighted IoU', o['fwiou']]] if 'fwiou' in o else [])
-                                            + ([['boundary mIoU', o['mboundary_iou']], ['boundary mIoU (no background)', o['mboundary_iou_no_bg']]]
-                                               if 'mboundary_iou' in o else [])), '', calibration_line(res), '']
-    keys = [k for k in ('iou', 'dice', 'precision', 'recall', 'boundary_iou', 'support') if k in res['per_class'][names[0]]]
+           text_table(['overall', 'value'],
+                      [['pixel accuracy', o['pixel_acc']], ['mIoU', o['miou']],
+                       ['mIoU (no background)', o['miou_no_bg']], ['mDice', o['mdice']],
+                       ['mDice (no background)', o['mdice_no_bg']]]
+                      + ([['frequency-weighted IoU', o['fwiou']]] if 'fwiou' in o else [])
+                      + ([['boundary mIoU', o['mboundary_iou']],
+                          ['boundary mIoU (no background)', o['mboundary_iou_no_bg']]]
+                         if 'mboundary_iou' in o else [])), '', calibration_line(res), '']
+    keys = [k for k in ('iou', 'dice', 'precision', 'recall', 'boundary_iou', 'support')
+            if k in res['per_class'][names[0]]]
     heads = dict(iou='IoU', dice='Dice', boundary_iou='boundary IoU')
     out += [text_table(['class'] + [heads.get(k, k) for k in keys],
                        [[c] + [res['per_class'][c][k] for k in keys] for c in names]), '']
     groups = sorted(res['per_spacecraft'].items(), key=lambda kv: kv[1]['overall']['miou_no_bg'])
     out += [text_table(['spacecraft', 'images', 'pixel acc', 'mIoU', 'mIoU no bg'] + [f'IoU {c}' for c in names[1:]],
-                       [[g or '(none)', v['n_images'], v['overall']['pixel_acc'], v['overall']['miou'], v['overall']['miou_no_bg']]
+                       [[g or '(none)', v['n_images'], v['overall']['pixel_acc'], v['overall']['miou'],
+                         v['overall']['miou_no_bg']]
                         + [v['per_class'][c]['iou'] for c in names[1:]] for g, v in groups]), '',
             'confusion matrix (rows = true class, columns = predicted), pixels:',
-            text_table(['true \\ pred'] + names, [[c] + [int(v) for v in row] for c, row in zip(names, res['confusion_matrix'])])]
+            text_table(['true \\ pred'] + names,
+                       [[c] + [int(v) for v in row] for c, row in zip(names, res['confusion_matrix'])])]
     return '\n'.join(out) + '\n'
 
 # %% ../nbs/08_evaluate.ipynb #b651d2d8
@@ -272,7 +289,9 @@ def example_figure(image, target, pred, class_names=CLASSES, title: str = ''):
     for ax, (name, arr) in zip(fig.subplots(1, len(panels)), panels):
         ax.imshow(arr, interpolation='nearest'); ax.set_title(name, fontsize=10); ax.axis('off')
     if title: fig.suptitle(title, fontsize=10)
-    if len(panels) > 3: fig.text(0.99, 0.01, 'errors: true positive light grey, false positive magenta, false negative amber', ha='right', fontsize=8)
+    if len(panels) > 3:
+        fig.text(0.99, 0.01, 'errors: true positive light grey, false positive magenta, false negative amber',
+                 ha='right', fontsize=8)
     return fig
 
 # %% ../nbs/08_evaluate.ipynb #99cfc299
@@ -335,7 +354,8 @@ def write_outputs(res: dict, output_path, overwrite: bool = False, examples=()) 
     metrics = json_safe({k: v for k, v in res.items() if k != 'per_image'}) | {'outputs': names}
     atomic_write_text(paths['metrics'], json.dumps(metrics, indent=2))          # first: it records what is ours
     table = io.StringIO(newline='')
-    w = csv.DictWriter(table, fieldnames=list(res['per_image'][0]) if res['per_image'] else ['index']); w.writeheader(); w.writerows(res['per_image'])
+    w = csv.DictWriter(table, fieldnames=list(res['per_image'][0]) if res['per_image'] else ['index'])
+    w.writeheader(); w.writerows(res['per_image'])
     atomic_write_text(paths['per_image'], table.getvalue())
     for key, fig in (('confusion', plot_confusion(res['confusion_matrix'], res['settings']['class_names'])),
                      ('per_spacecraft', plot_per_spacecraft(res)),
@@ -389,10 +409,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--split', default='val', help='split folder under images/<Class>/ (default val)')
     p.add_argument('--target_size', type=int, default=None,
                    help='model input size (square); 0 = original size; default: the size it was trained at, else 512')
-    p.add_argument('--eval_size', choices=['original', 'input'], default='original', help='resolution the metrics are computed at')
+    p.add_argument('--eval_size', choices=['original', 'input'], default='original',
+                   help='resolution the metrics are computed at')
     p.add_argument('--batch_size', type=int, default=8); p.add_argument('--num_workers', type=int, default=0)
     p.add_argument('--output_path', default='evaluation_results'); p.add_argument('--overwrite', action='store_true')
-    p.add_argument('--save_examples', action='store_true', help='save figures of the worst images under OUTPUT/examples')
+    p.add_argument('--save_examples', action='store_true',
+                   help='save figures of the worst images under OUTPUT/examples')
     p.add_argument('--n_examples', type=int, default=16)
     add_precision_flags(p)
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
@@ -404,7 +426,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--device', default=None)
     a = p.parse_args(argv)
     if a.data_root:
-        r = Path(a.data_root); a.val_csv = a.val_csv or str(r / f'{a.split}.csv'); a.image_root = a.image_root or str(r / 'images'); a.mask_root = a.mask_root or str(r / 'mask')
+        r = Path(a.data_root); a.val_csv = a.val_csv or str(r / f'{a.split}.csv')
+        a.image_root = a.image_root or str(r / 'images'); a.mask_root = a.mask_root or str(r / 'mask')
     missing = [f'--{k}' for k in ('val_csv', 'image_root', 'mask_root') if not getattr(a, k)]
     if missing and len(missing) < 3:
         p.error(f"missing {', '.join(missing)} (or give --data_root, or no data flags for the model's own)")

@@ -16,8 +16,9 @@ from .cli import cli_errors
 from .data import CLASSES, TEST_DIR, SparkTestImages, as_hw, open_image
 from .files import (atomic_write, atomic_write_text, remove_stale_temps, is_temp, shorten, recorded_outputs,
                              foreign_files)
-from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, predict_scores, upsample_scores, load_model,
-                               model_n_classes, predict_classes, original_image, resolve_roi, collate_eval, input_size)
+from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, predict_scores,
+                               upsample_scores, load_model, model_n_classes, predict_classes, original_image,
+                               resolve_roi, collate_eval, input_size)
 from .visual import overlay_classes
 from torch.utils.data import Dataset
 from .decoder import resolve_precision
@@ -80,7 +81,8 @@ class SubmissionReport:
     @property
     def ok(self) -> bool: return not self.problems
     def __str__(self):
-        head = f"submission {self.path}: {self.n_files} files" + (f" for {self.n_expected} test images" if self.n_expected is not None else '')
+        head = (f"submission {self.path}: {self.n_files} files"
+                + (f" for {self.n_expected} test images" if self.n_expected is not None else ''))
         if self.ok: return head + ": OK"
         return head + f": {len(self.problems)} problem(s)\n" + '\n'.join(f'  - {p}' for p in self.problems)
 
@@ -105,7 +107,8 @@ def submission_entries(path):
     if not zipfile.is_zipfile(path): raise ValueError(f"{path} is neither a folder nor a zip file")
     zf, entries = zipfile.ZipFile(path), []
     for info in zf.infolist():
-        if info.is_dir(): problems.append(f"{info.filename}: folder inside the zip (the archive must be flat)"); continue
+        if info.is_dir():
+            problems.append(f"{info.filename}: folder inside the zip (the archive must be flat)"); continue
         if '/' in info.filename or '\\' in info.filename:
             problems.append(f"{info.filename}: file inside a folder in the zip (the archive must be flat)")
         entries.append((info.filename, lambda n=info.filename: zf.read(n)))
@@ -113,7 +116,8 @@ def submission_entries(path):
 
 def check_array(name: str, z) -> list[str]:
     "Problems of one loaded submission file `z` (an NpzFile)."
-    if 'data' not in z.files: return [f"{name}: key 'data' missing (keys: {z.files}); write it with np.savez_compressed(path, data=arr)"]
+    if 'data' not in z.files:
+        return [f"{name}: key 'data' missing (keys: {z.files}); write it with np.savez_compressed(path, data=arr)"]
     out = [f"{name}: unexpected extra keys {[k for k in z.files if k != 'data']}"] if len(z.files) > 1 else []
     a = z['data']
     if a.ndim != 3 or a.shape[2] != 3: return out + [f"{name}: shape {a.shape}, expected (H, W, 3)"]
@@ -141,16 +145,20 @@ def check_submission(path, test_dir=None, strict: bool = True, progress: bool = 
         try:
             with np.load(io.BytesIO(load()), allow_pickle=False) as z:
                 rep.problems += check_array(name, z)
-                if expected is not None and base in expected and 'data' in z.files and z['data'].ndim >= 2 and z['data'].shape[:2] != expected[base]:
-                    rep.problems.append(f"{name}: size {z['data'].shape[:2]} but its test image is {expected[base]} (H, W)")
+                if (expected is not None and base in expected and 'data' in z.files and z['data'].ndim >= 2
+                        and z['data'].shape[:2] != expected[base]):
+                    rep.problems.append(f"{name}: size {z['data'].shape[:2]} "
+                                        f"but its test image is {expected[base]} (H, W)")
         except Exception as e:
             if not isinstance(e, (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError)): raise
             rep.problems.append(f"{name}: cannot be read as .npz ({type(e).__name__}: {e})")
     if not entries: rep.problems.append("no .npz files found")
     if expected is not None:
         missing, extra = sorted(set(expected) - seen), sorted(seen - set(expected))
-        if missing: rep.problems.append(f"{len(missing)} test image(s) without a file: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
-        if extra: rep.problems.append(f"{len(extra)} file(s) for no test image: {', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}")
+        if missing: rep.problems.append(f"{len(missing)} test image(s) without a file: "
+                                        f"{', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if extra: rep.problems.append(f"{len(extra)} file(s) for no test image: "
+                                      f"{', '.join(extra[:10])}{' ...' if len(extra) > 10 else ''}")
     if strict and not rep.ok: raise ValueError(str(rep))
     return rep
 
@@ -160,7 +168,8 @@ RECORD_NAME, ZIP_NAME, VIS_DIR = 'inference.json', 'submission.zip', 'visualizat
 def valid_npz(path, size) -> bool:
     "Whether `path` is a readable submission file of (H, W) = `size`."
     try:
-        with np.load(path, allow_pickle=False) as z: return not check_array(path.name, z) and z['data'].shape[:2] == tuple(size)
+        with np.load(path, allow_pickle=False) as z:
+            return not check_array(path.name, z) and z['data'].shape[:2] == tuple(size)
     except Exception: return False
 
 def overlay_name(image_name: str) -> str:
@@ -172,7 +181,8 @@ RECORD_DEFAULTS = dict(roi=False)     # settings that records of older versions 
 def run_settings(model, model_path, target_size, tta: bool, roi: bool = False) -> dict:
     "The settings that determine the predictions (stored in inference.json)."
     cfg = getattr(model, 'config', None) or {}
-    return dict(model_path=str(Path(model_path).resolve()) if model_path else None, model_config=json.loads(json.dumps(cfg, default=str)),
+    return dict(model_path=str(Path(model_path).resolve()) if model_path else None,
+                model_config=json.loads(json.dumps(cfg, default=str)),
                 target_size=list(as_hw(target_size)) if target_size else None, tta=bool(tta), roi=bool(roi))
 
 def file_fingerprint(path, chunk: int = 4096) -> str:
@@ -291,17 +301,19 @@ class WithOriginals(Dataset):
     def __len__(self): return len(self.ds)
     def __getitem__(self, i): return dict(self.ds[i], original=original_image(self.ds.files[i]))
 
-def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0, tta: bool = False,
-                   precision='auto', overwrite: bool = False, save_visualizations: bool = False, zip: bool = True,
-                   device=None, model_path=None, writers: int = 4, shard=(0, 1), progress: bool = True,
-                   roi='auto') -> dict:
+def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0,
+                   tta: bool = False, precision='auto', overwrite: bool = False, save_visualizations: bool = False,
+                   zip: bool = True, device=None, model_path=None, writers: int = 4, shard=(0, 1),
+                   progress: bool = True, roi='auto') -> dict:
     "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
     k, n_shards = shard
     if not 0 <= k < n_shards: raise ValueError(f"--shard {k}/{n_shards}: need 0 <= K < N")
-    if n_shards > 1 and overwrite: raise ValueError("--overwrite cannot be combined with --shard (it would delete the other shards' files); "
-                                                   "empty the output folder once before starting the shards")
+    if n_shards > 1 and overwrite:
+        raise ValueError("--overwrite cannot be combined with --shard (it would delete the other shards' files); "
+                         "empty the output folder once before starting the shards")
     if model_n_classes(model) != len(CLASSES):
-        raise ValueError(f"the SPARK submission needs a {len(CLASSES)}-class model ({', '.join(CLASSES)}), this one predicts {model_n_classes(model)}")
+        raise ValueError(f"the SPARK submission needs a {len(CLASSES)}-class model ({', '.join(CLASSES)}), "
+                         f"this one predicts {model_n_classes(model)}")
     use_roi = resolve_roi(roi, model, as_hw(target_size))
     ds = SparkTestImages(data_path, target_size)
     names = [npz_name(p.name) for p in ds.files]
@@ -332,12 +344,14 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
             second_stages += sum(w is not None for w in windows)
             for j, name in enumerate(batch['image_name']):             # (`zip` is a flag here)
                 pending.append(pool.submit(save_map, out, ds.folder / name, maps[j], save_visualizations))
-            while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)): written.append(pending.popleft().result())
+            while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)):
+                written.append(pending.popleft().result())
         while pending: written.append(pending.popleft().result())
     seconds = time.perf_counter() - t0
     present = sum((out / n).exists() for n in names)
     if n_shards > 1 and present < len(names):
-        log.info("shard %d/%d done; %d of %d files present: the shard that completes the set writes the zip", k, n_shards, present, len(names))
+        log.info("shard %d/%d done; %d of %d files present: the shard that completes the set writes the zip",
+                 k, n_shards, present, len(names))
         zip_path = report = None
     else:
         zip_path = make_zip(out, names=set(names)) if zip else None
@@ -350,7 +364,8 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
 # %% ../nbs/09_inference.ipynb #e8956965
 def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-infer` command line."
-    p = argparse.ArgumentParser('unet3plus-infer', description='SPARK 2024 stream-1 submission files from a UNet3+ model.')
+    p = argparse.ArgumentParser('unet3plus-infer',
+                                description='SPARK 2024 stream-1 submission files from a UNet3+ model.')
     p.add_argument('--model_path', help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
     p.add_argument('--data_path', help='folder of test_XXXXX_img.jpg (or its parent holding stream-1-test/)')
     p.add_argument('--output_dir', default='submission')
@@ -366,9 +381,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--zip', dest='zip', action='store_true', default=True, help='write submission.zip (default)')
     p.add_argument('--no_zip', dest='zip', action='store_false')
     p.add_argument('--overwrite', action='store_true', help='redo every file even if output_dir holds results')
-    p.add_argument('--save_visualizations', action='store_true', help='also save overlay PNGs under OUTPUT/visualizations')
-    p.add_argument('--shard', default='0/1', metavar='K/N', help='predict only images i with i %% N == K (e.g. one SLURM array task each)')
-    p.add_argument('--check', metavar='PATH', help='only check a submission folder or zip (against --data_path if given)')
+    p.add_argument('--save_visualizations', action='store_true',
+                   help='also save overlay PNGs under OUTPUT/visualizations')
+    p.add_argument('--shard', default='0/1', metavar='K/N',
+                   help='predict only images i with i %% N == K (e.g. one SLURM array task each)')
+    p.add_argument('--check', metavar='PATH',
+                   help='only check a submission folder or zip (against --data_path if given)')
     p.add_argument('--device', default=None)
     a = p.parse_args(argv)
     if a.check is None:

@@ -24,8 +24,8 @@ __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME'
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
                'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs', 'fusion',
                'fusion_rank')
-STRUCTURAL = ('backbone', 'n_classes', 'cat_channels', 'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias',
-              'encoder_kwargs', 'fusion', 'fusion_rank')
+STRUCTURAL = ('backbone', 'n_classes', 'cat_channels', 'branch_order', 'fine_levels', 'light_stride', 'light_channels',
+              'conv_bias', 'encoder_kwargs', 'fusion', 'fusion_rank')
 
 class UNet3Plus(nn.Module):
     "UNet 3+ with a timm or plain encoder; `model(x01)` -> dict(logits[, aux][, cls_logits])."
@@ -48,9 +48,10 @@ class UNet3Plus(nn.Module):
         self.head = SegmentationHead(self.decoder.out_channels, n_classes)
         self.aux_heads = DeepSupervisionHeads(self.decoder.node_channels[1:], n_classes) if deep_supervision else None
         self.cgm = CGM(self.decoder.node_channels[-1], n_classes, cgm_dropout) if cgm else None
-        self.config = dict(backbone=backbone, n_classes=n_classes, cat_channels=cat_channels, deep_supervision=deep_supervision,
-                           cgm=cgm, cgm_dropout=cgm_dropout, freeze_backbone=freeze_backbone, branch_order=branch_order,
-                           fine_levels=fine_levels, light_stride=light_stride, light_channels=light_channels, conv_bias=conv_bias,
+        self.config = dict(backbone=backbone, n_classes=n_classes, cat_channels=cat_channels,
+                           deep_supervision=deep_supervision, cgm=cgm, cgm_dropout=cgm_dropout,
+                           freeze_backbone=freeze_backbone, branch_order=branch_order, fine_levels=fine_levels,
+                           light_stride=light_stride, light_channels=light_channels, conv_bias=conv_bias,
                            encoder_kwargs=encoder_kwargs, fusion=fusion, fusion_rank=fusion_rank,
                            pretrained=bool(pretrained or pretrained_path))
         mean, std = getattr(self.encoder, 'mean', None), getattr(self.encoder, 'std', None)
@@ -76,7 +77,8 @@ class UNet3Plus(nn.Module):
     def _check_input(self, x: torch.Tensor):
         "Raise a clear error unless `x` is an image batch [B, C, H, W] with the encoder's channel count."
         if x.ndim != 4 or x.shape[1] != self.mean.shape[1]:
-            raise ValueError(f"UNet3Plus: expected images [B, {self.mean.shape[1]}, H, W] in [0, 1], got shape {tuple(x.shape)}")
+            raise ValueError(f"UNet3Plus: expected images [B, {self.mean.shape[1]}, H, W] in [0, 1], "
+                             f"got shape {tuple(x.shape)}")
 
     @property
     def size_multiple(self) -> int:
@@ -269,7 +271,8 @@ def save_pretrained(self: UNet3Plus, save_dir, overwrite: bool = False, training
     from safetensors.torch import save
     training = self.training_record if training is None else training
     text = _config_text(self.config, training)
-    d = prepare_output_dir(save_dir, overwrite, what='save_pretrained: folder', hint='pass overwrite=True to replace its model files')
+    d = prepare_output_dir(save_dir, overwrite, what='save_pretrained: folder',
+                           hint='pass overwrite=True to replace its model files')
     ours = [n for n in (CONFIG_NAME, WEIGHTS_NAME) if (d / n).exists()]
     if ours and not _is_saved_model(d):
         raise FileExistsError(f"save_pretrained: {d} holds {' and '.join(ours)} that save_pretrained did not write "
@@ -286,12 +289,14 @@ def save_pretrained(self: UNet3Plus, save_dir, overwrite: bool = False, training
 def read_config(load_dir) -> dict:
     "The model config in `load_dir/config.json`, old aliases (num_classes...) mapped to ours, types checked."
     f = Path(load_dir) / CONFIG_NAME
-    if not f.is_file(): raise FileNotFoundError(f"from_pretrained: {f} not found (expected {CONFIG_NAME} next to the weights)")
+    if not f.is_file():
+        raise FileNotFoundError(f"from_pretrained: {f} not found (expected {CONFIG_NAME} next to the weights)")
     try: raw = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"from_pretrained: {f} is not valid JSON: {e}") from None
     cfg = check_config({CONFIG_ALIASES.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else raw, f)
-    if 'backbone' not in cfg or 'n_classes' not in cfg: raise ValueError(f"from_pretrained: {f} lacks 'backbone' or 'n_classes'")
+    if 'backbone' not in cfg or 'n_classes' not in cfg:
+        raise ValueError(f"from_pretrained: {f} lacks 'backbone' or 'n_classes'")
     return cfg
 
 def check_finite(sd: dict, where) -> dict:
@@ -302,7 +307,8 @@ def check_finite(sd: dict, where) -> dict:
     return sd
 
 def read_weights(load_dir) -> dict:
-    "The state_dict in `load_dir` (model.safetensors, or the original scripts' unet3plus_model.pt), checked to be finite."
+    ("The state_dict in `load_dir` (model.safetensors, or the original scripts' unet3plus_model.pt), "
+     "checked to be finite.")
     d = Path(load_dir)
     if (d / WEIGHTS_NAME).is_file():
         from safetensors.torch import load_file
@@ -328,10 +334,11 @@ def _check_overrides(cfg: dict, overrides: dict, where):
     "Raise if `overrides` change a key that fixes the weights' shapes."
     for k, v in overrides.items():
         if k in STRUCTURAL and k in cfg and cfg[k] != v:
-            raise ValueError(f"from_pretrained({where}): the checkpoint has {k}={cfg[k]!r} but {k}={v!r} was requested; "
-                             f"build a new model to change {k}")
+            raise ValueError(f"from_pretrained({where}): the checkpoint has {k}={cfg[k]!r} but {k}={v!r} "
+                             f"was requested; build a new model to change {k}")
         if k in ('deep_supervision', 'cgm') and v and not cfg.get(k, False):
-            raise ValueError(f"from_pretrained({where}): the checkpoint has no {k} weights; build a new model with {k}=True")
+            raise ValueError(f"from_pretrained({where}): the checkpoint has no {k} weights; "
+                             f"build a new model with {k}=True")
 
 @patch(cls_method=True)
 def from_pretrained(cls: UNet3Plus, load_dir, map_location='cpu', **overrides) -> 'UNet3Plus':
@@ -350,7 +357,8 @@ def from_pretrained(cls: UNet3Plus, load_dir, map_location='cpu', **overrides) -
     try: missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e: raise ValueError(f"from_pretrained({d}): weights do not fit config {kw}: {e}") from None
     if missing or unexpected:
-        raise ValueError(f"from_pretrained({d}): weights do not fit config {kw}: missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+        raise ValueError(f"from_pretrained({d}): weights do not fit config {kw}: "
+                         f"missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
                          f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}")
     model.training_record = cfg.get('training')                            # how it was trained; not used to build it
     return model.to(map_location)
@@ -368,14 +376,16 @@ def summary(self: UNet3Plus, size=512, batch: int = 1, verbose: bool = True) -> 
     "Parameters (M) and GFLOPs per part (encoder / decoder / heads) for a `batch` of `size` images (as padded)."
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     dev = self.mean.device
-    x = torch.rand(batch, self.mean.shape[1], h, w, device=dev) if dev.type != 'meta' else torch.empty(batch, self.mean.shape[1], h, w, device=dev)
+    x = (torch.rand(batch, self.mean.shape[1], h, w, device=dev) if dev.type != 'meta'
+         else torch.empty(batch, self.mean.shape[1], h, w, device=dev))
     was_training = self.training
     self.eval()
     try:
         with torch.no_grad():
             feats, g_enc = _gflops(lambda: self.features(x))
             nodes, g_dec = _gflops(lambda: self.decoder(feats))
-            head = lambda: (self.head(nodes[0], self.padded_size(h, w)), self.cgm(nodes[-1]) if self.cgm is not None else None)
+            head = lambda: (self.head(nodes[0], self.padded_size(h, w)),
+                            self.cgm(nodes[-1]) if self.cgm is not None else None)
             _, g_head = _gflops(head)
     finally: self.train(was_training)
     heads = [m for m in (self.head, self.aux_heads, self.cgm) if m is not None]
@@ -383,7 +393,8 @@ def summary(self: UNet3Plus, size=512, batch: int = 1, verbose: bool = True) -> 
     row = dict(backbone=self.config['backbone'], size=f'{h}x{w}', params_M=p([self]), enc_params_M=p([self.encoder]),
                dec_params_M=p([self.decoder]), head_params_M=p(heads), GFLOPs=g_enc + g_dec + g_head,
                enc_GFLOPs=g_enc, dec_GFLOPs=g_dec, head_GFLOPs=g_head)
-    if verbose: print('\n'.join(f'{k:>14}: {v:.3f}' if isinstance(v, float) else f'{k:>14}: {v}' for k, v in row.items()))
+    if verbose:
+        print('\n'.join(f'{k:>14}: {v:.3f}' if isinstance(v, float) else f'{k:>14}: {v}' for k, v in row.items()))
     return row
 
 # %% ../nbs/04_model.ipynb #40f47d33
@@ -397,7 +408,8 @@ class _InferenceGraph(nn.Module):
         return (out['logits'], out['cls_logits']) if 'cls_logits' in out else out['logits']
 
 @patch
-def export_onnx(self: UNet3Plus, path, size=512, batch: int = 1, cgm_threshold: float | None = 0.5, opset: int = 18) -> Path:
+def export_onnx(self: UNet3Plus, path, size=512, batch: int = 1, cgm_threshold: float | None = 0.5,
+                opset: int = 18) -> Path:
     "Export the inference graph (image in [0, 1] -> probs) to ONNX at a fixed `size`."
     h, w = (size, size) if isinstance(size, int) else tuple(size)
     path, was_training = Path(path), self.training
@@ -442,7 +454,9 @@ def conv_peak(repeats: int = 3, channels_last: bool = True, precision: str = 'fp
     for c, hw, b in ((256, 64, 4), (128, 128, 2), (256, 128, 2)):
         conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
         x = torch.randn(b, c, hw, hw, requires_grad=True)
-        if channels_last: conv, x = conv.to(memory_format=torch.channels_last), x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+        if channels_last:
+            conv, x = (conv.to(memory_format=torch.channels_last),
+                       x.detach().contiguous(memory_format=torch.channels_last).requires_grad_())
         flops = 2 * c * c * 9 * hw * hw * b
         def fwd():
             with torch.no_grad(), precision_autocast('cpu', precision): conv(x)
@@ -473,7 +487,8 @@ def make_steps(model: nn.Module, size: int, batch: int, channels_last: bool = Tr
     "(train_step, infer_step) closures for `model` on a fixed random batch, the forward under `precision`'s autocast."
     g = torch.Generator().manual_seed(seed)
     x, y = torch.rand(batch, 3, size, size, generator=g), torch.randint(0, n_classes, (batch, size, size), generator=g)
-    if channels_last: model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     def train_step():
         model.train(); opt.zero_grad(set_to_none=True)
@@ -543,7 +558,8 @@ def bench_model(argv: list[str] | None = None) -> dict:
     p.add_argument('--no_smp', action='store_true', help='skip the smp.Unet peer')
     p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
     p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
-    p.add_argument('--cat_channels', type=int, nargs='*', default=[], help='also time the default model with these cat_channels')
+    p.add_argument('--cat_channels', type=int, nargs='*', default=[],
+                   help='also time the default model with these cat_channels')
     p.add_argument('--fusion', nargs='*', default=[],
                    help="also time the default model with these fusions ('full', 'factored', 'factored:128')")
     p.add_argument('--no_memory', action='store_true', help='skip the child-process memory measurements')

@@ -63,7 +63,8 @@ TTA_FLIPS = ((), (-1,), (-2,))  # identity, horizontal flip, vertical flip
 def model_n_classes(model) -> int:
     "Number of output classes of `model` (from its config)."
     cfg = getattr(model, 'config', None) or {}
-    if 'n_classes' not in cfg: raise ValueError("model has no config['n_classes']; load it with UNet3Plus.from_pretrained")
+    if 'n_classes' not in cfg:
+        raise ValueError("model has no config['n_classes']; load it with UNet3Plus.from_pretrained")
     return int(cfg['n_classes'])
 
 def uses_cgm(model) -> bool:
@@ -132,7 +133,8 @@ def input_size(requested, model) -> tuple[int | None, str]:
 def collate_eval(samples: list[dict]) -> dict:
     "Stack images (same size required); masks are stacked when they share a size, else kept as a list."
     sizes = {tuple(s['image'].shape) for s in samples}
-    if len(sizes) > 1: raise ValueError(f"images of different sizes {sorted(sizes)} in one batch: set --target_size or --batch_size 1")
+    if len(sizes) > 1:
+        raise ValueError(f"images of different sizes {sorted(sizes)} in one batch: set --target_size or --batch_size 1")
     out = {k: [s[k] for s in samples] for k in samples[0]}
     out['image'] = torch.stack(out['image'])
     if 'mask' in out and len({tuple(m.shape) for m in out['mask']}) == 1: out['mask'] = torch.stack(out['mask'])

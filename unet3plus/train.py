@@ -109,7 +109,8 @@ def read_ds_config(path) -> dict:
     if not path.is_file(): raise FileNotFoundError(f"--ds_config {path}: file not found")
     try: obj = json.loads(path.read_text())
     except json.JSONDecodeError as e: raise ValueError(f"--ds_config {path}: not valid JSON ({e})") from None
-    if not isinstance(obj, dict): raise ValueError(f"--ds_config {path}: expected a JSON object, got {type(obj).__name__}")
+    if not isinstance(obj, dict):
+        raise ValueError(f"--ds_config {path}: expected a JSON object, got {type(obj).__name__}")
     return obj
 
 def check_data_root(root) -> Path:
@@ -117,7 +118,9 @@ def check_data_root(root) -> Path:
     root = Path(root)
     if not root.is_dir(): raise FileNotFoundError(f"--data_root {root}: folder not found")
     for f in ('train.csv', 'val.csv'):
-        if not (root / f).is_file(): raise FileNotFoundError(f"--data_root {root}: has no {f} (expected the SPARK layout: train.csv, val.csv, images/, mask/)")
+        if not (root / f).is_file():
+            raise FileNotFoundError(f"--data_root {root}: has no {f} "
+                                    "(expected the SPARK layout: train.csv, val.csv, images/, mask/)")
     return root
 
 _FLOAT_FLAGS = {  # every float field of TrainConfig: (the test its value must pass, what that means)
@@ -151,16 +154,19 @@ def check_config(cfg: TrainConfig):
                 'downsample_size', 'keep_checkpoints', 'synthetic_n_train', 'synthetic_n_val', 'synthetic_size')
     for k in positive:
         v = getattr(cfg, k)
-        if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"{_flag(k)} must be a positive integer, got {v!r}")
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"{_flag(k)} must be a positive integer, got {v!r}")
     for k in ('num_workers', 'checkpoint_every', 'patience'):
         if getattr(cfg, k) < 0: raise ValueError(f"{_flag(k)} must be >= 0, got {getattr(cfg, k)!r}")
     if not 0 <= cfg.seed < 2**32: raise ValueError(f"--seed must be in [0, 2**32), got {cfg.seed}")   # NumPy's range
     if cfg.n_classes < 2: raise ValueError(f"--n_classes must be >= 2, got {cfg.n_classes}")
-    if cfg.max_steps is not None and cfg.max_steps < 1: raise ValueError(f"--max_steps must be >= 1, got {cfg.max_steps}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        raise ValueError(f"--max_steps must be >= 1, got {cfg.max_steps}")
     check_floats(cfg)
     if cfg.zero_stage not in (0, 1, 2, 3): raise ValueError(f"--zero_stage must be 0, 1, 2 or 3, got {cfg.zero_stage}")
     if cfg.schedule not in SCHEDULES: raise ValueError(f"--schedule must be one of {SCHEDULES}, got {cfg.schedule!r}")
-    if cfg.precision not in PRECISIONS: raise ValueError(f"--precision must be one of {PRECISIONS}, got {cfg.precision!r}")
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {PRECISIONS}, got {cfg.precision!r}")
     if cfg.monitor not in MONITORS: raise ValueError(f"--monitor must be one of {MONITORS}, got {cfg.monitor!r}")
     if not (isinstance(cfg.resume, bool) or cfg.resume == 'auto'):
         raise ValueError(f"--resume takes no value or 'auto', got {cfg.resume!r}")
@@ -197,13 +203,14 @@ def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | Non
     total = max(int(total_steps or cfg.max_steps or 1000), 1)
     warm = max(1, int(round(cfg.warmup_ratio * total)))          # DeepSpeed needs >= 1 warmup step
     if cfg.schedule == 'cosine':
-        sched = dict(type='WarmupCosineLR', params=dict(total_num_steps=total, warmup_num_steps=warm, warmup_min_ratio=0.0,
-                                                        cos_min_ratio=0.01, warmup_type='linear'))
+        sched = dict(type='WarmupCosineLR', params=dict(total_num_steps=total, warmup_num_steps=warm,
+                                                        warmup_min_ratio=0.0, cos_min_ratio=0.01, warmup_type='linear'))
     else:
         sched = dict(type='WarmupDecayLR', params=dict(total_num_steps=total, warmup_num_steps=warm, warmup_min_lr=0.0,
                                                        warmup_max_lr=cfg.lr, warmup_type='linear'))
     conf = dict(train_micro_batch_size_per_gpu=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-                optimizer=dict(type='AdamW', params=dict(lr=cfg.lr, betas=[0.9, 0.999], eps=1e-8, weight_decay=cfg.weight_decay)),
+                optimizer=dict(type='AdamW', params=dict(lr=cfg.lr, betas=[0.9, 0.999], eps=1e-8,
+                                                         weight_decay=cfg.weight_decay)),
                 scheduler=sched, gradient_clipping=float(cfg.grad_clip), zero_optimization=dict(stage=cfg.zero_stage),
                 steps_per_print=10**9, wall_clock_breakdown=False)
     if not cuda: conf['optimizer']['params']['torch_adam'] = True    # no JIT-compiled fused Adam on the CPU
@@ -242,7 +249,8 @@ def setup_distributed(local_rank: int = -1, timeout: float | None = None) -> dic
         deepspeed.init_distributed(dist_backend=backend, verbose=False, **kw)
     if acc.device_name() == 'cuda': acc.set_device(lr_)
     device = torch.device(acc.device_name(lr_)) if acc.device_name() == 'cuda' else torch.device('cpu')
-    return dict(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=lr_, device=device, backend=dist.get_backend())
+    return dict(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=lr_, device=device,
+                backend=dist.get_backend())
 
 def is_main() -> bool:
     "True on rank 0 (and when no process group exists)."
@@ -280,7 +288,8 @@ class ResumableSampler(DistributedSampler):
 
 class ShardSampler(Sampler):
     "Indices `rank, rank + world, ...` of a data set: every index on exactly one rank, no padding."
-    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0): self.n, self.world, self.rank = n, num_replicas, rank
+    def __init__(self, n: int, num_replicas: int = 1, rank: int = 0):
+        self.n, self.world, self.rank = n, num_replicas, rank
     def __iter__(self): return iter(range(self.rank, self.n, self.world))
     def __len__(self): return len(range(self.rank, self.n, self.world))
 
@@ -340,8 +349,10 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     sub_va = max(1, cfg.downsample_size // 5) if cfg.downsample else None
     tr = SparkSegmentation.from_root(root, 'train', target_size=cfg.target_size, augment=augment, subset=sub_tr,
                                      seed=cfg.seed, object_crop=cfg.object_crop)
-    va = SparkSegmentation.from_root(root, 'val', target_size=cfg.target_size, augment=False, subset=sub_va, seed=cfg.seed)
-    if len(tr) == 0 or len(va) == 0: raise ValueError(f"data set under {root} is empty (train: {len(tr)}, val: {len(va)} samples)")
+    va = SparkSegmentation.from_root(root, 'val', target_size=cfg.target_size, augment=False, subset=sub_va,
+                                     seed=cfg.seed)
+    if len(tr) == 0 or len(va) == 0:
+        raise ValueError(f"data set under {root} is empty (train: {len(tr)}, val: {len(va)} samples)")
     for ds in (tr, va): check_files(ds)
     return tr, va
 
@@ -349,9 +360,9 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
 def build_model(cfg: TrainConfig) -> nn.Module:
     "The `UNet3Plus` described by `cfg`."
     from unet3plus.model import UNet3Plus
-    return UNet3Plus(backbone=cfg.backbone, n_classes=cfg.n_classes, pretrained=cfg.pretrained, pretrained_path=cfg.pretrained_path,
-                     cat_channels=cfg.cat_channels, deep_supervision=cfg.deep_supervision, cgm=cfg.cgm,
-                     freeze_backbone=cfg.freeze_backbone)
+    return UNet3Plus(backbone=cfg.backbone, n_classes=cfg.n_classes, pretrained=cfg.pretrained,
+                     pretrained_path=cfg.pretrained_path, cat_channels=cfg.cat_channels,
+                     deep_supervision=cfg.deep_supervision, cgm=cfg.cgm, freeze_backbone=cfg.freeze_backbone)
 
 def as_outputs(out) -> dict:
     "A model's output as the `UNet3Plus` dict (a bare tensor becomes `{'logits': out}`)."
@@ -359,7 +370,8 @@ def as_outputs(out) -> dict:
 
 class TrainLoss(nn.Module):
     "Segmentation loss (+ deep supervision over `aux`) + `cgm_weight` x CGM presence loss; returns (total, parts)."
-    def __init__(self, name: str = 'ce_dice', n_classes: int = 3, deep_supervision: bool = False, cgm_weight: float = 0.4):
+    def __init__(self, name: str = 'ce_dice', n_classes: int = 3, deep_supervision: bool = False,
+                 cgm_weight: float = 0.4):
         super().__init__()
         from unet3plus.losses import build_loss, DeepSupervisionLoss, CGMLoss
         self.base, self.n_classes, self.cgm_weight = build_loss(name), n_classes, cgm_weight
@@ -385,7 +397,8 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     for p in model.parameters():
         if p.requires_grad: (decay if p.ndim >= 2 else no_decay).append(p)
     if not decay and not no_decay: raise ValueError("the model has no trainable parameters (is everything frozen?)")
-    return [g for g in (dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0)) if g['params']]
+    return [g for g in (dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0))
+            if g['params']]
 
 # %% ../nbs/07_train.ipynb #3975f858
 def replace_dir(tmp: Path, final: Path):
@@ -462,7 +475,8 @@ def save_checkpoint(engine, ckpt_dir, tag: str, state: dict, keep: int = 2):
     if is_main():
         replace_dir(ckpt_dir / tmp, ckpt_dir / tag)
         atomic_write_text(ckpt_dir / 'latest', tag)
-        tags = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and not p.name.startswith('.')), key=lambda p: p.stat().st_mtime)
+        tags = sorted((p for p in ckpt_dir.iterdir() if p.is_dir() and not p.name.startswith('.')),
+                      key=lambda p: p.stat().st_mtime)
         for p in tags[:-keep]:
             if p.name != tag: shutil.rmtree(p, ignore_errors=True)
     barrier()
@@ -470,7 +484,8 @@ def save_checkpoint(engine, ckpt_dir, tag: str, state: dict, keep: int = 2):
 def load_checkpoint(engine, ckpt_dir, universal: bool = False) -> dict:
     "Load the checkpoint `latest` names into `engine` (model, optimizer, scheduler, RNGs); return the loop state."
     tag = latest_tag(ckpt_dir)
-    if tag is None: raise FileNotFoundError(f"--resume: no checkpoint to resume from in {ckpt_dir} (no valid 'latest' file)")
+    if tag is None:
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from in {ckpt_dir} (no valid 'latest' file)")
     folder = Path(ckpt_dir) / tag
     path, state = load_universal(engine, folder) if universal else engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None: raise RuntimeError(f"--resume: DeepSpeed could not load checkpoint {folder}")
@@ -565,7 +580,8 @@ def _write_module(module: nn.Module, out: Path, training: dict | None = None):
     else:
         from safetensors.torch import save_file
         out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()}, str(out / 'model.safetensors'))
+        save_file({k: v.detach().float().contiguous().cpu() for k, v in module.state_dict().items()},
+                  str(out / 'model.safetensors'))
 
 MODEL_FOLDER_FILES = ('config.json', 'model.safetensors', 'README.md')   # what `_write_module` puts in a model folder
 
@@ -684,7 +700,7 @@ def checkpoint_weights(folder) -> dict:
 def checkpoint_record(folder, cfg: TrainConfig) -> dict:
     "The training record of checkpoint `folder`'s weights: its loop state, and the data its run's model folders name."
     folder = Path(folder); run = folder.parent.parent
-    ck = torch.load(sorted(folder.glob('*model_states.pt'))[0], map_location='cpu', weights_only=False)   # trusted input
+    ck = torch.load(sorted(folder.glob('*model_states.pt'))[0], map_location='cpu', weights_only=False)  # trusted input
     state = dict(epoch=0, step=0, history=[], best_score=None, best_epoch=None)
     state.update({k: ck[k] for k in state if k in ck})                # the loop state is the checkpoint's client state
     h = state['history']                                               # validated only at the end of an epoch
@@ -706,7 +722,8 @@ def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
         d = json.loads(f.read_text())
         model = build_model(TrainConfig(**{k: d[k] for k in MODEL_FIELDS if k in d}, pretrained=False))  # no download
         model.config['pretrained'] = bool(d.get('pretrained') or d.get('pretrained_path'))    # as the run recorded it
-        training = checkpoint_record(folder, TrainConfig(**{k: v for k, v in d.items() if k in TrainConfig.__dataclass_fields__}))
+        training = checkpoint_record(folder, TrainConfig(**{k: v for k, v in d.items()
+                                                            if k in TrainConfig.__dataclass_fields__}))
     try: missing, unexpected = model.load_state_dict(checkpoint_weights(folder), strict=False)
     except RuntimeError as e: missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []   # a shape mismatch
     if missing or unexpected:
@@ -719,8 +736,8 @@ def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
     return out
 
 # %% ../nbs/07_train.ipynb #ad5e48e1
-RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json', 'training_plots.png', 'training_report.txt',
-               'train_config.json', 'ds_config.json', 'train.log')
+RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json', 'training_plots.png',
+               'training_report.txt', 'train_config.json', 'ds_config.json', 'train.log')
 RUN_LEFTOVERS = ('train_config.json', 'ds_config.json', 'train.log')     # written before the first step
 
 def _ours(x: Path) -> bool:
@@ -748,7 +765,8 @@ def check_save_path(cfg: TrainConfig) -> list[str]:
     if will_resume(cfg): return []
     if cfg.resume is True: raise FileNotFoundError(f"--resume: no checkpoint to resume from in {p / 'checkpoints'}")
     if found and not cfg.overwrite:
-        raise FileExistsError(f"--save_path {p} already holds a run ({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}); "
+        raise FileExistsError(f"--save_path {p} already holds a run "
+                              f"({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}); "
                               "pass --resume to continue it or --overwrite to replace it")
     return sorted(x.name for x in p.iterdir() if _ours(x)) if p.is_dir() else []   # --overwrite, or leftovers of no run
 
@@ -793,15 +811,16 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
         stat = [lv if ok else 0.0, 0.0 if ok else 1.0, float(len(x)), float(stop is not None and stop())]
         if ws > 1: stat = all_reduce_sum(torch.tensor(stat, dtype=torch.float64)).tolist()     # on the GPU under NCCL
         if stat[1] > 0:
-            raise NonFiniteLoss(f"non-finite loss ({lv if not ok else 'on another rank'}) at epoch {state['epoch'] + 1}, "
-                                f"step {state['step'] + 1}; stopped before the update. "
+            raise NonFiniteLoss(f"non-finite loss ({lv if not ok else 'on another rank'}) "
+                                f"at epoch {state['epoch'] + 1}, step {state['step'] + 1}; stopped before the update. "
                                 f"Try a lower --lr or --precision fp32; the last checkpoint is intact.")
         engine.backward(loss); engine.step()
         images += int(stat[2])
         state['epoch_loss'] += stat[0] / ws; state['epoch_batches'] += 1
         stepped, state['step'] = int(engine.global_steps) != state['step'], int(engine.global_steps)
         if progress is not None:
-            progress.update(1); progress.set_postfix(loss=f"{state['epoch_loss'] / state['epoch_batches']:.4f}", lr=f"{engine.get_lr()[0]:.2e}")
+            progress.update(1); progress.set_postfix(loss=f"{state['epoch_loss'] / state['epoch_batches']:.4f}",
+                                                     lr=f"{engine.get_lr()[0]:.2e}")
         if on_step is not None: on_step(state)
         if max_steps is not None and state['step'] >= max_steps: break
         if stat[3] > 0 and stepped: stopped = True; break              # a rank was asked to stop: all stop here
@@ -838,7 +857,8 @@ def init_engine(model: nn.Module, cfg: TrainConfig, conf: dict):
     import deepspeed
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=conf)
     lone = not (dist.is_initialized() and dist.get_world_size() > 1)
-    if lone and engine.zero_optimization_stage() == 0: engine.enable_backward_allreduce = False   # ZeRO 1-3 need the reduce
+    if lone and engine.zero_optimization_stage() == 0:   # ZeRO 1-3 need the reduce
+        engine.enable_backward_allreduce = False
     return engine
 
 # %% ../nbs/07_train.ipynb #082ba2fe
@@ -883,19 +903,23 @@ def training_report(cfg: TrainConfig, history: list[dict], best: dict, env: dict
                     class_names: Sequence[str] | None = None, model: str | None = None, data: str | None = None) -> str:
     "A short plain-text report of a run: setup, best and final validation metrics per class, time."
     lines = ['UNet3+ training report', '=' * 22,
-             model or (f"UNet3Plus, backbone {cfg.backbone} (pretrained={cfg.pretrained}), deep_supervision={cfg.deep_supervision}, "
-                       f"cgm={cfg.cgm}, cat_channels={cfg.cat_channels}, n_classes={cfg.n_classes}"),
-             f"data: {data or cfg.data_root or 'built-in synthetic set'}, target_size={cfg.target_size}, loss={cfg.loss}",
-             f"{env['world_size']} process(es) ({env['backend']}, {env['device']}), batch {cfg.batch_size}/process x grad_accum {cfg.grad_accum}, "
-             f"lr {cfg.lr}, ZeRO stage {cfg.zero_stage}",
-             f"epochs run: {len(history)} of {cfg.epochs}; optimizer steps: {history[-1]['step'] if history else 0}; stopped: {stopped}",
+             model or (f"UNet3Plus, backbone {cfg.backbone} (pretrained={cfg.pretrained}), "
+                       f"deep_supervision={cfg.deep_supervision}, cgm={cfg.cgm}, cat_channels={cfg.cat_channels}, "
+                       f"n_classes={cfg.n_classes}"),
+             f"data: {data or cfg.data_root or 'built-in synthetic set'}, "
+             f"target_size={cfg.target_size}, loss={cfg.loss}",
+             f"{env['world_size']} process(es) ({env['backend']}, {env['device']}), "
+             f"batch {cfg.batch_size}/process x grad_accum {cfg.grad_accum}, lr {cfg.lr}, ZeRO stage {cfg.zero_stage}",
+             f"epochs run: {len(history)} of {cfg.epochs}; "
+             f"optimizer steps: {history[-1]['step'] if history else 0}; stopped: {stopped}",
              f"time: {seconds / 60:.1f} min"]
     if best.get('epoch') is not None:
         lines.append(f"best {cfg.monitor}: {best['score']:.4f} at epoch {best['epoch']} (unet3plus_best/)")
     val = [h for h in history if 'miou' in h]
     if val:
         h = val[-1]; names = class_names or [f'class {c}' for c in range(len(h['iou']))]
-        lines += ['', f"last validation (epoch {h['epoch']}): mIoU {h['miou']:.4f}, mDice {h['mdice']:.4f}, pixel acc {h['pixel_acc']:.4f}",
+        lines += ['', f"last validation (epoch {h['epoch']}): mIoU {h['miou']:.4f}, mDice {h['mdice']:.4f}, "
+                      f"pixel acc {h['pixel_acc']:.4f}",
                   f"{'class':<14}{'IoU':>8}{'Dice':>8}"]
         lines += [f"{n:<14}{i:>8.4f}{d:>8.4f}" for n, i, d in zip(names, h['iou'], h['dice'])]
     return '\n'.join(lines) + '\n'
@@ -916,7 +940,8 @@ def _jsonable(m: dict) -> dict:
         out[k] = v
     return out
 
-def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None, datasets: tuple[Dataset, Dataset] | None = None) -> dict:
+def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None,
+          datasets: tuple[Dataset, Dataset] | None = None) -> dict:
     "Train as `cfg` says (optionally on a custom model factory and data sets); return history, best and paths."
     with StopSignals() as stops: return _train(cfg, model_fn, datasets, stops)
 
@@ -958,7 +983,8 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
     trained_on = data_record(cfg, val_ds, custom=datasets is not None)
     size = None if datasets is None else input_size_of(val_ds)
     def record(row): return train_record(cfg, trained_on, class_names, row, state, world, size)   # for a model folder
-    state = dict(epoch=0, epoch_batches=0, epoch_loss=0.0, step=0, history=[], best_score=None, best_epoch=None, bad_validations=0)
+    state = dict(epoch=0, epoch_batches=0, epoch_loss=0.0, step=0, history=[], best_score=None, best_epoch=None,
+                 bad_validations=0)
     if resuming:
         loaded = load_checkpoint(engine, ckdir, universal=universal)
         lay, moved = read_layout(ckdir / loaded['tag']), ''
@@ -973,8 +999,10 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
     if is_main():
         atomic_write_text(save / 'train_config.json', json.dumps(asdict(cfg), indent=2))
         atomic_write_text(save / 'ds_config.json', json.dumps(conf, indent=2))
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())   # ZeRO-3 partitions: ds_numel is the full size
-    log.info(f"{world} process(es), {env['backend']} on {env['device']}; {len(train_ds)} train / {len(val_ds)} val images; "
+    # ZeRO-3 partitions: ds_numel is the full size
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
+    log.info(f"{world} process(es), {env['backend']} on {env['device']}; "
+             f"{len(train_ds)} train / {len(val_ds)} val images; "
              f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
              f"{precision_of(conf)}")
 
@@ -1004,7 +1032,8 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
         bar = None
         if cfg.progress and is_main():
             from tqdm.auto import tqdm
-            bar = tqdm(total=batches_per_epoch, initial=state['epoch_batches'], desc=f'epoch {ep + 1}/{cfg.epochs}', leave=False, file=sys.stderr)
+            bar = tqdm(total=batches_per_epoch, initial=state['epoch_batches'], desc=f'epoch {ep + 1}/{cfg.epochs}',
+                       leave=False, file=sys.stderr)
         try: r = train_epoch(engine, train_dl, loss_fn, state, cfg.max_steps, on_step, bar,
                              stop=lambda: stops.received is not None)
         finally:
@@ -1017,8 +1046,11 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
         last = ep + 1 == cfg.epochs or hit_max
         msg = f"epoch {ep + 1}/{cfg.epochs}: train loss {r['loss']:.4f}, {rec['images_per_s']:.1f} img/s"
         if (ep + 1) % cfg.validate_every == 0 or last:
-            m = _jsonable(validation_epoch(engine, val_dl, loss_fn, cfg.n_classes, pad_batches=engine.zero_optimization_stage() == 3))
-            rec.update({k: m[k] for k in ('val_loss', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'pixel_acc', 'iou', 'dice') if k in m})
+            m = _jsonable(validation_epoch(engine, val_dl, loss_fn, cfg.n_classes,
+                                           pad_batches=engine.zero_optimization_stage() == 3))
+            rec.update({k: m[k]
+                        for k in ('val_loss', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'pixel_acc', 'iou', 'dice')
+                        if k in m})
             score = rec['val_loss'] if cfg.monitor == 'val_loss' else rec[cfg.monitor]
             msg += f", val loss {rec['val_loss']:.4f}, mIoU {rec['miou']:.4f}, mDice {rec['mdice']:.4f}"
             if _is_better(score, state['best_score'], cfg.monitor):
@@ -1035,7 +1067,8 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
             plot_history(state['history'], save / 'training_plots.png', class_names)
         if hit_max: stopped = f'reached --max_steps {cfg.max_steps}'; break
         if cfg.patience > 0 and state['bad_validations'] >= cfg.patience:
-            stopped = f"early stopping: {cfg.monitor} did not improve in {cfg.patience} validations"; log.info(stopped); break
+            stopped = f"early stopping: {cfg.monitor} did not improve in {cfg.patience} validations"
+            log.info(stopped); break
         if r['stopped'] and state['epoch'] < cfg.epochs: return stop_for_signal(latest_tag(ckdir))
     save_model(engine, save / 'unet3plus_final', record(state['history'][-1] if state['history'] else None))
     best = best_so_far()
@@ -1062,15 +1095,18 @@ def _resume_value(v: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     "The `unet3plus-train` argument parser; every flag is a `TrainConfig` field with the same default."
     d = TrainConfig()
-    p = argparse.ArgumentParser('unet3plus-train', description='Train UNet3+ with DeepSpeed (one CPU process to many GPUs/nodes).',
+    p = argparse.ArgumentParser('unet3plus-train',
+                                description='Train UNet3+ with DeepSpeed (one CPU process to many GPUs/nodes).',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 epilog='unet3plus-train --export_checkpoint RUN/checkpoints[/TAG] --to DIR makes a '
                                        'from_pretrained folder of a DeepSpeed checkpoint. Exit status: 0 done, 2 bad '
                                        f'input, {REQUEUE_STATUS} stopped on SIGUSR1/SIGTERM with a checkpoint '
                                        '(run again with --resume auto).')
     g = p.add_argument_group('model')
-    g.add_argument('--backbone', default=d.backbone, help='timm encoder name (features_only), or "plain" for the paper encoder')
-    g.add_argument('--pretrained', dest='pretrained', action='store_true', default=d.pretrained, help='start from pretrained encoder weights')
+    g.add_argument('--backbone', default=d.backbone,
+                   help='timm encoder name (features_only), or "plain" for the paper encoder')
+    g.add_argument('--pretrained', dest='pretrained', action='store_true', default=d.pretrained,
+                   help='start from pretrained encoder weights')
     g.add_argument('--no_pretrained', dest='pretrained', action='store_false', help='random encoder initialisation')
     g.add_argument('--pretrained_path', default=d.pretrained_path, help='local encoder weights file (offline clusters)')
     g.add_argument('--freeze_backbone', action='store_true', help='train the decoder only')
@@ -1080,16 +1116,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--cat_channels', type=int, default=d.cat_channels, help='channels of each full-scale skip branch')
     g.add_argument('--n_classes', type=int, default=d.n_classes, help='segmentation classes incl. background')
     g = p.add_argument_group('data')
-    g.add_argument('--data_root', default=d.data_root, help='SPARK root (train.csv, val.csv, images/, mask/); default: built-in synthetic set')
+    g.add_argument('--data_root', default=d.data_root,
+                   help='SPARK root (train.csv, val.csv, images/, mask/); default: built-in synthetic set')
     g.add_argument('--target_size', type=int, default=d.target_size, help='train/validate at this square size')
     g.add_argument('--no_augment', dest='augment', action='store_false', help='no training augmentation')
     g.add_argument('--no_photometric', dest='photometric', action='store_false',
-                   help='augment without the photometric part (hue rotation, channel permutation, grayscale, gamma, JPEG)')
+                   help='augment without the photometric part (hue rotation, channel permutation, grayscale, '
+                        'gamma, JPEG)')
     g.add_argument('--object_crop', type=float, default=d.object_crop,
                    help='probability that a training sample is a square crop around its spacecraft (side x1.1-1.8 '
                         'of its box, random position, resized to --target_size) instead of the full frame')
     g.add_argument('--downsample', action='store_true', help='train on a class-stratified subset')
-    g.add_argument('--downsample_size', type=int, default=d.downsample_size, help='training images in the subset (validation: a fifth)')
+    g.add_argument('--downsample_size', type=int, default=d.downsample_size,
+                   help='training images in the subset (validation: a fifth)')
     g.add_argument('--num_workers', type=int, default=d.num_workers, help='data loader workers per process')
     g.add_argument('--synthetic_n_train', type=int, default=d.synthetic_n_train, help='synthetic set: training images')
     g.add_argument('--synthetic_n_val', type=int, default=d.synthetic_n_val, help='synthetic set: validation images')
@@ -1097,7 +1136,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group('optimisation')
     g.add_argument('--loss', default=d.loss, choices=_loss_names(), help='training loss')
     g.add_argument('--epochs', type=int, default=d.epochs)
-    g.add_argument('--max_steps', type=int, default=d.max_steps, help='stop after this many optimizer steps (smoke runs)')
+    g.add_argument('--max_steps', type=int, default=d.max_steps,
+                   help='stop after this many optimizer steps (smoke runs)')
     g.add_argument('--batch_size', type=int, default=d.batch_size, help='images per process per step')
     g.add_argument('--grad_accum', type=int, default=d.grad_accum, help='gradient accumulation steps')
     g.add_argument('--lr', type=float, default=d.lr, help='peak AdamW learning rate')
@@ -1110,15 +1150,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor; pays on GPUs)')
     g.add_argument('--zero_stage', type=int, default=d.zero_stage, choices=(0, 1, 2, 3), help='DeepSpeed ZeRO stage')
     g.add_argument('--ds_config', default=d.ds_config, help='JSON file merged over the generated DeepSpeed config')
-    g.add_argument('--deepspeed', action='store_true', help='accepted for compatibility; training always uses DeepSpeed')
+    g.add_argument('--deepspeed', action='store_true',
+                   help='accepted for compatibility; training always uses DeepSpeed')
     g.add_argument('--seed', type=int, default=d.seed)
     g = p.add_argument_group('loop and outputs')
-    g.add_argument('--patience', type=int, default=d.patience, help='early stopping after this many validations without improvement (0: off)')
-    g.add_argument('--validate_every', type=int, default=d.validate_every, help='validate every N epochs (and after the last)')
+    g.add_argument('--patience', type=int, default=d.patience,
+                   help='early stopping after this many validations without improvement (0: off)')
+    g.add_argument('--validate_every', type=int, default=d.validate_every,
+                   help='validate every N epochs (and after the last)')
     g.add_argument('--monitor', default=d.monitor, choices=MONITORS, help='validation score that picks unet3plus_best')
     g.add_argument('--save_path', default=d.save_path, help='output folder')
     g.add_argument('--save_every', type=int, default=d.save_every, help='write unet3plus_epoch_N every N epochs')
-    g.add_argument('--checkpoint_every', type=int, default=d.checkpoint_every, help='also checkpoint every N optimizer steps (0: epoch ends only)')
+    g.add_argument('--checkpoint_every', type=int, default=d.checkpoint_every,
+                   help='also checkpoint every N optimizer steps (0: epoch ends only)')
     g.add_argument('--keep_checkpoints', type=int, default=d.keep_checkpoints, help='DeepSpeed checkpoints kept')
     g.add_argument('--resume', nargs='?', const=True, default=d.resume, type=_resume_value, metavar='auto',
                    help='continue from the last checkpoint in --save_path ("--resume auto": if there is one)')
@@ -1197,7 +1241,8 @@ def torchrun_main(argv: Sequence[str] | None = None) -> int:
 def _bench_batches(n: int, batch: int, size: int, n_classes: int = 3, seed: int = 0) -> list[dict]:
     "`n` random batches of images and class maps (the same for every caller with the same seed)."
     g = torch.Generator().manual_seed(seed)
-    return [dict(image=torch.rand(batch, 3, size, size, generator=g), mask=torch.randint(0, n_classes, (batch, size, size), generator=g))
+    return [dict(image=torch.rand(batch, 3, size, size, generator=g),
+                 mask=torch.randint(0, n_classes, (batch, size, size), generator=g))
             for _ in range(n)]
 
 def _bench_model(backbone: str):
@@ -1211,7 +1256,8 @@ def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 
     env = setup_distributed(); rank, world = env['rank'], env['world_size']
     if global_batch % world: raise ValueError(f"global batch {global_batch} does not split over {world} processes")
     bs = global_batch // world
-    batches = [{k: v[rank * bs:(rank + 1) * bs] for k, v in b.items()} for b in _bench_batches(n_batches, global_batch, size)]
+    batches = [{k: v[rank * bs:(rank + 1) * bs] for k, v in b.items()}
+               for b in _bench_batches(n_batches, global_batch, size)]
     torch.manual_seed(0); model = _bench_model(backbone)
     cfg = TrainConfig(backbone=backbone, batch_size=bs, loss='ce_dice', progress=False, precision=precision)
     engine = init_engine(model, cfg, ds_config(cfg, 1000))
@@ -1229,8 +1275,9 @@ def bench_train(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser('unet3plus-bench train')
     p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=int, default=128)
     p.add_argument('--batch_size', type=int, default=8); p.add_argument('--batches', type=int, default=4)
-    p.add_argument('--repeats', type=int, default=3); p.add_argument('--procs', type=int, nargs='*', default=[1, 2],
-                                                                      help='process counts for the torchrun part (none: skip)')
+    p.add_argument('--repeats', type=int, default=3)
+    p.add_argument('--procs', type=int, nargs='*', default=[1, 2],
+                   help='process counts for the torchrun part (none: skip)')
     add_precision_arg(p)
     a = p.parse_args(list(argv or []))
     setup_distributed()
@@ -1266,11 +1313,14 @@ def _bench_train_in(a, prec: str) -> dict:
     print(f"loop overhead over the bare model: {100 * res['loop_overhead']:+.1f} % (goal <= 5 %)")
     speeds = {}
     for n in a.procs:
-        code = (f"from unet3plus.train import loop_speed, is_main; v = loop_speed({a.backbone!r}, {a.size}, {a.batch_size}, {a.batches}, "
-                f"{a.repeats}, {prec!r})\nif is_main(): print('IMAGES_PER_S', v)")
-        env = {k: v for k, v in os.environ.items() if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
+        code = ("from unet3plus.train import loop_speed, is_main; "
+                f"v = loop_speed({a.backbone!r}, {a.size}, {a.batch_size}, {a.batches}, {a.repeats}, {prec!r})\n"
+                "if is_main(): print('IMAGES_PER_S', v)")
+        env = {k: v for k, v in os.environ.items()
+               if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
         env.setdefault('DS_ACCELERATOR', 'cpu' if not torch.cuda.is_available() else env.get('DS_ACCELERATOR', 'cuda'))
-        cmd = ['torchrun', '--nproc_per_node', str(n), '--master_port', str(free_port()), '--no-python', sys.executable, '-c', code]
+        cmd = ['torchrun', '--nproc_per_node', str(n), '--master_port', str(free_port()), '--no-python', sys.executable,
+               '-c', code]
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         if r.returncode != 0: raise RuntimeError(f"bench_train: {n} process(es) failed:\n{r.stderr[-3000:]}")
         speeds[n] = float([l for l in r.stdout.splitlines() if l.startswith('IMAGES_PER_S')][-1].split()[1])

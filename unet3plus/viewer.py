@@ -31,7 +31,8 @@ def as_classes(classes) -> np.ndarray:
     "A class map as an int64 `[H,W]` array of non-negative class indices."
     c = as_numpy(classes)
     if c.ndim != 2: raise ValueError(f"class map must be [H,W], got shape {c.shape}")
-    if not (np.issubdtype(c.dtype, np.integer) or c.dtype == bool): raise ValueError(f"class map must hold integers, got dtype {c.dtype}")
+    if not (np.issubdtype(c.dtype, np.integer) or c.dtype == bool):
+        raise ValueError(f"class map must hold integers, got dtype {c.dtype}")
     c = c.astype(np.int64)
     if c.size and c.min() < 0: raise ValueError(f"class map holds a negative class index {int(c.min())}")
     return c
@@ -55,7 +56,8 @@ def _check_same_size(a: np.ndarray, b: np.ndarray, what: str):
     if a.shape[:2] != b.shape[:2]: raise ValueError(f"{what}: sizes differ, {a.shape[:2]} vs {b.shape[:2]}")
 
 def overlay(image, classes, alpha: float = 0.5, visible: Iterable[int] | None = None, palette=PALETTE) -> np.ndarray:
-    "Blend `palette[c]` into `image` with weight `alpha` at the pixels of each class `c` in `visible` (default: all but 0)."
+    ("Blend `palette[c]` into `image` with weight `alpha` at the pixels of each class `c` in `visible` "
+     "(default: all but 0).")
     img, c = to_rgb_uint8(image), as_classes(classes)
     _check_same_size(img, c, "overlay(image, classes)")
     if not 0 <= alpha <= 1: raise ValueError(f"overlay: alpha must be in [0, 1], got {alpha}")
@@ -74,7 +76,8 @@ def error_overlay(image, pred, target, cls, dim: float = 0.4) -> np.ndarray:
 
 def error_counts(pred, target, cls) -> dict[str, int]:
     "Pixel count of each outcome (`ERROR_NAMES`) for class(es) `cls`."
-    return dict(zip(ERROR_NAMES, np.bincount(error_codes(as_classes(pred), as_classes(target), cls).ravel(), minlength=4).tolist()))
+    return dict(zip(ERROR_NAMES,
+                    np.bincount(error_codes(as_classes(pred), as_classes(target), cls).ravel(), minlength=4).tolist()))
 
 # %% ../nbs/10_viewer.ipynb #e8ad4b2f
 def heatmap(prob, cmap: str = 'magma') -> np.ndarray:
@@ -93,7 +96,8 @@ def image_confusion(pred, target, n_classes: int) -> np.ndarray:
     _check_same_size(p, t, "image_confusion(pred, target)")
     top = max(int(p.max(initial=0)), int(t.max(initial=0)))
     if top >= n_classes: raise ValueError(f"image_confusion: class index {top} >= n_classes={n_classes}")
-    return per_image_confusion(torch.from_numpy(p.astype(np.int64))[None], torch.from_numpy(t.astype(np.int64))[None], n_classes)[0].numpy()
+    return per_image_confusion(torch.from_numpy(p.astype(np.int64))[None], torch.from_numpy(t.astype(np.int64))[None],
+                               n_classes)[0].numpy()
 
 def format_score(score: float) -> str:
     "A score with three decimals, `n/a` when undefined."
@@ -115,10 +119,12 @@ class PredictionViewer:
                  batch_size: int = 8, cache_probs: int = 32, max_side: int = 384, panel_size: float = 2.4,
                  dpi: int = 72, precision: str = 'auto'):
         if len(dataset) == 0: raise ValueError("PredictionViewer: the data set is empty")
-        if not hasattr(model, 'predict'): raise TypeError(f"PredictionViewer: model {type(model).__name__} has no predict(images) method")
+        if not hasattr(model, 'predict'):
+            raise TypeError(f"PredictionViewer: model {type(model).__name__} has no predict(images) method")
         first = dataset[0]
         for k in ('image', 'mask'):
-            if k not in first: raise ValueError(f"PredictionViewer: data set items need '{k}' (item 0 has {sorted(first)})")
+            if k not in first:
+                raise ValueError(f"PredictionViewer: data set items need '{k}' (item 0 has {sorted(first)})")
         self.model, self.dataset, self.class_names = model, dataset, list(class_names)
         self.n_classes = len(self.class_names)
         self.palette = _palette(palette, np.array([self.n_classes - 1]))
@@ -135,7 +141,8 @@ class PredictionViewer:
         "The spacecraft class of every sample (from `dataset.class_names` when it has them)."
         names = getattr(self.dataset, 'class_names', None)
         if names is None: names = [self.dataset[i].get('class_name', '') for i in range(len(self.dataset))]
-        if len(names) != len(self.dataset): raise ValueError(f"dataset.class_names has {len(names)} names for {len(self.dataset)} samples")
+        if len(names) != len(self.dataset):
+            raise ValueError(f"dataset.class_names has {len(names)} names for {len(self.dataset)} samples")
         return [str(n) for n in names]
 
     def _image_name(self, i: int) -> str:
@@ -238,7 +245,8 @@ def _build_widgets(self: PredictionViewer):
                             value=-1, description='focus', **wide)
     self.figure = W.Image(format='png', layout=W.Layout(max_width='100%'))
     self.iou_box, self.status = W.HTML(), W.HTML()
-    self.sample.add_class('u3p-sample'); self.opacity.add_class('u3p-opacity'); self.figure.add_class('u3p-figure'); self.status.add_class('u3p-status')
+    self.sample.add_class('u3p-sample'); self.opacity.add_class('u3p-opacity')
+    self.figure.add_class('u3p-figure'); self.status.add_class('u3p-status')
     self.spacecraft_filter.observe(self._on_order, 'value'); self.order_by.observe(self._on_order, 'value')
     self.sample.observe(self._on_sample, 'value'); self.pick.observe(self._on_pick, 'value')
     for w in self.toggles + [self.opacity, self.focus]: w.observe(self._on_draw, 'value')
@@ -319,7 +327,8 @@ def display_inputs(self: PredictionViewer, i: int) -> tuple:
         img, target = to_rgb_uint8(item['image']), as_classes(item['mask'])
         pred, probs = self.prediction(i)
         k = self.display_step(img.shape)
-        self._shown = (key, tuple(np.ascontiguousarray(a) for a in (img[::k, ::k], target[::k, ::k], pred[::k, ::k], probs[:, ::k, ::k])))
+        self._shown = (key, tuple(np.ascontiguousarray(a)
+                                  for a in (img[::k, ::k], target[::k, ::k], pred[::k, ::k], probs[:, ::k, ::k])))
     return self._shown[1]
 
 @patch
@@ -348,7 +357,8 @@ def _figure(self: PredictionViewer, i: int, panels: dict) -> Figure:
         self._fig = Figure(figsize=(w * n, w * shape[0] / shape[1] + 0.35), dpi=self.dpi)
         self._fig_shape, self._artists = shape, []
         for k, arr in enumerate(panels.values()):
-            ax = self._fig.add_axes((k / n + 0.003, 0, 1 / n - 0.006, w * shape[0] / shape[1] / (w * shape[0] / shape[1] + 0.35)))
+            ax = self._fig.add_axes((k / n + 0.003, 0, 1 / n - 0.006,
+                                     w * shape[0] / shape[1] / (w * shape[0] / shape[1] + 0.35)))
             ax.set_axis_off()
             im = ax.imshow(arr, interpolation='nearest')
             txt = ax.text(0.5, 1.02, '', transform=ax.transAxes, ha='center', va='bottom', fontsize=9)
@@ -361,11 +371,14 @@ def _figure(self: PredictionViewer, i: int, panels: dict) -> Figure:
 def _iou_html(self: PredictionViewer, i: int) -> str:
     "HTML table of sample `i`'s per-class IoU and pixel counts."
     m, iou = self.confusions[i], self.shown_iou
-    rows = ''.join(f"<tr><td><span style='color:{_hex(self.palette[c]) if c else '#444'}'>&#9632;</span> {html.escape(n)}</td>"
-                   f"<td>{format_score(iou[c])}</td><td>{m[c].sum()}</td><td>{m[:, c].sum()}</td></tr>"
+    rows = ''.join(f"<tr><td><span style='color:{_hex(self.palette[c]) if c else '#444'}'>&#9632;</span> "
+                   f"{html.escape(n)}</td><td>{format_score(iou[c])}</td>"
+                   f"<td>{m[c].sum()}</td><td>{m[:, c].sum()}</td></tr>"
                    for c, n in enumerate(self.class_names))
-    legend = ' &nbsp; '.join(f"<span style='color:{_hex(ERROR_COLORS[k])}'>&#9632;</span> {ERROR_NAMES[k]}" for k in (TP, FP, FN))
-    return (f"<table style='font-size:12px'><tr><th>class</th><th>IoU</th><th>true px</th><th>predicted px</th></tr>{rows}"
+    legend = ' &nbsp; '.join(f"<span style='color:{_hex(ERROR_COLORS[k])}'>&#9632;</span> {ERROR_NAMES[k]}"
+                             for k in (TP, FP, FN))
+    return ("<table style='font-size:12px'><tr><th>class</th><th>IoU</th>"
+            f"<th>true px</th><th>predicted px</th></tr>{rows}"
             f"<tr><td><b>score</b> (mean foreground)</td><td><b>{format_score(self.score(i))}</b></td></tr></table>"
             f"<div style='font-size:12px'>errors panel: {legend}; true negatives dimmed</div>")
 
@@ -378,13 +391,16 @@ def render(self: PredictionViewer):
     self.figure.value = _render_png(self._figure(i, self.panels))
     self.iou_box.value = self._iou_html(i)
     self.status.value = (f"<b>{html.escape(self._image_name(i))}</b> (data set index {i})<br>"
-                         f"sample {self.sample.value + 1} of {len(self.order)}; images predicted so far: {self.n_predicted}")
+                         f"sample {self.sample.value + 1} of {len(self.order)}; "
+                         f"images predicted so far: {self.n_predicted}")
     self.renders += 1
 
 # %% ../nbs/10_viewer.ipynb #8496c35a
-def worst_cases(viewer: PredictionViewer, cls: int, k: int = 4, indices: Iterable[int] | None = None) -> list[tuple[int, float]]:
+def worst_cases(viewer: PredictionViewer, cls: int, k: int = 4,
+                indices: Iterable[int] | None = None) -> list[tuple[int, float]]:
     "The `k` samples with the lowest IoU of class `cls` (where it is defined), as `(index, IoU)`, worst first."
-    if not 0 <= cls < viewer.n_classes: raise ValueError(f"worst_cases: class {cls} out of range 0..{viewer.n_classes - 1}")
+    if not 0 <= cls < viewer.n_classes:
+        raise ValueError(f"worst_cases: class {cls} out of range 0..{viewer.n_classes - 1}")
     idxs = list(range(len(viewer.dataset)) if indices is None else indices)
     viewer.predict_all(idxs)
     scored = [(i, float(viewer.iou(i)[cls])) for i in idxs]
@@ -442,7 +458,8 @@ class ConfusionExplorer:
         self._paint(); self._list()
         head = [W.Label('true \\ predicted')] + [W.Label(m) for m in self.names]
         grid = head + [w for t in range(n) for w in [W.Label(self.names[t])] + self.buttons[t]]
-        self.widget = W.VBox([self.mode, W.GridBox(grid, layout=W.Layout(grid_template_columns=f'130px repeat({n}, 100px)')),
+        self.widget = W.VBox([self.mode,
+                              W.GridBox(grid, layout=W.Layout(grid_template_columns=f'130px repeat({n}, 100px)')),
                               self.cell, self.images, self.goto])
         self.widget.add_class('u3p-confusion')
 
@@ -466,7 +483,8 @@ class ConfusionExplorer:
         for t, row in enumerate(self.buttons):
             for p, b in enumerate(row):
                 b.description = _count(int(vals[t, p])) if self.mode.value == 'counts' else f'{100 * vals[t, p]:.1f}%'
-                b.tooltip = f'true {self.names[t]}, predicted {self.names[p]}: {self.matrix[t, p]} px ({100 * share[t, p]:.2f}% of the row)'
+                b.tooltip = (f'true {self.names[t]}, predicted {self.names[p]}: {self.matrix[t, p]} px '
+                             f'({100 * share[t, p]:.2f}% of the row)')
                 b.style.button_color = _hex(255 - np.array([1.0, 0.6, 0.25]) * 200 * share[t, p])
                 b.style.text_color = 'white' if share[t, p] > 0.6 else 'black'
                 b.layout.border = '3px solid #ff9900' if (t, p) == self.cell.value else '1px solid #cccccc'
