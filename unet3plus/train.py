@@ -1231,7 +1231,8 @@ def torchrun_main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # and no death while the workers still write their checkpoint
     try: run(torchrun_args(argv))
     except ChildFailedError as e:
-        if {f.exitcode for f in e.failures.values()} != {REQUEUE_STATUS}: raise
+        codes = {f.exitcode for f in e.failures.values()}    # the first to exit 75 makes torchrun SIGTERM the rest, which
+        if REQUEUE_STATUS not in codes or not codes <= {REQUEUE_STATUS, -signal.SIGTERM}: raise   # may still be exiting
         print("unet3plus-torchrun: the workers stopped on a signal after a checkpoint "
               f"(exit status {REQUEUE_STATUS})", file=sys.stderr)
         return REQUEUE_STATUS
