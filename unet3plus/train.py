@@ -27,15 +27,16 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'REQUEUE_STATUS', 'LAYOUT_FILE
            'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'precision_of',
            'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler',
            'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root',
-           'check_files', 'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'replace_dir',
-           'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag',
-           'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout',
-           'resume_plan', 'resume_position', 'to_universal', 'load_universal', 'check_model_folder', 'save_model',
-           'train_command', 'data_record', 'input_size_of', 'train_record', 'checkpoint_folder', 'checkpoint_weights',
-           'checkpoint_record', 'export_checkpoint', 'previous_run', 'will_resume', 'check_save_path',
-           'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch', 'validation_epoch', 'init_engine',
-           'setup_logging', 'plot_history', 'training_report', 'train', 'build_parser', 'parse_args', 'main',
-           'export_main', 'slurm_torchrun_argv', 'torchrun_main', 'loop_speed', 'bench_train']
+           'check_files', 'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'ds_safe_globals',
+           'load_checkpoint_file', 'check_checkpoint_files', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file',
+           'save_rng_state', 'load_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint',
+           'load_checkpoint', 'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position', 'to_universal',
+           'load_universal', 'check_model_folder', 'save_model', 'train_command', 'data_record', 'input_size_of',
+           'train_record', 'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint',
+           'previous_run', 'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last',
+           'train_epoch', 'validation_epoch', 'init_engine', 'setup_logging', 'plot_history', 'training_report',
+           'train', 'build_parser', 'parse_args', 'main', 'export_main', 'slurm_torchrun_argv', 'torchrun_main',
+           'loop_speed', 'bench_train']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -400,6 +401,27 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [g for g in (dict(params=decay, weight_decay=weight_decay), dict(params=no_decay, weight_decay=0.0))
             if g['params']]
 
+# %% ../nbs/07_train.ipynb #a688034b
+def ds_safe_globals() -> list:
+    "The DeepSpeed classes a DeepSpeed checkpoint holds besides tensors, containers and numbers."
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler, DynamicLossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+    return [LossScaler, DynamicLossScaler, ZeroStageEnum, fragment_address]
+
+def load_checkpoint_file(path, mmap: bool = False):
+    "`torch.load` of DeepSpeed checkpoint file `path` with the weights-only unpickler (never runs code from it)."
+    try:
+        with torch.serialization.safe_globals(ds_safe_globals()):
+            return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
+    except Exception as e:
+        why = next((l.strip() for l in str(e).splitlines() if 'Unsupported' in l or 'GLOBAL' in l), type(e).__name__)
+        raise ValueError(f"{path}: not a plain DeepSpeed checkpoint file, refused without unpickling it ({why})") from None
+
+def check_checkpoint_files(folder):
+    "Read every `*.pt` of checkpoint `folder` weights-only, so DeepSpeed's own unpickling of them runs no code."
+    for f in sorted(Path(folder).glob('*.pt')): load_checkpoint_file(f, mmap=True)
+
 # %% ../nbs/07_train.ipynb #3975f858
 def replace_dir(tmp: Path, final: Path):
     "Move the finished folder `tmp` to `final`, replacing an older `final` (the old one goes aside first)."
@@ -487,6 +509,7 @@ def load_checkpoint(engine, ckpt_dir, universal: bool = False) -> dict:
     if tag is None:
         raise FileNotFoundError(f"--resume: no checkpoint to resume from in {ckpt_dir} (no valid 'latest' file)")
     folder = Path(ckpt_dir) / tag
+    check_checkpoint_files(folder)
     path, state = load_universal(engine, folder) if universal else engine.load_checkpoint(str(ckpt_dir), tag=tag)
     if path is None: raise RuntimeError(f"--resume: DeepSpeed could not load checkpoint {folder}")
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -562,7 +585,7 @@ def load_universal(engine, folder) -> tuple:
     barrier()
     try:
         res = engine.load_checkpoint(str(tmp), tag=folder.name)
-        sd = torch.load(folder / 'mp_rank_00_model_states.pt', map_location='cpu', weights_only=False)   # trusted input
+        sd = load_checkpoint_file(folder / 'mp_rank_00_model_states.pt')
         buffers = {k: sd['module'][k] for k, _ in engine.module.named_buffers() if k in sd['module']}
         engine.module.load_state_dict(buffers, strict=False)        # the universal loader restores parameters only
     finally:
@@ -689,18 +712,18 @@ def checkpoint_folder(path) -> Path:
 
 def checkpoint_weights(folder) -> dict:
     "The whole module's fp32 weights and buffers in DeepSpeed checkpoint `folder`, of any ZeRO stage."
-    folder = Path(folder)
+    folder = Path(folder); check_checkpoint_files(folder)
     if any(folder.glob('*zero_pp_rank_*_optim_states.pt')):       # ZeRO 1-3: fp32 weights in the optimizer partitions
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):   # progress bars
             return dict(get_fp32_state_dict_from_zero_checkpoint(str(folder.parent), tag=folder.name))
-    sd = torch.load(folder / 'mp_rank_00_model_states.pt', map_location='cpu', weights_only=False)   # trusted input
+    sd = load_checkpoint_file(folder / 'mp_rank_00_model_states.pt')
     return {k: v.float() if v.is_floating_point() else v for k, v in sd['module'].items()}
 
 def checkpoint_record(folder, cfg: TrainConfig) -> dict:
     "The training record of checkpoint `folder`'s weights: its loop state, and the data its run's model folders name."
     folder = Path(folder); run = folder.parent.parent
-    ck = torch.load(sorted(folder.glob('*model_states.pt'))[0], map_location='cpu', weights_only=False)  # trusted input
+    ck = load_checkpoint_file(sorted(folder.glob('*model_states.pt'))[0])
     state = dict(epoch=0, step=0, history=[], best_score=None, best_epoch=None)
     state.update({k: ck[k] for k in state if k in ck})                # the loop state is the checkpoint's client state
     h = state['history']                                               # validated only at the end of an epoch
