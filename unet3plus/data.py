@@ -27,7 +27,7 @@ __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'L
            'decode_mask', 'mask_problem', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
            'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'clip_box', 'crop_window', 'crop_read_size',
            'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport', 'check_sample',
-           'audit_dataset', 'naive_load', 'bench_data']
+           'audit_dataset']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -707,61 +707,3 @@ def audit_dataset(data, split: str | None = None, max_far: float = MAX_FAR, work
     report = AuditReport(n, problems)
     if raise_on_error and not report.ok: raise ValueError(str(report))
     return report
-
-# %% ../nbs/00_data.ipynb #af92bcff
-def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]:
-    "The straightforward loader the benchmark compares with: full decode, PIL resize, brute-force nearest colour."
-    h, w = as_hw(size)
-    img = Image.open(image_path).convert('RGB').resize((w, h), Image.BILINEAR)
-    cls = rgb_to_classes_exact(np.asarray(Image.open(mask_path).convert('RGB')))
-    cls = np.asarray(Image.fromarray(cls).resize((w, h), Image.NEAREST))
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255, torch.from_numpy(cls.astype(np.int64))
-
-def bench_data(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
-    from unet3plus.bench import measure, print_table
-    from unet3plus.testing import make_tiny_spark
-    p = argparse.ArgumentParser('unet3plus-bench data',
-                                description='JPEG image+mask loading speed, one core, one process.')
-    p.add_argument('--n', type=int, default=8, help='image+mask pairs per timed round')
-    p.add_argument('--size', type=int, default=1024, help='side of the generated JPEGs (px)')
-    p.add_argument('--target', type=int, default=512, help='side of the output tensors (px)')
-    p.add_argument('--repeats', type=int, default=5, help='timed rounds per loader')
-    a = p.parse_args([] if argv is None else list(argv))
-    if a.n < 1 or a.size < 8 or a.target < 1:
-        p.error(f"--n must be >= 1, --size >= 8, --target >= 1 (got {a.n}, {a.size}, {a.target})")
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            root = make_tiny_spark(Path(d), classes=('Cheops',), n_train=a.n, n_val=0, n_test=0, size=a.size, seed=0,
-                                   noise=3.0)
-            fast = SparkSegmentation.from_root(root, 'train', target_size=a.target)
-            nodraft = SparkSegmentation.from_root(root, 'train', target_size=a.target, draft=False)
-            crop = SparkSegmentation.from_root(root, 'train', target_size=a.target, object_crop=1.0)
-            def crops():
-                with torch.random.fork_rng(devices=[]):                    # the same windows every round
-                    torch.manual_seed(0); return [crop[i] for i in range(a.n)]
-            kb = np.mean([fast.image_path(i).stat().st_size for i in range(a.n)]) / 1024
-            mkb = np.mean([fast.mask_path(i).stat().st_size for i in range(a.n)]) / 1024
-            loaders = {'fast': lambda: [fast[i] for i in range(a.n)], 'crop': crops,
-                       'no-draft': lambda: [nodraft[i] for i in range(a.n)],
-                       'naive': lambda: [naive_load(fast.image_path(i), fast.mask_path(i), a.target)
-                                         for i in range(a.n)]}
-            cpu = {k: [] for k in loaders}
-            def cpu_timed(k, f):
-                def g(): t0 = time.process_time(); f(); cpu[k].append(time.process_time() - t0)
-                return g
-            t = measure({k: cpu_timed(k, f) for k, f in loaders.items()}, repeats=a.repeats, warmup=1)
-    finally: torch.set_num_threads(threads)
-    res = {k: a.n / v for k, v in t.items()}
-    res_cpu = {k: a.n / float(np.median(v[1:])) for k, v in cpu.items()}
-    rows = [dict(loader=k, samples_per_s=round(res[k], 1), per_cpu_s=round(res_cpu[k], 1),
-                 ms_per_sample=round(1000 / res[k], 2),
-                 vs_naive=f"{res[k] / res['naive']:.2f}x") for k in res]
-    print_table(rows,
-                title=f"data: {a.size} px JPEG image ({kb:.0f} KiB) + mask ({mkb:.0f} KiB) -> {a.target} px tensors, 1 "
-                      "thread, "
-                            f"{a.n} pairs x {a.repeats} rounds (samples_per_s: wall clock; per_cpu_s: per second of "
-                            "this process's CPU time)")
-    return dict(samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'],
-                ratio_crop_vs_fast=res['crop'] / res['fast'], image_kib=kb, mask_kib=mkb)
