@@ -161,7 +161,7 @@ def bench_model(argv: list[str] | None = None) -> dict:
                          'train_GFLOP/s': tr, 'train_%peak': 100 * tr / peak['train'],
                          'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
                          'infer_GFLOP/s': inf, 'infer_%peak': 100 * inf / peak['forward']})
-        print(f"{prec}: backbone={a.backbone} size={a.size} batch_size={a.batch_size} threads={torch.get_num_threads()} "
+        print(f"{prec}: backbone={a.backbone} size={a.size} batch={a.batch_size} threads={torch.get_num_threads()} "
               f"repeats={a.repeats}; conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, "
               f"forward+backward {peak['train']:.1f} GFLOP/s")
         print_table(rows, f'train step and inference, alternating runs, {prec} CPU (ratios against {ref})')
