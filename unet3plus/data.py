@@ -25,9 +25,9 @@ __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'L
            'write_sample', 'write_test_image', 'write_split_csv', 'check_stride', 'colour_mask_stats',
            'colour_mask_problem', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image',
            'decode_mask', 'mask_problem', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
-           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'clip_box', 'crop_window', 'crop_read_size',
-           'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport', 'check_sample',
-           'audit_dataset']
+           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'place_window', 'clip_box', 'crop_window',
+           'crop_read_size', 'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport',
+           'check_sample', 'audit_dataset']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -473,8 +473,21 @@ class SegAugment:
 
     def __repr__(self): return f"SegAugment({self.transforms})"
 
+# %% ../nbs/00_data.ipynb #d45daf0f
+import math
+
+def place_window(box, size, side: int, jitter=(0.0, 0.0)) -> tuple[int, int, int]:
+    "(left, top, side) of a `side` px square on `box` (x1, y1, x2, y2, ends exclusive) in a `size` (H, W) image."
+    (h, w), (x1, y1, x2, y2) = size, box
+    side = min(side, max(h, w))
+    def start(b1, b2, n: int, j: float) -> int:
+        "First column (row): centred on [b1, b2), moved by `j` of the room; inside [0, n) if it fits, else covering it."
+        s = math.floor((b1 + b2) / 2 - side / 2 + j * (side - (b2 - b1)) / 2 + 0.5)
+        return min(max(s, 0), n - side) if side <= n else min(max(s, n - side), 0)
+    return start(x1, x2, w, jitter[0]), start(y1, y2, h, jitter[1]), side
+
 # %% ../nbs/00_data.ipynb #4217c778
-import math, warnings
+import warnings
 from PIL import ImageOps
 
 MIN_CROP = 1 / 8     # the smallest object crop's side, as a fraction of the image's shorter side
@@ -492,13 +505,11 @@ def crop_window(box, size, margin: float = 1.0, jitter=(0.0, 0.0), min_side: int
     (h, w), (x1, y1, x2, y2) = size, box
     if not (0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h):
         raise ValueError(f"crop_window: box {tuple(box)} is not inside the {w}x{h} image")
+    if not all(-1 <= j <= 1 for j in jitter):
+        raise ValueError(f"crop_window: jitter must be in [-1, 1] (the box stays in the crop), got {tuple(jitter)}")
     bw, bh = x2 - x1 + 1, y2 - y1 + 1
-    side = min(max(math.floor(max(bw, bh) * margin + 0.5), min_side, bw, bh), max(h, w))
-    def start(b1: int, n: int, length: int, j: float) -> int:
-        "First column (row): the box centred, moved by `j` of its room; inside the image where the window fits."
-        lo, hi = max(b1 + n - side, min(0, length - side)), min(b1, max(0, length - side))
-        return min(max(math.floor(b1 - (1 - j) * (side - n) / 2 + 0.5), lo), hi)
-    return start(x1, bw, w, jitter[0]), start(y1, bh, h, jitter[1]), side
+    side = max(math.floor(max(bw, bh) * margin + 0.5), min_side, bw, bh)
+    return place_window((x1, y1, x2 + 1, y2 + 1), size, side, jitter)
 
 def crop_read_size(size, side: int, target: int) -> tuple[int, int]:
     "The size (H, W) to decode a whole image of `size` at, for a `side` px window of it to keep >= `target` px."
