@@ -25,9 +25,9 @@ __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'L
            'write_sample', 'write_test_image', 'write_split_csv', 'check_stride', 'colour_mask_stats',
            'colour_mask_problem', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image',
            'decode_mask', 'mask_problem', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
-           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'clip_box', 'crop_window', 'crop_read_size',
-           'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport', 'check_sample',
-           'audit_dataset', 'naive_load', 'bench_data']
+           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'place_window', 'clip_box', 'crop_window',
+           'crop_read_size', 'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport',
+           'check_sample', 'audit_dataset']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -473,8 +473,21 @@ class SegAugment:
 
     def __repr__(self): return f"SegAugment({self.transforms})"
 
+# %% ../nbs/00_data.ipynb #d45daf0f
+import math
+
+def place_window(box, size, side: int, jitter=(0.0, 0.0)) -> tuple[int, int, int]:
+    "(left, top, side) of a `side` px square on `box` (x1, y1, x2, y2, ends exclusive) in a `size` (H, W) image."
+    (h, w), (x1, y1, x2, y2) = size, box
+    side = min(side, max(h, w))
+    def start(b1, b2, n: int, j: float) -> int:
+        "First column (row): centred on [b1, b2), moved by `j` of the room; inside [0, n) if it fits, else covering it."
+        s = math.floor((b1 + b2) / 2 - side / 2 + j * (side - (b2 - b1)) / 2 + 0.5)
+        return min(max(s, 0), n - side) if side <= n else min(max(s, n - side), 0)
+    return start(x1, x2, w, jitter[0]), start(y1, y2, h, jitter[1]), side
+
 # %% ../nbs/00_data.ipynb #4217c778
-import math, warnings
+import warnings
 from PIL import ImageOps
 
 MIN_CROP = 1 / 8     # the smallest object crop's side, as a fraction of the image's shorter side
@@ -492,13 +505,11 @@ def crop_window(box, size, margin: float = 1.0, jitter=(0.0, 0.0), min_side: int
     (h, w), (x1, y1, x2, y2) = size, box
     if not (0 <= x1 <= x2 < w and 0 <= y1 <= y2 < h):
         raise ValueError(f"crop_window: box {tuple(box)} is not inside the {w}x{h} image")
+    if not all(-1 <= j <= 1 for j in jitter):
+        raise ValueError(f"crop_window: jitter must be in [-1, 1] (the box stays in the crop), got {tuple(jitter)}")
     bw, bh = x2 - x1 + 1, y2 - y1 + 1
-    side = min(max(math.floor(max(bw, bh) * margin + 0.5), min_side, bw, bh), max(h, w))
-    def start(b1: int, n: int, length: int, j: float) -> int:
-        "First column (row): the box centred, moved by `j` of its room; inside the image where the window fits."
-        lo, hi = max(b1 + n - side, min(0, length - side)), min(b1, max(0, length - side))
-        return min(max(math.floor(b1 - (1 - j) * (side - n) / 2 + 0.5), lo), hi)
-    return start(x1, bw, w, jitter[0]), start(y1, bh, h, jitter[1]), side
+    side = max(math.floor(max(bw, bh) * margin + 0.5), min_side, bw, bh)
+    return place_window((x1, y1, x2 + 1, y2 + 1), size, side, jitter)
 
 def crop_read_size(size, side: int, target: int) -> tuple[int, int]:
     "The size (H, W) to decode a whole image of `size` at, for a `side` px window of it to keep >= `target` px."
@@ -707,61 +718,3 @@ def audit_dataset(data, split: str | None = None, max_far: float = MAX_FAR, work
     report = AuditReport(n, problems)
     if raise_on_error and not report.ok: raise ValueError(str(report))
     return report
-
-# %% ../nbs/00_data.ipynb #af92bcff
-def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]:
-    "The straightforward loader the benchmark compares with: full decode, PIL resize, brute-force nearest colour."
-    h, w = as_hw(size)
-    img = Image.open(image_path).convert('RGB').resize((w, h), Image.BILINEAR)
-    cls = rgb_to_classes_exact(np.asarray(Image.open(mask_path).convert('RGB')))
-    cls = np.asarray(Image.fromarray(cls).resize((w, h), Image.NEAREST))
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255, torch.from_numpy(cls.astype(np.int64))
-
-def bench_data(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
-    from unet3plus.bench import measure, print_table
-    from unet3plus.testing import make_tiny_spark
-    p = argparse.ArgumentParser('unet3plus-bench data',
-                                description='JPEG image+mask loading speed, one core, one process.')
-    p.add_argument('--n', type=int, default=8, help='image+mask pairs per timed round')
-    p.add_argument('--size', type=int, default=1024, help='side of the generated JPEGs (px)')
-    p.add_argument('--target', type=int, default=512, help='side of the output tensors (px)')
-    p.add_argument('--repeats', type=int, default=5, help='timed rounds per loader')
-    a = p.parse_args([] if argv is None else list(argv))
-    if a.n < 1 or a.size < 8 or a.target < 1:
-        p.error(f"--n must be >= 1, --size >= 8, --target >= 1 (got {a.n}, {a.size}, {a.target})")
-    threads = torch.get_num_threads(); torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory() as d:
-            root = make_tiny_spark(Path(d), classes=('Cheops',), n_train=a.n, n_val=0, n_test=0, size=a.size, seed=0,
-                                   noise=3.0)
-            fast = SparkSegmentation.from_root(root, 'train', target_size=a.target)
-            nodraft = SparkSegmentation.from_root(root, 'train', target_size=a.target, draft=False)
-            crop = SparkSegmentation.from_root(root, 'train', target_size=a.target, object_crop=1.0)
-            def crops():
-                with torch.random.fork_rng(devices=[]):                    # the same windows every round
-                    torch.manual_seed(0); return [crop[i] for i in range(a.n)]
-            kb = np.mean([fast.image_path(i).stat().st_size for i in range(a.n)]) / 1024
-            mkb = np.mean([fast.mask_path(i).stat().st_size for i in range(a.n)]) / 1024
-            loaders = {'fast': lambda: [fast[i] for i in range(a.n)], 'crop': crops,
-                       'no-draft': lambda: [nodraft[i] for i in range(a.n)],
-                       'naive': lambda: [naive_load(fast.image_path(i), fast.mask_path(i), a.target)
-                                         for i in range(a.n)]}
-            cpu = {k: [] for k in loaders}
-            def cpu_timed(k, f):
-                def g(): t0 = time.process_time(); f(); cpu[k].append(time.process_time() - t0)
-                return g
-            t = measure({k: cpu_timed(k, f) for k, f in loaders.items()}, repeats=a.repeats, warmup=1)
-    finally: torch.set_num_threads(threads)
-    res = {k: a.n / v for k, v in t.items()}
-    res_cpu = {k: a.n / float(np.median(v[1:])) for k, v in cpu.items()}
-    rows = [dict(loader=k, samples_per_s=round(res[k], 1), per_cpu_s=round(res_cpu[k], 1),
-                 ms_per_sample=round(1000 / res[k], 2),
-                 vs_naive=f"{res[k] / res['naive']:.2f}x") for k in res]
-    print_table(rows,
-                title=f"data: {a.size} px JPEG image ({kb:.0f} KiB) + mask ({mkb:.0f} KiB) -> {a.target} px tensors, 1 "
-                      "thread, "
-                            f"{a.n} pairs x {a.repeats} rounds (samples_per_s: wall clock; per_cpu_s: per second of "
-                            "this process's CPU time)")
-    return dict(samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'],
-                ratio_crop_vs_fast=res['crop'] / res['fast'], image_kib=kb, mask_kib=mkb)

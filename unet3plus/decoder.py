@@ -9,10 +9,9 @@ import torch, torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'FAST_BF16_FEATURES', 'AUTOCAST_DTYPES', 'PRECISION_KERNELS', 'ISA_LIMITS', 'BRANCH_ORDERS', 'FUSIONS',
-           'pool_to', 'resize_to', 'cpu_capabilities', 'cpu_has_fast_bf16', 'resolve_precision', 'precision_autocast',
-           'precision_speeds', 'bench_precision', 'conv_bn_relu', 'fusion_block', 'UNet3PlusDecoder',
-           'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
+__all__ = ['PRECISIONS', 'FAST_BF16_FEATURES', 'AUTOCAST_DTYPES', 'BRANCH_ORDERS', 'FUSIONS', 'pool_to', 'resize_to',
+           'cpu_capabilities', 'cpu_has_fast_bf16', 'resolve_precision', 'precision_autocast', 'conv_bn_relu',
+           'fusion_block', 'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
 
 # %% ../nbs/03_decoder.ipynb #ca7ac38f
 def _is_pow2(r: int) -> bool: return r >= 1 and (r & (r - 1)) == 0
@@ -76,70 +75,6 @@ def precision_autocast(device, precision: str):
                          f"got {precision!r}")
     if precision == 'fp32': return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
-
-# %% ../nbs/03_decoder.ipynb #03f93a13
-PRECISION_KERNELS = [('matmul', 2048, 2048, 1), ('conv3x3', 64, 256, 2), ('conv3x3', 256, 128, 2),
-                     ('conv3x3', 40, 256, 2)]
-ISA_LIMITS = ('AVX512_CORE', 'AVX2')
-
-def _kernel_runs(kind: str, c: int, hw: int, b: int):
-    "(GFLOP of a call, {'forward': fn, 'train': fn}): matmul [c x hw] @ [hw x c] or conv3x3 c -> c on [b, c, hw, hw]."
-    if kind == 'matmul':
-        a, m = torch.randn(c, hw), torch.randn(hw, c)
-        return 2 * c * hw * c / 1e9, {'forward': lambda: a @ m}
-    conv = nn.Conv2d(c, c, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
-    x = torch.randn(b, c, hw, hw).contiguous(memory_format=torch.channels_last).requires_grad_()
-    def fwd():
-        with torch.no_grad(): conv(x)
-    def train(): conv(x).sum().backward()
-    return 2 * c * c * 9 * hw * hw * b / 1e9, {'forward': fwd, 'train': train}
-
-def precision_speeds(repeats: int = 3) -> list[dict]:
-    "GFLOP/s of `PRECISION_KERNELS` in fp32 and bf16 autocast (train: forward + both gradients, 3x the forward FLOPs)."
-    from unet3plus.bench import measure
-    rows = []
-    for kind, c, hw, b in PRECISION_KERNELS:
-        gflop, runs = _kernel_runs(kind, c, hw, b)
-        for phase, fn in runs.items():
-            def in_prec(p, fn=fn):
-                def run():
-                    with precision_autocast('cpu', p): out = fn()
-                return run
-            t = measure({p: in_prec(p) for p in ('fp32', 'bf16')}, repeats=repeats)
-            f = gflop * (3 if phase == 'train' else 1)
-            shape = f'{c}x{hw} @ {hw}x{c}' if kind == 'matmul' else f'{c}->{c}, {b}x{hw}x{hw}'
-            rows.append(dict(kernel=kind, phase=phase, shape=shape, fp32_GFLOPs=f / t['fp32'],
-                             bf16_GFLOPs=f / t['bf16'], bf16_speedup=t['fp32'] / t['bf16']))
-    return rows
-
-def _isa_limited_speeds(isa: str, repeats: int, threads: int | None) -> list[dict]:
-    "`precision_speeds` in a child process whose oneDNN may use instructions up to `isa` only."
-    import json, os, subprocess, sys
-    code = (f"import json, torch; from unet3plus.decoder import precision_speeds\n"
-            f"{'torch.set_num_threads(%d)' % threads if threads else ''}\n"
-            f"print('ROWS', json.dumps(precision_speeds({repeats})))")
-    env = {**os.environ, 'ONEDNN_MAX_CPU_ISA': isa}
-    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env)
-    if r.returncode != 0:
-        raise RuntimeError(f"bench precision: the child with ONEDNN_MAX_CPU_ISA={isa} failed:\n{r.stderr[-2000:]}")
-    return json.loads([l for l in r.stdout.splitlines() if l.startswith('ROWS ')][-1][5:])
-
-def bench_precision(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench precision`: fp32 vs bf16 matmul and conv3x3 GFLOP/s here, and with oneDNN limited to older ISAs."
-    import argparse
-    from unet3plus.bench import print_table
-    p = argparse.ArgumentParser('unet3plus-bench precision', description=bench_precision.__doc__)
-    p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
-    p.add_argument('--isa', nargs='*', default=list(ISA_LIMITS),
-                   help='ONEDNN_MAX_CPU_ISA values to compare (none: skip)')
-    a = p.parse_args(argv or [])
-    if a.threads: torch.set_num_threads(a.threads)
-    res = {'native': precision_speeds(a.repeats)}
-    print_table(res['native'], 'fp32 vs bf16 autocast, channels_last, this CPU (train: forward + both gradients)')
-    for isa in a.isa:
-        res[isa] = _isa_limited_speeds(isa, a.repeats, a.threads)
-        print_table(res[isa], f'the same with ONEDNN_MAX_CPU_ISA={isa}')
-    return res
 
 # %% ../nbs/03_decoder.ipynb #d8f3abad
 BRANCH_ORDERS, FUSIONS = ('paper', 'conv_first'), ('full', 'factored')

@@ -29,7 +29,7 @@ __all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'R
            'submission_entries', 'check_array', 'check_submission', 'valid_npz', 'overlay_name', 'run_settings',
            'file_fingerprint', 'test_set_identity', 'output_names', 'input_differences', 'record_differences',
            'read_record', 'owned_outputs', 'prepare_run', 'save_prediction', 'save_map', 'make_zip', 'WithOriginals',
-           'predict_folder', 'parse_args', 'main', 'run_infer', 'write_bench_images', 'bare_forwards', 'bench_infer']
+           'predict_folder', 'parse_args', 'main', 'run_infer']
 
 # %% ../nbs/09_inference.ipynb #26ea51f7
 log = logging.getLogger('unet3plus.inference')
@@ -420,80 +420,3 @@ def run_infer(a: argparse.Namespace):
                        save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,
                        writers=a.writers, shard=a.shard, roi=a.roi)
     print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r
-
-# %% ../nbs/09_inference.ipynb #36efff9d
-def write_bench_images(folder, n: int, size: int = 1024, seed: int = 0) -> Path:
-    "`n` spacecraft-like test JPEGs `test_XXXXX_img.jpg` (`size` px: a noisy background, a body, a panel bar)."
-    folder, rng = Path(folder), np.random.default_rng(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        im = Image.fromarray((rng.random((64, 64, 3)) * 60).astype(np.uint8)).resize((size, size), Image.BICUBIC)
-        d, (cx, cy) = ImageDraw.Draw(im), rng.integers(size * 3 // 10, size * 7 // 10, 2)
-        r = size // int(rng.integers(6, 16))
-        d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=tuple(int(v) for v in rng.integers(100, 255, 3)))
-        bar = tuple(int(v) for v in rng.integers(50, 200, 3))
-        d.rectangle([cx - 3 * r, cy - r // 4, cx + 3 * r, cy + r // 4], fill=bar)
-        px = np.asarray(im).astype(np.float32) + rng.normal(0, 8, (size, size, 3))
-        Image.fromarray(px.clip(0, 255).astype(np.uint8)).save(folder / f'test_{i:05d}_img.jpg', quality=90)
-    return folder
-
-def bare_forwards(model, x: torch.Tensor, n: int, precision: str, tta: bool = False):
-    "The forward passes alone of `n` images in batches like `x` (pre-decoded, on the model's device), in `precision`."
-    for s in range(0, n, len(x)):
-        with amp_context(x.device, precision): predict_scores(model, x[:min(len(x), n - s)], tta=tta)
-
-def bench_infer(argv=None) -> dict:
-    "`unet3plus-bench infer`: `predict_folder` end to end (decode, model, ROI, npz) vs its bare forward passes."
-    from unet3plus.bench import (measure_rounds, round_ratios, print_table, peak_rss_mb, add_precision_arg,
-                                 bench_precisions)
-    from unet3plus.model import UNet3Plus
-    p = argparse.ArgumentParser('unet3plus-bench infer', description=bench_infer.__doc__)
-    p.add_argument('--backbone', default='resnet18', help='timm encoder (random init; default small enough for a CPU)')
-    p.add_argument('--size', type=int, default=512, help='model input size')
-    p.add_argument('--orig', type=int, default=1024, help='side of the test JPEGs')
-    p.add_argument('--n_images', type=int, default=16); p.add_argument('--batch_size', type=int, default=8)
-    p.add_argument('--num_workers', type=int, default=2); p.add_argument('--writers', type=int, default=4)
-    p.add_argument('--roi', choices=('off', 'on', 'both'), default='both', help='one stage, two stages or both')
-    p.add_argument('--tta', action='store_true'); p.add_argument('--device', default=None)
-    p.add_argument('--repeats', type=int, default=3); p.add_argument('--warmup', type=int, default=1)
-    add_precision_arg(p)
-    a = p.parse_args([] if argv is None else argv)
-    device, precisions = resolve_device(a.device), bench_precisions(a.precision)
-    rois = ['off', 'on'] if a.roi == 'both' else [a.roi]
-    torch.manual_seed(0)
-    model = UNet3Plus(a.backbone, n_classes=3, pretrained=False).to(device, memory_format=torch.channels_last).eval()
-    tmp = Path(tempfile.mkdtemp(prefix='unet3plus-bench-infer-'))
-    try:
-        imgs = write_bench_images(tmp / 'test', a.n_images, a.orig)
-        ds = SparkTestImages(imgs, a.size)
-        x = torch.stack([ds[i]['image'] for i in range(min(a.batch_size, len(ds)))]).to(device)
-        x = x.contiguous(memory_format=torch.channels_last)                  # as predict_folder feeds the model
-        fns, stage2 = {}, {}
-        for prec in precisions:
-            for roi in rois:
-                k = f'{prec}, roi {roi}'
-                def e2e(k=k, prec=prec, roi=roi):
-                    r = predict_folder(model, imgs, tmp / 'out', target_size=a.size, batch_size=a.batch_size, tta=a.tta,
-                                       num_workers=a.num_workers, writers=a.writers, precision=prec, roi=roi,
-                                       overwrite=True, zip=False, progress=False, device=device)
-                    stage2[k] = r['second_stages']
-                fns[f'{k}: end to end'] = e2e
-                fns[f'{k}: bare forward'] = lambda k=k, prec=prec: bare_forwards(model, x, a.n_images + stage2[k],
-                                                                                  prec, a.tta)
-        quiet = logging.getLogger('unet3plus.inference')
-        level = quiet.level; quiet.setLevel(logging.ERROR)              # not each round's --overwrite notice
-        try: t = measure_rounds(fns, repeats=a.repeats, warmup=a.warmup)
-        finally: quiet.setLevel(level)
-    finally: shutil.rmtree(tmp, ignore_errors=True)
-    rows = []
-    for k in stage2:
-        e, b = f'{k}: end to end', f'{k}: bare forward'
-        lo, med, hi = round_ratios(t, e, b)
-        rows.append(dict(case=k, end_to_end_img_s=a.n_images / statistics.median(t[e]),
-                         bare_forward_img_s=a.n_images / statistics.median(t[b]), second_stages=stage2[k],
-                         e2e_over_bare=f'{med:.3f}x ({lo:.3f}-{hi:.3f})'))
-    print_table(rows, f"unet3plus-bench infer: predict_folder on {a.n_images} JPEGs of {a.orig}px at {a.size}px, "
-                      f"backbone {a.backbone}, batch {a.batch_size}, {a.num_workers} loader workers, "
-                      f"{a.writers} writer threads, TTA {a.tta}, device {device}, {torch.get_num_threads()} threads, "
-                      f"peak RSS {peak_rss_mb():.0f} MiB (e2e over bare: per-round median and range)")
-    return dict(times=t, rows=rows)

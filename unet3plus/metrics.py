@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_metrics.ipynb #e96eb1a7
 from __future__ import annotations
-import argparse, math, threading, time
+import math, threading
 import numpy as np, pandas as pd
 import torch, torch.nn.functional as F
 import torch.distributed as dist
@@ -13,7 +13,7 @@ import torch.distributed as dist
 __all__ = ['fast_argmax', 'as_class_map', 'fast_bincount', 'confusion_counts', 'metrics_from_matrix', 'row_normalize',
            'code_buffer', 'ConfusionMatrix', 'all_reduce_sum', 'GroupedConfusion', 'per_image_confusion',
            'iou_from_confusion', 'per_image_iou', 'foreground_miou', 'boundary_dilation', 'boundary_counts',
-           'boundary_iou', 'BoundaryIoU', 'Calibration', 'bench_metrics']
+           'boundary_iou', 'BoundaryIoU', 'Calibration']
 
 # %% ../nbs/06_metrics.ipynb #66f52735
 def fast_argmax(logits: torch.Tensor) -> torch.Tensor:
@@ -407,52 +407,3 @@ class Calibration:
         return dict(ece=ece, mce=mce, n_bins=self.n_bins, n_pixels=int(total), bins=bins)
 
     def __repr__(self): return f"Calibration(n_bins={self.n_bins}, pixels={int(self.counts.sum())})"
-
-# %% ../nbs/06_metrics.ipynb #02e1a676
-def bench_metrics(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench metrics`: ConfusionMatrix.update throughput vs torchmetrics on the same inputs."
-    from unet3plus.bench import measure, print_table
-    ap = argparse.ArgumentParser('unet3plus-bench metrics', description=bench_metrics.__doc__)
-    ap.add_argument('--size', type=int, default=512, help='image side in pixels')
-    ap.add_argument('--batch', type=int, default=8, help='images per update')
-    ap.add_argument('--classes', type=int, default=3, help='number of classes')
-    ap.add_argument('--ignore-index', type=int, default=None, help='label ignored in the target (e.g. 255)')
-    ap.add_argument('--repeats', type=int, default=5, help='timed rounds per candidate')
-    ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    a = ap.parse_args(argv or [])
-    from torchmetrics.classification import MulticlassConfusionMatrix
-    gen = torch.Generator().manual_seed(0)
-    shape = (a.batch, a.size, a.size)
-    target = torch.randint(0, a.classes, shape, generator=gen)
-    if a.ignore_index is not None: target[torch.rand(shape, generator=gen) < 0.05] = a.ignore_index
-    logits = torch.randn(a.batch, a.classes, a.size, a.size, generator=gen)
-    target, logits = target.to(a.device), logits.to(a.device)
-    pred = logits.argmax(1)
-    ours = ConfusionMatrix(a.classes, a.ignore_index)
-    tm = MulticlassConfusionMatrix(a.classes, ignore_index=a.ignore_index).to(a.device)
-    tm_fast = MulticlassConfusionMatrix(a.classes, ignore_index=a.ignore_index, validate_args=False).to(a.device)
-    sync = torch.cuda.synchronize if a.device.startswith('cuda') else None
-    fns = {'ours: class maps': lambda: ours.update(pred, target),
-           'torchmetrics: class maps': lambda: tm.update(pred, target),
-           'torchmetrics (validate_args=False): class maps': lambda: tm_fast.update(pred, target),
-           'ours: logits': lambda: ours.update(logits, target),
-           'torchmetrics: logits': lambda: tm.update(logits, target)}
-    secs = measure(fns, repeats=a.repeats, warmup=1, sync=sync)
-    if not torch.equal(ours.matrix.cpu(), tm.confmat.cpu()):
-        raise RuntimeError("bench_metrics: ours and torchmetrics' confusion matrices differ")
-    n = target.numel()
-    rows = [dict(candidate=k, ms=s * 1e3, mpix_per_s=n / s / 1e6,
-                 speedup_vs_torchmetrics=secs[f"torchmetrics: {k.split(': ')[1]}"] / s) for k, s in secs.items()]
-    print_table(rows, f"ConfusionMatrix.update, {a.batch}x{a.size}x{a.size}, {a.classes} classes, {a.device} "
-                      f"(torch threads: {torch.get_num_threads()})")
-    out = {r['candidate']: r for r in rows}
-    # CPU time does not grow when others load the machine
-    if a.device == 'cpu':
-        for k in ('ours: class maps', 'torchmetrics (validate_args=False): class maps'):
-            f = fns[k]; cpu = []
-            for _ in range(a.repeats):
-                c0 = time.process_time(); f(); cpu.append(time.process_time() - c0)
-            out[k]['mpix_per_cpu_s'] = n / sorted(cpu)[len(cpu) // 2] / 1e6
-            print(f"{k}: {out[k]['mpix_per_cpu_s']:.0f} Mpixel per CPU-second (all threads' CPU time; "
-                  "load-independent)")
-    return out

@@ -4,7 +4,7 @@
 
 # %% ../nbs/04_model.ipynb #fea0f51c
 from __future__ import annotations
-import argparse, json, statistics
+import json
 from pathlib import Path
 import torch, torch.nn.functional as F
 from torch import nn
@@ -17,8 +17,7 @@ from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, C
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME', 'LEGACY_WEIGHTS_NAME', 'CONFIG_NAME',
            'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'LEGACY_BACKBONES', 'UNet3Plus', 'is_model_card', 'model_card',
-           'check_config', 'read_config', 'check_finite', 'read_weights', 'conv_peak', 'build_peer', 'make_steps',
-           'step_gflops', 'train_peak_mb', 'bench_model']
+           'check_config', 'read_config', 'check_finite', 'read_weights']
 
 # %% ../nbs/04_model.ipynb #706ea4ec
 CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
@@ -443,173 +442,3 @@ def check_onnx(self: UNet3Plus, path, x: torch.Tensor, cgm_threshold: float | No
 # %% ../nbs/04_model.ipynb #e75234cd
 LEGACY_BACKBONES = ['convnext_tiny', 'convnext_small', 'convnext_base', 'hrnet_w18', 'hrnet_w32', 'hrnet_w48',
                   'efficientnet_b0', 'efficientnet_b3', 'resnet34', 'resnet50']
-
-# %% ../nbs/04_model.ipynb #1e19f77d
-from .decoder import precision_autocast
-
-def conv_peak(repeats: int = 3, channels_last: bool = True, precision: str = 'fp32') -> dict:
-    "Best GFLOP/s of a conv3x3 (forward; forward + backward) in `precision` on this machine, over a few shapes."
-    from unet3plus.bench import measure
-    best = {'forward': 0.0, 'train': 0.0}
-    for c, hw, b in ((256, 64, 4), (128, 128, 2), (256, 128, 2)):
-        conv = nn.Conv2d(c, c, 3, padding=1, bias=False)
-        x = torch.randn(b, c, hw, hw, requires_grad=True)
-        if channels_last:
-            conv, x = (conv.to(memory_format=torch.channels_last),
-                       x.detach().contiguous(memory_format=torch.channels_last).requires_grad_())
-        flops = 2 * c * c * 9 * hw * hw * b
-        def fwd():
-            with torch.no_grad(), precision_autocast('cpu', precision): conv(x)
-        def train():
-            with precision_autocast('cpu', precision): y = conv(x)
-            y.float().sum().backward()
-        t = measure({'forward': fwd, 'train': train}, repeats=repeats, warmup=1)
-        best['forward'] = max(best['forward'], flops / t['forward'] / 1e9)
-        best['train'] = max(best['train'], 3 * flops / t['train'] / 1e9)
-    return best
-
-def _max_peak(a: dict, b: dict) -> dict:
-    "Per-kind maximum of two `conv_peak` results (the machine's load changes during a run)."
-    return {k: max(a[k], b[k]) for k in a}
-
-def build_peer(kind: str, backbone: str, n_classes: int = 3, **kwargs) -> nn.Module:
-    "A model to benchmark: 'unet3plus' (ours, random init, `kwargs` for `UNet3Plus`) or 'smp' (smp.Unet, same encoder)."
-    if kind == 'unet3plus': return UNet3Plus(backbone, n_classes=n_classes, pretrained=False, **kwargs)
-    if kind == 'smp':
-        import segmentation_models_pytorch as smp
-        return smp.Unet(f'tu-{backbone}', encoder_weights=None, classes=n_classes)
-    raise ValueError(f"build_peer: unknown kind {kind!r}; choose 'unet3plus' or 'smp'")
-
-def _logits(out): return out['logits'] if isinstance(out, dict) else out
-
-def make_steps(model: nn.Module, size: int, batch: int, channels_last: bool = True, n_classes: int = 3, seed: int = 0,
-               precision: str = 'fp32'):
-    "(train_step, infer_step) closures for `model` on a fixed random batch, the forward under `precision`'s autocast."
-    g = torch.Generator().manual_seed(seed)
-    x, y = torch.rand(batch, 3, size, size, generator=g), torch.randint(0, n_classes, (batch, size, size), generator=g)
-    if channels_last:
-        model, x = model.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    def train_step():
-        model.train(); opt.zero_grad(set_to_none=True)
-        with precision_autocast('cpu', precision): logits = _logits(model(x))
-        F.cross_entropy(logits.float(), y).backward(); opt.step()          # the loss in fp32, as training does
-    def infer_step():
-        model.eval()
-        with torch.no_grad(), precision_autocast('cpu', precision): model(x)
-    return train_step, infer_step
-
-def step_gflops(model: nn.Module, size: int, batch: int) -> dict:
-    "GFLOPs of one inference forward and of one train step (3x the training-mode forward)."
-    x = torch.rand(batch, 3, size, size)
-    model.train()
-    with torch.no_grad(): _, fwd = _gflops(lambda: model(x))
-    model.eval()
-    with torch.no_grad(): _, infer = _gflops(lambda: model(x))
-    return {'train': 3 * fwd, 'infer': infer}
-
-def _proc_status_mb(key: str) -> float:
-    "A memory figure of this process from /proc/self/status (VmRSS, VmHWM), in MiB."
-    for line in Path('/proc/self/status').read_text().splitlines():
-        if line.startswith(key + ':'): return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-def _peak_child(q, kind, backbone, size, batch, channels_last, precision, kwargs):
-    "Child process: (RSS before, peak RSS during) a train step of a fresh model, in MiB."
-    torch.manual_seed(0)
-    model = build_peer(kind, backbone, **kwargs)
-    train, _ = make_steps(model, size, batch, channels_last, precision=precision)
-    try: Path('/proc/self/clear_refs').write_text('5')          # reset the high-water mark to the current RSS
-    except OSError: pass
-    before = _proc_status_mb('VmRSS')
-    train()
-    q.put((before, _proc_status_mb('VmHWM')))
-
-def train_peak_mb(kind: str, backbone: str, size: int, batch: int, channels_last: bool = True, precision: str = 'fp32',
-                  **kwargs) -> tuple:
-    "(RSS before the first step, peak RSS during it) in MiB of training `kind` (`kwargs` for UNet3Plus), new process."
-    import multiprocessing as mp
-    ctx = mp.get_context('spawn'); q = ctx.Queue()
-    p = ctx.Process(target=_peak_child, args=(q, kind, backbone, size, batch, channels_last, precision, kwargs))
-    p.start(); res = q.get(); p.join()
-    return res
-
-# %% ../nbs/04_model.ipynb #9bdaede5
-def _model_specs(a) -> dict:
-    "name -> (kind, channels_last, UNet3Plus kwargs) of the models `bench_model`'s options ask for."
-    specs = {'unet3plus': ('unet3plus', True, {})}
-    if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, dict(branch_order='paper'))
-    if a.nchw: specs['unet3plus NCHW'] = ('unet3plus', False, {})
-    for c in a.cat_channels: specs[f'unet3plus cat{c}'] = ('unet3plus', True, dict(cat_channels=c))
-    for f in a.fusion:                                   # 'factored' or 'factored:RANK'
-        kind, _, rank = f.partition(':')
-        specs[f'unet3plus fusion={f}'] = ('unet3plus', True, dict(fusion=kind, fusion_rank=int(rank) if rank else None))
-    if not a.no_smp: specs['smp.Unet'] = ('smp', True, {})
-    return specs
-
-def bench_model(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last CPU, fp32 and bf16."
-    from unet3plus.bench import measure, measure_rounds, round_ratios, print_table, add_precision_arg, bench_precisions
-    p = argparse.ArgumentParser('unet3plus-bench model', description=bench_model.__doc__)
-    p.add_argument('--backbone', default='convnext_tiny', help='timm backbone for both models')
-    p.add_argument('--size', type=int, default=512); p.add_argument('--batch', type=int, default=2)
-    p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
-    add_precision_arg(p)
-    p.add_argument('--no_smp', action='store_true', help='skip the smp.Unet peer')
-    p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
-    p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
-    p.add_argument('--cat_channels', type=int, nargs='*', default=[],
-                   help='also time the default model with these cat_channels')
-    p.add_argument('--fusion', nargs='*', default=[],
-                   help="also time the default model with these fusions ('full', 'factored', 'factored:128')")
-    p.add_argument('--no_memory', action='store_true', help='skip the child-process memory measurements')
-    p.add_argument('--memory_only', action='store_true', help='only the memory measurements')
-    p.add_argument('--memory_backbone', default='resnet34'); p.add_argument('--memory_batch', type=int, default=8)
-    p.add_argument('--memory_size', type=int, default=512)
-    a = p.parse_args(argv or [])
-    if a.threads: torch.set_num_threads(a.threads)
-    torch.manual_seed(0)
-    specs, precisions = _model_specs(a), bench_precisions(a.precision)
-    if a.memory_only: return {'memory': _bench_memory(a, specs, precisions)}
-    models = {k: build_peer(kind, a.backbone, **kw) for k, (kind, _, kw) in specs.items()}
-    flops = {k: step_gflops(m, a.size, a.batch) for k, m in models.items()}
-    ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus'
-    res = {'gflops': flops, 'rows': {}, 'conv_peak': {}}
-    for prec in precisions:
-        peak = conv_peak(repeats=min(a.repeats, 2), precision=prec)
-        steps = {k: make_steps(models[k], a.size, a.batch, spec[1], precision=prec) for k, spec in specs.items()}
-        r_train = measure_rounds({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-        t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-        t_train = {k: statistics.median(v) for k, v in r_train.items()}
-        peak = _max_peak(peak, conv_peak(repeats=1, precision=prec))
-        rows = []
-        for k in specs:
-            tr, inf = flops[k]['train'] / t_train[k], flops[k]['infer'] / t_infer[k]           # GFLOP/s
-            rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
-                         'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
-                         'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
-                         'train_GFLOP/s': tr, 'train_%peak': 100 * tr / peak['train'],
-                         'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
-                         'infer_GFLOP/s': inf, 'infer_%peak': 100 * inf / peak['forward']})
-        print(f"{prec}: backbone={a.backbone} size={a.size} batch={a.batch} threads={torch.get_num_threads()} "
-              f"repeats={a.repeats}; conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, "
-              f"forward+backward {peak['train']:.1f} GFLOP/s")
-        print_table(rows, f'train step and inference, alternating runs, {prec} CPU (ratios against {ref})')
-        res['rows'][prec], res['conv_peak'][prec] = rows, peak
-    if not a.no_memory: res['memory'] = _bench_memory(a, specs, precisions)
-    return res
-
-def _bench_memory(a, specs, precisions) -> list[dict]:
-    "Peak RSS of a train step of the default UNet3+, smp.Unet and the memory goal's configuration, per precision."
-    from unet3plus.bench import print_table
-    runs = [(k, a.backbone, a.batch, a.size) for k in specs if k in ('unet3plus', 'smp.Unet')]
-    runs.append(('unet3plus', a.memory_backbone, a.memory_batch, a.memory_size))
-    mem = []
-    for prec in precisions:
-        for k, bb, b, sz in runs:
-            kind, cl, kw = specs[k]
-            before, peak_mb = train_peak_mb(kind, bb, sz, b, cl, prec, **kw)
-            mem.append({'model': k, 'precision': prec, 'backbone': bb, 'batch': b, 'size': sz, 'rss_before_MiB': before,
-                        'peak_MiB': peak_mb, 'peak_GiB': peak_mb / 1024})
-    print_table(mem, 'peak memory of a train step (fresh process each, peak RSS)')
-    return mem

@@ -170,6 +170,8 @@ def foreground_box(classes, near: float = 0.03) -> tuple[int, int, int, int] | N
         group = grown
 
 # %% ../nbs/13_predict.ipynb #0716d8b3
+from .data import place_window
+
 class Window(NamedTuple):
     "A square window of an image in original pixels: left and top corner (negative or beyond: padding) and side."
     left: int
@@ -186,19 +188,13 @@ def scale_box(box, from_hw, to_hw) -> tuple[float, float, float, float]:
     x1, y1, x2, y2 = box
     return (x1 * W / w, y1 * H / h, (x2 + 1) * W / w, (y2 + 1) * H / h)
 
-def _place(centre: float, side: int, n: int) -> int:
-    "Start of a `side`-long interval centred on `centre`, inside [0, n) when it fits, else covering all of it."
-    start = math.floor(centre - side / 2 + 0.5)
-    return min(max(start, 0), n - side) if side <= n else min(max(start, n - side), 0)
-
 def square_window(box, image_hw, margin: float = 1.2, min_side: float = 1) -> Window:
     "The square window around `box` (x1, y1, x2, y2 exclusive, original px): `margin` x its longer side, >= `min_side`."
     (H, W), (x1, y1, x2, y2) = as_hw(image_hw), (float(v) for v in box)
     if not margin >= 1: raise ValueError(f"square_window: margin must be >= 1 (the window holds the box), got {margin}")
     if not (x2 > x1 and y2 > y1): raise ValueError(f"square_window: empty box {tuple(box)}")
     side = max(math.ceil(max(x2 - x1, y2 - y1) * margin - 1e-9), math.ceil(min_side - 1e-9), 1)
-    side = min(side, max(H, W))
-    return Window(_place((x1 + x2) / 2, side, W), _place((y1 + y2) / 2, side, H), side)
+    return Window(*place_window((x1, y1, x2, y2), (H, W), side))
 
 # %% ../nbs/13_predict.ipynb #c5d63188
 def cut_window(image: torch.Tensor, win: Window, size=None) -> torch.Tensor:

@@ -12,8 +12,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from .cli import OneLineParser, cli_errors
-from .data import (SPACECRAFT, classes_to_rgb, jpeg_roundtrip, mask_bbox, make_layout, write_sample,
-                            write_test_image, write_split_csv)
+from .data import (SPACECRAFT, jpeg_roundtrip, mask_bbox, make_layout, write_sample, write_test_image,
+                            write_split_csv)
 from .files import atomic_write_text
 from .visual import overlay_classes
 
@@ -33,7 +33,7 @@ __all__ = ['KINDS', 'BLUE_PANELS', 'GREY_METAL', 'APERTURE', 'STYLES', 'STYLE_TA
            'pack', 'shade', 'sun_buffer', 'in_shadow', 'class_codes', 'coverage_to_classes', 'random_surface',
            'cell_index', 'surface_light', 'env_weight', 'draw_model', 'render_sample', 'show_samples', 'show_styles',
            'sample_rng', 'sample_spec', 'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base',
-           'synthetic_root', 'parse_args', 'main', 'bench_synth']
+           'synthetic_root', 'parse_args', 'main']
 
 # %% ../nbs/01_synthetic.ipynb #cbc4b01b
 KINDS = ('paint', 'foil', 'metal', 'cells', 'plate')    # surface textures, see `surface_light`
@@ -1256,40 +1256,3 @@ def main(argv=None) -> None:
                             progress=not a.quiet, style=a.style)
     print(f"wrote {a.n_train} train, {a.n_val} val, {a.n_test} test images ({a.size} px, {a.style} style, "
           f"seed {a.seed}) to {out}")
-
-# %% ../nbs/01_synthetic.ipynb #babef1e5
-def bench_synth(argv: list[str] | None = None) -> dict:
-    "The `unet3plus-bench synth` benchmark: ms per rendered sample for several renderer settings and sizes."
-    import io, time
-    from unet3plus.bench import measure, print_table
-    p = argparse.ArgumentParser('unet3plus-bench synth')
-    p.add_argument('--sizes', type=int, nargs='+', default=[256, 512])
-    p.add_argument('--repeats', type=int, default=3)
-    a = p.parse_args(argv or [])
-    def batch(size, **kw):
-        def run():
-            for k, name in enumerate(SPACECRAFT): render_sample(name, size, np.random.default_rng([9, k]), **kw)
-        return run
-    def written(size):
-        def run():
-            for k, name in enumerate(SPACECRAFT):
-                img, cm, _ = render_sample(name, size, np.random.default_rng([9, k]))
-                Image.fromarray(img).save(io.BytesIO(), 'JPEG', quality=IMAGE_QUALITY)
-                Image.fromarray(classes_to_rgb(cm)).save(io.BytesIO(), 'JPEG', quality=MASK_QUALITY)
-        return run
-    rows, res = [], {}
-    for size in a.sizes:
-        fns = {'default (ss=2, shadows)': batch(size), 'ss=1, no shadows': batch(size, ss=1, shadows=False),
-               'ss=2, no shadows': batch(size, shadows=False), 'ss=4, shadows': batch(size, ss=4),
-               'default + 2 JPEG writes': written(size), 'shifted style': batch(size, style='shifted')}
-        t = measure(fns, repeats=a.repeats, warmup=1)
-        c0 = time.process_time(); fns['default (ss=2, shadows)'](); cpu = (time.process_time() - c0) / len(SPACECRAFT)
-        base = t['default (ss=2, shadows)']
-        for k, v in t.items():
-            ms = 1000 * v / len(SPACECRAFT)
-            rows.append(dict(size=size, variant=k, ms_per_sample=ms, vs_default=f"{v / base:.2f}x"))
-            res[(size, k)] = ms
-        rows.append(dict(size=size, variant='default, CPU time', ms_per_sample=1000 * cpu, vs_default='-'))
-        res[(size, 'cpu')] = 1000 * cpu
-    print_table(rows, 'synthetic renderer: milliseconds per sample (one process)')
-    return res

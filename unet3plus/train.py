@@ -35,8 +35,7 @@ __all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'REQUEUE_STATUS', 'LAYOUT_FILE
            'train_record', 'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint',
            'previous_run', 'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last',
            'train_epoch', 'validation_epoch', 'init_engine', 'setup_logging', 'plot_history', 'training_report',
-           'train', 'build_parser', 'parse_args', 'main', 'export_main', 'slurm_torchrun_argv', 'torchrun_main',
-           'loop_speed', 'bench_train']
+           'train', 'build_parser', 'parse_args', 'main', 'export_main', 'slurm_torchrun_argv', 'torchrun_main']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 @dataclass
@@ -1260,100 +1259,6 @@ def torchrun_main(argv: Sequence[str] | None = None) -> int:
               f"(exit status {REQUEUE_STATUS})", file=sys.stderr)
         return REQUEUE_STATUS
     return 0
-
-# %% ../nbs/07_train.ipynb #0bc180c8
-def _bench_batches(n: int, batch: int, size: int, n_classes: int = 3, seed: int = 0) -> list[dict]:
-    "`n` random batches of images and class maps (the same for every caller with the same seed)."
-    g = torch.Generator().manual_seed(seed)
-    return [dict(image=torch.rand(batch, 3, size, size, generator=g),
-                 mask=torch.randint(0, n_classes, (batch, size, size), generator=g))
-            for _ in range(n)]
-
-def _bench_model(backbone: str):
-    "The benchmark's model: `UNet3Plus` with a random-initialised `backbone`."
-    from unet3plus.model import UNet3Plus
-    return UNet3Plus(backbone=backbone, pretrained=False)
-
-def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 8, n_batches: int = 4, repeats: int = 3,
-               precision: str = 'fp32') -> float:
-    "Global images/s of `train_epoch` in this process group (each rank its share of every global batch)."
-    env = setup_distributed(); rank, world = env['rank'], env['world_size']
-    if global_batch % world: raise ValueError(f"global batch {global_batch} does not split over {world} processes")
-    bs = global_batch // world
-    batches = [{k: v[rank * bs:(rank + 1) * bs] for k, v in b.items()}
-               for b in _bench_batches(n_batches, global_batch, size)]
-    torch.manual_seed(0); model = _bench_model(backbone)
-    cfg = TrainConfig(backbone=backbone, batch_size=bs, loss='ce_dice', progress=False, precision=precision)
-    engine = init_engine(model, cfg, ds_config(cfg, 1000))
-    loss_fn, times = TrainLoss('ce_dice'), []
-    for r in range(repeats + 1):
-        barrier(); t0 = time.perf_counter()
-        train_epoch(engine, batches, loss_fn, dict(epoch=0, step=0, epoch_batches=0))
-        barrier()
-        if r: times.append(time.perf_counter() - t0)
-    return global_batch * n_batches / sorted(times)[len(times) // 2]
-
-def bench_train(argv: Sequence[str] | None = None) -> dict:
-    "`unet3plus-bench train`: loop vs bare model images/s in one process, then the loop in 1 vs 2 processes."
-    from .bench import add_precision_arg, bench_precisions
-    p = argparse.ArgumentParser('unet3plus-bench train')
-    p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=int, default=128)
-    p.add_argument('--batch_size', type=int, default=8); p.add_argument('--batches', type=int, default=4)
-    p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--procs', type=int, nargs='*', default=[1, 2],
-                   help='process counts for the torchrun part (none: skip)')
-    add_precision_arg(p)
-    a = p.parse_args(list(argv or []))
-    setup_distributed()
-    return {prec: _bench_train_in(a, prec) for prec in bench_precisions(a.precision)}
-
-def _bench_train_in(a, prec: str) -> dict:
-    "`bench_train`'s figures in precision `prec` ('fp32' or 'bf16': autocast on the CPU)."
-    from .bench import measure, print_table, ratio
-    from .decoder import precision_autocast
-    batches = _bench_batches(a.batches, a.batch_size, a.size)
-    torch.manual_seed(0); bare = _bench_model(a.backbone)
-    torch.manual_seed(0); model = _bench_model(a.backbone)
-    cfg = TrainConfig(backbone=a.backbone, batch_size=a.batch_size, loss='ce_dice', progress=False, precision=prec)
-    engine = init_engine(model, cfg, ds_config(cfg, 1000))
-    dev = 'cuda' if torch.cuda.is_available() else 'cpu'
-    opt = torch.optim.AdamW(param_groups(bare, cfg.weight_decay), lr=cfg.lr)
-    loss_fn = TrainLoss('ce_dice')
-    def bare_epoch():
-        bare.train()
-        for b in batches:
-            with precision_autocast(dev, prec if dev == 'cpu' else 'fp32'): out = bare(b['image'])
-            loss, _ = loss_fn(out, b['mask'])
-            opt.zero_grad(set_to_none=True); loss.backward()
-            nn.utils.clip_grad_norm_(bare.parameters(), cfg.grad_clip); opt.step(); loss.item()
-    def loop_epoch(): train_epoch(engine, batches, loss_fn, dict(epoch=0, step=0, epoch_batches=0))
-    t = measure({'bare model': bare_epoch, 'train_epoch': loop_epoch}, repeats=a.repeats, warmup=1)
-    n_img = a.batches * a.batch_size
-    rows = [dict(what=k, seconds=v, images_per_s=n_img / v, vs_bare=ratio(v, t['bare model'])) for k, v in t.items()]
-    print_table(rows, f"training step loop, {a.backbone} at {a.size} px, batch {a.batch_size}, {a.batches} batches, "
-                      f"{prec} (one process)")
-    res = dict(loop_overhead=t['train_epoch'] / t['bare model'] - 1, bare_images_per_s=n_img / t['bare model'],
-               loop_images_per_s=n_img / t['train_epoch'])
-    print(f"loop overhead over the bare model: {100 * res['loop_overhead']:+.1f} % (goal <= 5 %)")
-    speeds = {}
-    for n in a.procs:
-        code = ("from unet3plus.train import loop_speed, is_main; "
-                f"v = loop_speed({a.backbone!r}, {a.size}, {a.batch_size}, {a.batches}, {a.repeats}, {prec!r})\n"
-                "if is_main(): print('IMAGES_PER_S', v)")
-        env = {k: v for k, v in os.environ.items()
-               if k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'LOCAL_WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')}
-        env.setdefault('DS_ACCELERATOR', 'cpu' if not torch.cuda.is_available() else env.get('DS_ACCELERATOR', 'cuda'))
-        cmd = ['torchrun', '--nproc_per_node', str(n), '--master_port', str(free_port()), '--no-python', sys.executable,
-               '-c', code]
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if r.returncode != 0: raise RuntimeError(f"bench_train: {n} process(es) failed:\n{r.stderr[-3000:]}")
-        speeds[n] = float([l for l in r.stdout.splitlines() if l.startswith('IMAGES_PER_S')][-1].split()[1])
-    if speeds:
-        base = speeds[min(speeds)]
-        print_table([dict(processes=n, images_per_s=v, vs_first=ratio(v, base)) for n, v in speeds.items()],
-                    f"training loop in several processes (torchrun, global batch {a.batch_size}, {prec})")
-        res['processes'] = speeds
-    return res
 
 # %% ../nbs/07_train.ipynb #989b1f20
 def _in_ipython() -> bool:
