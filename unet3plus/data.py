@@ -26,8 +26,8 @@ __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'L
            'colour_mask_problem', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image',
            'decode_mask', 'mask_problem', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
            'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'clip_box', 'crop_window', 'crop_read_size',
-           'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport', 'check_sample',
-           'audit_dataset', 'naive_load', 'bench_data']
+           'resize_window', 'frame_bytes', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport',
+           'check_sample', 'audit_dataset', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -341,6 +341,7 @@ class SparkSegmentation(Dataset):
         self._cls, self._box, self._line = self.df['Class'].tolist(), self.df['bbox'].tolist(), self.df['line'].tolist()
         self.augment = SegAugment() if augment is True else (augment or None)
         self.object_crop, self.crop_margin = object_crop, tuple(crop_margin)
+        self._frames = None                                                     # see "Frames in memory"
         if object_crop: self.check_crops()                                      # see "Object-centred crops"
 
     @classmethod
@@ -366,7 +367,8 @@ class SparkSegmentation(Dataset):
         return decode_image(img, ip, image_size, self.draft, where), torch.from_numpy(cls.astype(np.int64)), orig
 
     def open_pair(self, i: int) -> tuple[Image.Image, Image.Image]:
-        "Sample `i`'s image and mask files opened (headers only), checked to have the same size."
+        "Sample `i`'s image and mask files opened (headers only), checked to have the same size; cached: from memory."
+        if self._frames is not None: return self._frames[i]
         ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
         img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
         if img.size != msk.size:
@@ -558,12 +560,15 @@ def check_crops(self: SparkSegmentation):
 def object_box(self: SparkSegmentation, i: int) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
     "Stored (H, W) of sample `i` and its spacecraft's box: the CSV's, else the mask's tight box (None: no spacecraft)."
     ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
-    with open_image(ip, 'image', where) as img: size = img.size[::-1]         # the header only
+    if self._frames is not None: size = self._frames[i][0].size[::-1]
+    else:
+        with open_image(ip, 'image', where) as img: size = img.size[::-1]     # the header only
     box = clip_box(self._box[i], size)
     if box is not None: return size, box
     outside = clip_box(self._box[i], _ANY_SIZE) is not None
     self._warn_box(i, f"is outside the {size[1]}x{size[0]} image" if outside else "is missing or has no area")
-    cls = mask_to_classes(open_image(mp, 'mask', where), mp, None, self.draft, self.max_far, where)
+    msk = self._frames[i][1] if self._frames is not None else open_image(mp, 'mask', where)
+    cls = mask_to_classes(msk, mp, None, self.draft, self.max_far, where)
     return size, (mask_bbox(cls) if cls.any() else None)
 
 @patch
@@ -575,6 +580,29 @@ def load_crop(self: SparkSegmentation, i: int) -> tuple[torch.Tensor, torch.Tens
     if box is None: return (*self.load(i), None)
     window = crop_window(box, size, margin, jitter, math.ceil(min(size) * MIN_CROP))
     return (*self.read_crop(i, window), size, window)
+
+# %% ../nbs/00_data.ipynb #1e017e4e
+def frame_bytes(size) -> int:
+    "Bytes one decoded sample of `size` (W, H) takes in memory: RGB image and one-byte class map."
+    return 4 * size[0] * size[1]
+
+@patch
+def cache_frames(self: SparkSegmentation, max_bytes: float = 2 * 2 ** 30, progress: bool = False) -> bool:
+    "Decode every image and mask into memory once (as stored) when they fit in `max_bytes`; True when cached."
+    if self._frames is not None: return True
+    need = 0
+    for i in range(len(self)):
+        with open_image(self.image_path(i), 'image', self.where(i)) as img: need += frame_bytes(img.size)
+        if need > max_bytes: return False
+    frames = []
+    for i in tqdm(range(len(self)), desc=f"decode {self.split} frames", disable=not progress, leave=False):
+        (img, msk), where = self.open_pair(i), self.where(i)
+        rgb = decode_rgb(img, self.image_path(i), None, False, 'image', where)
+        cls = mask_to_classes(msk, self.mask_path(i), None, False, self.max_far, where)
+        frames.append((rgb, Image.fromarray(cls)))
+    self._frames = frames
+    return True
+
 
 # %% ../nbs/00_data.ipynb #47ad93bb
 _TEST_NAME = re.compile(r'test_\d+_img\.jpe?g', re.IGNORECASE)
