@@ -25,9 +25,9 @@ __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'L
            'write_sample', 'write_test_image', 'write_split_csv', 'check_stride', 'colour_mask_stats',
            'colour_mask_problem', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image',
            'decode_mask', 'mask_problem', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
-           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'clip_box', 'crop_window', 'crop_read_size',
-           'resize_window', 'frame_bytes', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport',
-           'check_sample', 'audit_dataset', 'naive_load', 'bench_data']
+           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'hue_rotation_matrix', 'RandomHueRotation', 'SegAugment',
+           'clip_box', 'crop_window', 'crop_read_size', 'resize_window', 'frame_bytes', 'SparkTestImages', 'collate',
+           'make_loader', 'Problem', 'AuditReport', 'check_sample', 'audit_dataset', 'naive_load', 'bench_data']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -438,6 +438,34 @@ def jpeg_recompress(quality=(40, 95)) -> v2.Compose:
     "Re-encode a float image as a JPEG of random `quality` in (lo, hi) (`v2.JPEG` on a uint8 copy); masks pass through."
     return v2.Compose([v2.ToDtype(torch.uint8, scale=True), v2.JPEG(quality), v2.ToDtype(torch.float32, scale=True)])
 
+# %% ../nbs/00_data.ipynb #961ae7df
+import math
+
+def hue_rotation_matrix(turns: float) -> torch.Tensor:
+    "The 3x3 RGB matrix that rotates hues by `turns` of the colour wheel, keeping luminance (SVG `hueRotate`)."
+    c, s = math.cos(2 * math.pi * turns), math.sin(2 * math.pi * turns)
+    lum = torch.tensor([0.213, 0.715, 0.072])
+    cos_part = torch.tensor([[0.787, -0.715, -0.072], [-0.213, 0.285, -0.072], [-0.213, -0.715, 0.928]])
+    sin_part = torch.tensor([[-0.213, -0.715, 0.928], [0.143, 0.140, -0.283], [-0.787, 0.715, 0.072]])
+    return lum.expand(3, 3) + c * cos_part + s * sin_part
+
+class RandomHueRotation(v2.Transform):
+    "Rotate the image's hues by a uniform draw in [-`hue`, `hue`] turns (clipped to [0, 1]); masks pass through."
+    def __init__(self, hue: float = 0.5):
+        super().__init__()
+        if not 0 <= hue <= 0.5: raise ValueError(f"RandomHueRotation: hue must be in [0, 0.5] turns, got {hue!r}")
+        self.hue = float(hue)
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return dict(m=hue_rotation_matrix(self.hue * (2 * torch.rand(()).item() - 1)))
+
+    def transform(self, inpt, params: dict):
+        if not isinstance(inpt, tv_tensors.Image): return inpt
+        x = inpt.as_subclass(torch.Tensor)
+        out = torch.einsum('ij,...jhw->...ihw', params['m'].to(x), x).clamp_(0, 1)
+        return tv_tensors.wrap(out, like=inpt)
+
+
 # %% ../nbs/00_data.ipynb #4a7a7779
 class SegAugment:
     "Random joint augmentation of an image [3,H,W] in [0,1] and its class mask [H,W] (torchvision v2)."
@@ -457,8 +485,9 @@ class SegAugment:
                                                      scale=scale, interpolation=v2.InterpolationMode.BILINEAR, fill=0)],
                                     p=p_affine))
         if p_color and (brightness or contrast or saturation or hue):
-            t.append(v2.RandomApply([v2.ColorJitter(brightness or None, contrast or None, saturation or None,
-                                                    hue or None)], p=p_color))
+            jitter = [v2.ColorJitter(brightness or None, contrast or None, saturation or None)] if (
+                brightness or contrast or saturation) else []
+            t.append(v2.RandomApply(jitter + ([RandomHueRotation(hue)] if hue else []), p=p_color))
         if photometric:
             if p_hue_rotate and hue_rotate: t.append(v2.RandomApply([v2.ColorJitter(hue=hue_rotate)], p=p_hue_rotate))
             if p_channels: t.append(v2.RandomApply([v2.RandomChannelPermutation()], p=p_channels))
