@@ -25,9 +25,9 @@ __all__ = ['CLASSES', 'PALETTE', 'SPACECRAFT', 'CSV_COLUMNS', 'FAR_DISTANCE', 'L
            'write_sample', 'write_test_image', 'write_split_csv', 'check_stride', 'colour_mask_stats',
            'colour_mask_problem', 'as_hw', 'open_image', 'decode_rgb', 'image_to_tensor', 'decode_image', 'load_image',
            'decode_mask', 'mask_problem', 'mask_to_classes', 'load_mask', 'stratified_subset', 'SparkSegmentation',
-           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'SegAugment', 'place_window', 'clip_box', 'crop_window',
-           'crop_read_size', 'resize_window', 'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport',
-           'check_sample', 'audit_dataset']
+           'RandomRot90', 'RandomGamma', 'jpeg_recompress', 'hue_rotation_matrix', 'RandomHueRotation', 'SegAugment',
+           'place_window', 'clip_box', 'crop_window', 'crop_read_size', 'resize_window', 'frame_bytes',
+           'SparkTestImages', 'collate', 'make_loader', 'Problem', 'AuditReport', 'check_sample', 'audit_dataset']
 
 # %% ../nbs/00_data.ipynb #db1e045e
 CLASSES = ['background', 'body', 'panels']
@@ -341,6 +341,7 @@ class SparkSegmentation(Dataset):
         self._cls, self._box, self._line = self.df['Class'].tolist(), self.df['bbox'].tolist(), self.df['line'].tolist()
         self.augment = SegAugment() if augment is True else (augment or None)
         self.object_crop, self.crop_margin = object_crop, tuple(crop_margin)
+        self._frames = None                                                     # see "Frames in memory"
         if object_crop: self.check_crops()                                      # see "Object-centred crops"
 
     @classmethod
@@ -366,7 +367,8 @@ class SparkSegmentation(Dataset):
         return decode_image(img, ip, image_size, self.draft, where), torch.from_numpy(cls.astype(np.int64)), orig
 
     def open_pair(self, i: int) -> tuple[Image.Image, Image.Image]:
-        "Sample `i`'s image and mask files opened (headers only), checked to have the same size."
+        "Sample `i`'s image and mask files opened (headers only), checked to have the same size; cached: from memory."
+        if self._frames is not None: return self._frames[i]
         ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
         img, msk = open_image(ip, 'image', where), open_image(mp, 'mask', where)
         if img.size != msk.size:
@@ -436,6 +438,34 @@ def jpeg_recompress(quality=(40, 95)) -> v2.Compose:
     "Re-encode a float image as a JPEG of random `quality` in (lo, hi) (`v2.JPEG` on a uint8 copy); masks pass through."
     return v2.Compose([v2.ToDtype(torch.uint8, scale=True), v2.JPEG(quality), v2.ToDtype(torch.float32, scale=True)])
 
+# %% ../nbs/00_data.ipynb #961ae7df
+import math
+
+def hue_rotation_matrix(turns: float) -> torch.Tensor:
+    "The 3x3 RGB matrix that rotates hues by `turns` of the colour wheel, keeping luminance (SVG `hueRotate`)."
+    c, s = math.cos(2 * math.pi * turns), math.sin(2 * math.pi * turns)
+    lum = torch.tensor([0.213, 0.715, 0.072])
+    cos_part = torch.tensor([[0.787, -0.715, -0.072], [-0.213, 0.285, -0.072], [-0.213, -0.715, 0.928]])
+    sin_part = torch.tensor([[-0.213, -0.715, 0.928], [0.143, 0.140, -0.283], [-0.787, 0.715, 0.072]])
+    return lum.expand(3, 3) + c * cos_part + s * sin_part
+
+class RandomHueRotation(v2.Transform):
+    "Rotate the image's hues by a uniform draw in [-`hue`, `hue`] turns (clipped to [0, 1]); masks pass through."
+    def __init__(self, hue: float = 0.5):
+        super().__init__()
+        if not 0 <= hue <= 0.5: raise ValueError(f"RandomHueRotation: hue must be in [0, 0.5] turns, got {hue!r}")
+        self.hue = float(hue)
+
+    def make_params(self, flat_inputs: list) -> dict:
+        return dict(m=hue_rotation_matrix(self.hue * (2 * torch.rand(()).item() - 1)))
+
+    def transform(self, inpt, params: dict):
+        if not isinstance(inpt, tv_tensors.Image): return inpt
+        x = inpt.as_subclass(torch.Tensor)
+        out = torch.einsum('ij,...jhw->...ihw', params['m'].to(x), x).clamp_(0, 1)
+        return tv_tensors.wrap(out, like=inpt)
+
+
 # %% ../nbs/00_data.ipynb #4a7a7779
 class SegAugment:
     "Random joint augmentation of an image [3,H,W] in [0,1] and its class mask [H,W] (torchvision v2)."
@@ -455,8 +485,9 @@ class SegAugment:
                                                      scale=scale, interpolation=v2.InterpolationMode.BILINEAR, fill=0)],
                                     p=p_affine))
         if p_color and (brightness or contrast or saturation or hue):
-            t.append(v2.RandomApply([v2.ColorJitter(brightness or None, contrast or None, saturation or None,
-                                                    hue or None)], p=p_color))
+            jitter = [v2.ColorJitter(brightness or None, contrast or None, saturation or None)] if (
+                brightness or contrast or saturation) else []
+            t.append(v2.RandomApply(jitter + ([RandomHueRotation(hue)] if hue else []), p=p_color))
         if photometric:
             if p_hue_rotate and hue_rotate: t.append(v2.RandomApply([v2.ColorJitter(hue=hue_rotate)], p=p_hue_rotate))
             if p_channels: t.append(v2.RandomApply([v2.RandomChannelPermutation()], p=p_channels))
@@ -569,12 +600,15 @@ def check_crops(self: SparkSegmentation):
 def object_box(self: SparkSegmentation, i: int) -> tuple[tuple[int, int], tuple[int, int, int, int] | None]:
     "Stored (H, W) of sample `i` and its spacecraft's box: the CSV's, else the mask's tight box (None: no spacecraft)."
     ip, mp, where = self.image_path(i), self.mask_path(i), self.where(i)
-    with open_image(ip, 'image', where) as img: size = img.size[::-1]         # the header only
+    if self._frames is not None: size = self._frames[i][0].size[::-1]
+    else:
+        with open_image(ip, 'image', where) as img: size = img.size[::-1]     # the header only
     box = clip_box(self._box[i], size)
     if box is not None: return size, box
     outside = clip_box(self._box[i], _ANY_SIZE) is not None
     self._warn_box(i, f"is outside the {size[1]}x{size[0]} image" if outside else "is missing or has no area")
-    cls = mask_to_classes(open_image(mp, 'mask', where), mp, None, self.draft, self.max_far, where)
+    msk = self._frames[i][1] if self._frames is not None else open_image(mp, 'mask', where)
+    cls = mask_to_classes(msk, mp, None, self.draft, self.max_far, where)
     return size, (mask_bbox(cls) if cls.any() else None)
 
 @patch
@@ -586,6 +620,29 @@ def load_crop(self: SparkSegmentation, i: int) -> tuple[torch.Tensor, torch.Tens
     if box is None: return (*self.load(i), None)
     window = crop_window(box, size, margin, jitter, math.ceil(min(size) * MIN_CROP))
     return (*self.read_crop(i, window), size, window)
+
+# %% ../nbs/00_data.ipynb #1e017e4e
+def frame_bytes(size) -> int:
+    "Bytes one decoded sample of `size` (W, H) takes in memory: RGB image and one-byte class map."
+    return 4 * size[0] * size[1]
+
+@patch
+def cache_frames(self: SparkSegmentation, max_bytes: float = 2 * 2 ** 30, progress: bool = False) -> bool:
+    "Decode every image and mask into memory once (as stored) when they fit in `max_bytes`; True when cached."
+    if self._frames is not None: return True
+    need = 0
+    for i in range(len(self)):
+        with open_image(self.image_path(i), 'image', self.where(i)) as img: need += frame_bytes(img.size)
+        if need > max_bytes: return False
+    frames = []
+    for i in tqdm(range(len(self)), desc=f"decode {self.split} frames", disable=not progress, leave=False):
+        (img, msk), where = self.open_pair(i), self.where(i)
+        rgb = decode_rgb(img, self.image_path(i), None, False, 'image', where)
+        cls = mask_to_classes(msk, self.mask_path(i), None, False, self.max_far, where)
+        frames.append((rgb, Image.fromarray(cls)))
+    self._frames = frames
+    return True
+
 
 # %% ../nbs/00_data.ipynb #47ad93bb
 _TEST_NAME = re.compile(r'test_\d+_img\.jpe?g', re.IGNORECASE)

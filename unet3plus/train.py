@@ -57,6 +57,7 @@ class TrainConfig:
     augment: bool = True
     photometric: bool = True
     object_crop: float = 0.0
+    cache_gb: float = 2.0
     downsample: bool = False
     downsample_size: int = 1000
     num_workers: int = 4
@@ -127,6 +128,7 @@ _FLOAT_FLAGS = {  # every float field of TrainConfig: (the test its value must p
     'lr': (lambda v: v > 0, '> 0'), 'weight_decay': (lambda v: v >= 0, '>= 0'),
     'warmup_ratio': (lambda v: 0 <= v < 1, 'in [0, 1)'), 'grad_clip': (lambda v: v >= 0, '>= 0 (0 disables clipping)'),
     'cgm_weight': (lambda v: v >= 0, '>= 0'), 'object_crop': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
+    'cache_gb': (lambda v: v >= 0, '>= 0'),
     'dist_timeout': (lambda v: v > 0, '> 0 (minutes)')}
 
 def check_floats(cfg: TrainConfig):
@@ -354,6 +356,7 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     if len(tr) == 0 or len(va) == 0:
         raise ValueError(f"data set under {root} is empty (train: {len(tr)}, val: {len(va)} samples)")
     for ds in (tr, va): check_files(ds)
+    for ds in (tr, va): ds.cache_frames(cfg.cache_gb * 2 ** 30)                # small sets: decoded once
     return tr, va
 
 # %% ../nbs/07_train.ipynb #8a11f410
@@ -1145,6 +1148,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument('--no_photometric', dest='photometric', action='store_false',
                    help='augment without the photometric part (hue rotation, channel permutation, grayscale, '
                         'gamma, JPEG)')
+    g.add_argument('--cache_gb', type=float, default=d.cache_gb,
+                   help='decode the training and validation images into memory once when they fit in this many GiB '
+                        '(0: read them from disk every epoch)')
     g.add_argument('--object_crop', type=float, default=d.object_crop,
                    help='probability that a training sample is a square crop around its spacecraft (side x1.1-1.8 '
                         'of its box, random position, resized to --target_size) instead of the full frame')
