@@ -14,7 +14,7 @@ from ..data import SparkSegmentation, as_hw, rgb_to_classes_exact
 from ..testing import make_tiny_spark
 
 # %% auto #0
-__all__ = ['naive_load', 'bench_data']
+__all__ = ['naive_load', 'jitter_times', 'bench_data']
 
 # %% ../../nbs/bench/01_data.ipynb #af92bcff
 def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,6 +24,16 @@ def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]
     cls = rgb_to_classes_exact(np.asarray(Image.open(mask_path).convert('RGB')))
     cls = np.asarray(Image.fromarray(cls).resize((w, h), Image.NEAREST))
     return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255, torch.from_numpy(cls.astype(np.int64))
+
+def jitter_times(target: int, repeats: int, n: int = 20) -> dict[str, float]:
+    "Seconds per image of the colour jitter with the matrix hue shift vs torchvision's HSV one."
+    from torchvision.transforms import v2
+    from unet3plus.data import RandomHueRotation
+    x, bcs = torch.rand(3, target, target), dict(brightness=0.3, contrast=0.3, saturation=0.2)
+    ts = {'matrix-hue': v2.Compose([v2.ColorJitter(**bcs), RandomHueRotation(0.02)]),
+          'hsv-hue': v2.ColorJitter(**bcs, hue=0.02)}
+    t = measure({k: (lambda f=f: [f(x) for _ in range(n)]) for k, f in ts.items()}, repeats=repeats, warmup=1)
+    return {k: v / n for k, v in t.items()}
 
 def bench_data(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
@@ -44,12 +54,16 @@ def bench_data(argv: list[str] | None = None) -> dict:
             fast = SparkSegmentation.from_root(root, 'train', target_size=a.target)
             nodraft = SparkSegmentation.from_root(root, 'train', target_size=a.target, draft=False)
             crop = SparkSegmentation.from_root(root, 'train', target_size=a.target, object_crop=1.0)
-            def crops():
+            memory = SparkSegmentation.from_root(root, 'train', target_size=a.target); memory.cache_frames()
+            memory_crop = SparkSegmentation.from_root(root, 'train', target_size=a.target, object_crop=1.0)
+            memory_crop.cache_frames()
+            def crops(ds=crop):
                 with torch.random.fork_rng(devices=[]):                    # the same windows every round
-                    torch.manual_seed(0); return [crop[i] for i in range(a.n)]
+                    torch.manual_seed(0); return [ds[i] for i in range(a.n)]
             kb = np.mean([fast.image_path(i).stat().st_size for i in range(a.n)]) / 1024
             mkb = np.mean([fast.mask_path(i).stat().st_size for i in range(a.n)]) / 1024
             loaders = {'fast': lambda: [fast[i] for i in range(a.n)], 'crop': crops,
+                       'memory': lambda: [memory[i] for i in range(a.n)], 'memory-crop': lambda: crops(memory_crop),
                        'no-draft': lambda: [nodraft[i] for i in range(a.n)],
                        'naive': lambda: [naive_load(fast.image_path(i), fast.mask_path(i), a.target)
                                          for i in range(a.n)]}
@@ -58,6 +72,7 @@ def bench_data(argv: list[str] | None = None) -> dict:
                 def g(): t0 = time.process_time(); f(); cpu[k].append(time.process_time() - t0)
                 return g
             t = measure({k: cpu_timed(k, f) for k, f in loaders.items()}, repeats=a.repeats, warmup=1)
+        jit = jitter_times(a.target, a.repeats)
     finally: torch.set_num_threads(threads)
     res = {k: a.n / v for k, v in t.items()}
     res_cpu = {k: a.n / float(np.median(v[1:])) for k, v in cpu.items()}
@@ -69,5 +84,8 @@ def bench_data(argv: list[str] | None = None) -> dict:
                       "thread, "
                             f"{a.n} pairs x {a.repeats} rounds (samples_per_s: wall clock; per_cpu_s: per second of "
                             "this process's CPU time)")
-    return dict(samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'],
-                ratio_crop_vs_fast=res['crop'] / res['fast'], image_kib=kb, mask_kib=mkb)
+    print_table([dict(jitter=k, ms_per_image=round(v * 1e3, 3), vs_hsv=f"{jit['hsv-hue'] / v:.2f}x")
+                 for k, v in jit.items()], title=f"colour jitter on a {a.target} px image, 1 thread")
+    return dict(jitter_s=jit, samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'],
+                ratio_crop_vs_fast=res['crop'] / res['fast'], ratio_memory_vs_fast=res['memory'] / res['fast'],
+                image_kib=kb, mask_kib=mkb)
