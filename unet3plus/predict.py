@@ -19,12 +19,12 @@ from .decoder import PRECISIONS, resolve_precision, precision_autocast
 # %% auto #0
 __all__ = ['log', 'TTA_FLIPS', 'TTA_MODES', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 'ROI_NEAR', 'ROI_MAX_ZOOM', 'ROI_MODES',
            'resolve_device', 'amp_context', 'add_precision_flags', 'model_n_classes', 'uses_cgm', 'tta_mode',
-           'tta_scales', 'tta_transforms', 'transform', 'untransform', 'scaled_size', 'resize_batch', 'predict_scores',
-           'add_tta_flags', 'upsample_scores', 'class_map', 'check_finite_scores', 'resize_image', 'load_model',
-           'training_record', 'model_input_size', 'input_size', 'collate_eval', 'label_components', 'dilate',
-           'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window', 'paste_window', 'original_image',
-           'stage_class_map', 'predict_stages', 'predict_classes', 'roi_mode', 'trained_with_crops', 'resolve_roi',
-           'image_tensor']
+           'resolve_scales', 'tta_transforms', 'transform', 'untransform', 'scaled_size', 'resize_batch',
+           'predict_scores', 'add_tta_flags', 'upsample_scores', 'class_map', 'check_finite_scores', 'resize_image',
+           'load_model', 'training_record', 'model_input_size', 'input_size', 'collate_eval', 'label_components',
+           'dilate', 'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window', 'paste_window',
+           'original_image', 'stage_class_map', 'predict_stages', 'predict_classes', 'roi_mode', 'trained_with_crops',
+           'resolve_roi', 'image_tensor']
 
 # %% ../nbs/13_predict.ipynb #d055a1f1
 log = logging.getLogger('unet3plus.predict')
@@ -81,7 +81,7 @@ def tta_mode(tta) -> str:
         raise ValueError(f"tta must be one of {', '.join(TTA_MODES)} (or True/False), got {tta!r}")
     return mode
 
-def tta_scales(scales=None) -> tuple[float, ...]:
+def resolve_scales(scales=None) -> tuple[float, ...]:
     "`scales` (None: just 1) as a tuple of positive finite floats."
     if scales is None: return (1.0,)
     try: out = tuple(float(s) for s in scales)
@@ -118,7 +118,7 @@ def resize_batch(t: torch.Tensor, size) -> torch.Tensor:
 @torch.no_grad()
 def predict_scores(model, x: torch.Tensor, tta='none', scales=None) -> torch.Tensor:
     "Per-class scores [B,C,H,W] at input size: logits, or the log of probabilities averaged over TTA and `scales`."
-    moves, scales = tta_transforms(tta), tta_scales(scales)
+    moves, scales = tta_transforms(tta), resolve_scales(scales)
     if len(moves) == 1 and scales == (1.0,) and not uses_cgm(model): return model(x)['logits'].float()
     hw, probs = tuple(x.shape[-2:]), 0
     for s in scales:
