@@ -16,7 +16,8 @@ from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flag
                                predict_scores, upsample_scores,
                                check_finite_scores, resize_image, load_model, predict_classes, original_image, roi_mode,
                                resolve_roi,
-                               training_record, collate_eval, input_size, model_input_size)
+                               training_record, collate_eval, input_size, model_input_size, tta_mode, resolve_scales,
+                               add_tta_flags)
 from .metrics import (BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_confusion, iou_from_confusion,
                                foreground_miou, row_normalize, Calibration)
 from .visual import to_rgb_uint8, error_map, worst_first
@@ -26,9 +27,9 @@ from .decoder import resolve_precision
 __all__ = ['log', 'OVERWRITE_HINT', 'EVAL_FILES', 'EXAMPLES_DIR', 'DATA_HINT', 'reads_files', 'ResizedInputs', 'data_n_classes',
            'check_class_counts', 'sample_prediction', 'warn_about_dataset', 'summarize', 'sample_names',
            'evaluation_roi', 'evaluate', 'calibration_sample', 'calibration_line', 'plot_confusion',
-           'plot_per_spacecraft', 'plot_reliability', 'text_table', 'format_report', 'example_figure', 'worst_images',
-           'example_name', 'save_examples', 'json_safe', 'eval_output_dir', 'write_outputs', 'synthetic_data_root',
-           'trained_data', 'parse_args', 'main', 'run_eval']
+           'plot_per_spacecraft', 'plot_reliability', 'text_table', 'tta_line', 'format_report', 'example_figure',
+           'worst_images', 'example_name', 'save_examples', 'json_safe', 'eval_output_dir', 'write_outputs',
+           'synthetic_data_root', 'trained_data', 'parse_args', 'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -107,13 +108,13 @@ def evaluation_roi(roi, model, target_size, eval_size: str) -> bool:
     return on
 
 def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers: int = 0, device=None, precision='auto',
-             tta: bool = False, eval_size: str = 'original', class_names=None, boundary: bool = True,
-             progress: bool = True,
-             roi='auto') -> dict:
+             tta='none', eval_size: str = 'original', class_names=None, boundary: bool = True,
+             progress: bool = True, roi='auto', tta_scales=None) -> dict:
     "Metrics of `model` on a labelled `dataset`: overall, per class, per spacecraft class and per image."
     if eval_size not in ('original', 'input'):
         raise ValueError(f"eval_size must be 'original' or 'input', got {eval_size!r}")
     use_roi = evaluation_roi(roi, model, target_size, eval_size)
+    tta, scales = tta_mode(tta), resolve_scales(tta_scales)
     n = check_class_counts(model, dataset)
     warn_about_dataset(dataset, eval_size)
     class_names = list(class_names or (CLASSES if n == len(CLASSES) else [f'class_{i}' for i in range(n)]))
@@ -128,12 +129,13 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     for batch in tqdm(loader, desc='evaluate', disable=not progress):
         x, names = batch['image'].to(device), sample_names(batch)
         if eval_size == 'input' or not use_roi:                     # one stage: keep the scores (for calibration)
-            with amp_context(device, precision): scores = predict_scores(model, x, tta=tta).float()
+            with amp_context(device, precision): scores = predict_scores(model, x, tta, scales).float()
             check_finite_scores(scores, names)
         else:
             sizes = [m.shape[-2:] for m in batch['mask']]
             preds, windows = predict_classes(model, x, batch['original'] if use_roi else sizes,
-                                             tta=tta, roi=use_roi, names=names, precision=precision)
+                                             tta=tta, roi=use_roi, names=names, precision=precision,
+                                             tta_scales=scales)
         for j in range(len(x)):
             mask = batch['mask'][j].to(device)
             if int(mask.max()) >= n:
@@ -162,7 +164,8 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
                              for g, cm in sorted(groups.matrices.items())}
     res['per_image'] = rows
     res['calibration'] = calib.compute() if calib is not None else None
-    res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, roi=use_roi,
+    res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, tta_scales=list(scales),
+                           roi=use_roi,
                            roi_mode=roi_mode(roi),
                            precision=precision,
                            device=str(device), n_images=len(rows), n_classes=n, class_names=class_names,
@@ -243,6 +246,12 @@ def text_table(header: list[str], rows: list[list]) -> str:
     lines = ['  '.join(c[i].rjust(w[i]) if i else c[i].ljust(w[i]) for i in range(len(header))) for c in cells]
     return '\n'.join([lines[0], '  '.join('-' * x for x in w)] + lines[1:])
 
+def tta_line(settings: dict) -> str:
+    "The TTA of an evaluation's `settings` as the report states it: 'none', 'd4', 'flips x scales 0.75, 1, 1.25'."
+    scales = settings.get('tta_scales') or [1.0]
+    mode = tta_mode(settings.get('tta'))
+    return mode + (f" x scales {', '.join(f'{v:g}' for v in scales)}" if list(scales) != [1.0] else '')
+
 def format_report(res: dict) -> str:
     "The evaluation result as readable text tables."
     s, o, names = res['settings'], res['overall'], res['settings']['class_names']
@@ -251,7 +260,7 @@ def format_report(res: dict) -> str:
     roi = ('on' if s.get('roi') else 'off') + (' (auto)' if s.get('roi_mode') == 'auto' else '')
     out = ['UNet3+ evaluation report', '=' * 24,
            f"images: {s['n_images']}   input size: {size}   metrics at: {s['eval_size']} resolution   "
-           f"TTA: {s['tta']}   ROI (two stages): {roi}   device: {s['device']}   "
+           f"TTA: {tta_line(s)}   ROI (two stages): {roi}   device: {s['device']}   "
            f"precision: {s.get('precision', 'fp32')}   "
            f"{s['images_per_s']} images/s",
            *([f"data: {s['data_from']}"] if s.get('data_from') else []), '',
@@ -304,7 +313,7 @@ def example_name(rank: int, row: dict) -> str:
     return f"{rank:03d}_{row['class_name'].replace(' ', '_')}_{Path(row['image_name']).stem}.png"
 
 def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, device=None, precision='auto',
-                  tta: bool = False, class_names=CLASSES, roi: bool = False) -> list[Path]:
+                  tta='none', class_names=CLASSES, roi: bool = False, tta_scales=None) -> list[Path]:
     "Predict the images of `rows` again (as `evaluate` did) and save one example figure each under `out_dir`."
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True); device = resolve_device(device); paths = []
     precision = resolve_precision(precision, device)
@@ -313,7 +322,8 @@ def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, d
         s = inputs[r['index']]
         original = s['original'] if roi else s['mask'].shape[-2:]
         (pred,), _ = predict_classes(model, s['image'][None].to(device), [original],
-                                     tta=tta, roi=roi, names=[r['image_name']], precision=precision)
+                                     tta=tta, roi=roi, names=[r['image_name']], precision=precision,
+                                     tta_scales=tta_scales)
         pred = pred.cpu()
         title = f"{r['class_name']} / {r['image_name']}: foreground mIoU {r['fg_miou']:.3f}"
         fig = example_figure(s['image'], s['mask'].numpy(), pred.numpy(), class_names, title)
@@ -418,7 +428,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--n_examples', type=int, default=16)
     add_precision_flags(p)
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
-    p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
+    add_tta_flags(p)
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
                    help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--no_boundary', action='store_true', help='skip the boundary IoU')
@@ -432,6 +442,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if missing and len(missing) < 3:
         p.error(f"missing {', '.join(missing)} (or give --data_root, or no data flags for the model's own)")
     if a.batch_size < 1: p.error(f'--batch_size must be >= 1, got {a.batch_size}')
+    try: resolve_scales(a.tta_scales)
+    except ValueError as e: p.error(f'--{e}')
     if a.target_size is not None and a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     return a
 
@@ -459,7 +471,8 @@ def run_eval(a: argparse.Namespace) -> dict:
     size, size_from = input_size(a.target_size, model)
     ds = SparkSegmentation(a.val_csv, a.image_root, a.mask_root, a.split, target_size=None, subset=subset, seed=seed)
     res = evaluate(model, ds, target_size=size, batch_size=a.batch_size, num_workers=a.num_workers, device=device,
-                   precision=a.precision, tta=a.tta, eval_size=a.eval_size, boundary=not a.no_boundary, roi=a.roi)
+                   precision=a.precision, tta=a.tta, eval_size=a.eval_size, boundary=not a.no_boundary, roi=a.roi,
+                   tta_scales=a.tta_scales)
     res['settings'].update(model_path=str(a.model_path), val_csv=str(a.val_csv), split=a.split,
                            target_size_from=size_from,
                            data_from=data_from, subset=subset)
@@ -467,6 +480,7 @@ def run_eval(a: argparse.Namespace) -> dict:
     paths = write_outputs(res, out, overwrite=a.overwrite, examples=[example_name(i, r) for i, r in enumerate(worst)])
     if worst: save_examples(model, ds, worst, out / EXAMPLES_DIR, target_size=size, device=device,
                             precision=res['settings']['precision'],
-                            tta=a.tta, class_names=res['settings']['class_names'], roi=res['settings']['roi'])
+                            tta=a.tta, class_names=res['settings']['class_names'], roi=res['settings']['roi'],
+                            tta_scales=a.tta_scales)
     print(format_report(res)); log.info("wrote %s", ', '.join(str(p) for p in paths.values()))
     return res

@@ -6,6 +6,7 @@
 from __future__ import annotations
 import argparse, collections, hashlib, io, json, logging, re, shutil, statistics, sys, tempfile, time, zipfile
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
@@ -18,18 +19,22 @@ from .files import (atomic_write, atomic_write_text, remove_stale_temps, is_temp
                              foreign_files)
 from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, predict_scores,
                                upsample_scores, load_model, model_n_classes, predict_classes, original_image,
-                               resolve_roi, collate_eval, input_size)
+                               resolve_roi, collate_eval, input_size, tta_mode, resolve_scales, add_tta_flags,
+                               predict_stages, stage_class_map, class_map, upsample_scores)
 from .visual import overlay_classes
 from torch.utils.data import Dataset
 from .decoder import resolve_precision
 
 # %% auto #0
-__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'RECORD_DEFAULTS', 'npz_name', 'classes_to_layers',
-           'scores_to_classes', 'layers_to_classes', 'write_npz', 'read_npz', 'SubmissionReport', 'test_image_sizes',
-           'submission_entries', 'check_array', 'check_submission', 'valid_npz', 'overlay_name', 'run_settings',
-           'file_fingerprint', 'test_set_identity', 'output_names', 'input_differences', 'record_differences',
-           'read_record', 'owned_outputs', 'prepare_run', 'save_prediction', 'save_map', 'make_zip', 'WithOriginals',
-           'predict_folder', 'parse_args', 'main', 'run_infer']
+__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'PROBS_DIR', 'RECORD_DEFAULTS', 'RECORD_NOTES',
+           'PROB_SCALE', 'PROBS_LAYOUT', 'npz_name', 'classes_to_layers', 'scores_to_classes', 'layers_to_classes',
+           'write_npz', 'read_npz', 'SubmissionReport', 'test_image_sizes', 'submission_entries', 'check_array',
+           'check_submission', 'valid_npz', 'overlay_name', 'run_settings', 'recorded_setting', 'file_fingerprint',
+           'test_set_identity', 'output_names', 'input_differences', 'record_differences', 'read_record',
+           'owned_outputs', 'prepare_run', 'save_prediction', 'save_map', 'save_probabilities', 'make_zip',
+           'probs_name', 'quantize_probs', 'probs_region', 'write_probs', 'read_probs', 'valid_probs',
+           'probs_at_original', 'classes_from_probs', 'WithOriginals', 'predict_folder', 'ensemble_member',
+           'ensemble_runs', 'parse_args', 'main', 'run_infer']
 
 # %% ../nbs/09_inference.ipynb #26ea51f7
 log = logging.getLogger('unet3plus.inference')
@@ -163,7 +168,7 @@ def check_submission(path, test_dir=None, strict: bool = True, progress: bool = 
     return rep
 
 # %% ../nbs/09_inference.ipynb #52429439
-RECORD_NAME, ZIP_NAME, VIS_DIR = 'inference.json', 'submission.zip', 'visualizations'
+RECORD_NAME, ZIP_NAME, VIS_DIR, PROBS_DIR = 'inference.json', 'submission.zip', 'visualizations', 'probs'
 
 def valid_npz(path, size) -> bool:
     "Whether `path` is a readable submission file of (H, W) = `size`."
@@ -176,14 +181,22 @@ def overlay_name(image_name: str) -> str:
     "The visualisation file of a test image: `test_00012_img.jpg` -> `test_00012_overlay.png`."
     return Path(image_name).name.replace('_img.jpg', '_overlay.png')
 
-RECORD_DEFAULTS = dict(roi=False)     # settings that records of older versions lack, as those versions used them
+RECORD_DEFAULTS = dict(roi=False, tta_scales=[1.0], save_probs=False)   # what older records lack, as they ran
+RECORD_NOTES = ('inputs', 'outputs', 'probs')                    # keys of a record that are not settings
 
-def run_settings(model, model_path, target_size, tta: bool, roi: bool = False) -> dict:
+def run_settings(model, model_path, target_size, tta='none', roi: bool = False, scales=None,
+                 save_probs: bool = False) -> dict:
     "The settings that determine the predictions (stored in inference.json)."
     cfg = getattr(model, 'config', None) or {}
     return dict(model_path=str(Path(model_path).resolve()) if model_path else None,
                 model_config=json.loads(json.dumps(cfg, default=str)),
-                target_size=list(as_hw(target_size)) if target_size else None, tta=bool(tta), roi=bool(roi))
+                target_size=list(as_hw(target_size)) if target_size else None, tta=tta_mode(tta), roi=bool(roi),
+                tta_scales=list(resolve_scales(scales)), save_probs=bool(save_probs))
+
+def recorded_setting(record: dict, key: str):
+    "Setting `key` of an earlier run's record as this version names it (older records: defaults; TTA True: flips)."
+    v = record.get(key, RECORD_DEFAULTS.get(key))
+    return tta_mode(v) if key == 'tta' and (v is None or isinstance(v, bool)) else v
 
 def file_fingerprint(path, chunk: int = 4096) -> str:
     "A cheap content hash of a file: blake2b of its byte size and its first and last `chunk` bytes (16 hex digits)."
@@ -200,10 +213,11 @@ def test_set_identity(files, sizes: dict) -> dict:
     whole = hashlib.blake2b(json.dumps(entries, sort_keys=True).encode(), digest_size=8).hexdigest()
     return dict(n_images=len(entries), fingerprint=whole, files=entries)
 
-def output_names(image_names) -> list[str]:
-    "Every file inference may write for these test images, relative to the output folder: npz files, overlays, the zip."
+def output_names(image_names, probs: bool = False) -> list[str]:
+    "Every file inference may write for these images, relative to the output folder: npz files, overlays, the zip."
     names = [Path(n).name for n in image_names]
-    return [npz_name(n) for n in names] + [f'{VIS_DIR}/{overlay_name(n)}' for n in names] + [ZIP_NAME]
+    return ([npz_name(n) for n in names] + [f'{VIS_DIR}/{overlay_name(n)}' for n in names] + [ZIP_NAME]
+            + ([f'{PROBS_DIR}/{probs_name(n)}' for n in names] if probs else []))
 
 def input_differences(old: dict, new: dict) -> str:
     "How the test images of two `test_set_identity` results differ ('' when they are the same)."
@@ -215,9 +229,9 @@ def input_differences(old: dict, new: dict) -> str:
 
 def record_differences(old: dict, new: dict) -> list[tuple[str, str]]:
     "(what, how) for each setting and for the test images that differ between an earlier run's record and this one's."
-    was = lambda k: old.get(k, RECORD_DEFAULTS.get(k))
-    out = [(k, k if k == 'model_config' else f'{k}: {was(k)} -> {new[k]}') for k in new
-           if k not in ('inputs', 'outputs') and was(k) != new[k]]
+    was = lambda k: recorded_setting(old, k)
+    out = [(k, k if k in ('model_config', 'runs') else f'{k}: {was(k)} -> {new[k]}') for k in new
+           if k not in RECORD_NOTES and was(k) != new[k]]
     if 'inputs' not in old: out.append(('test images', 'test images: not recorded (an older unet3plus-infer)'))
     elif d := input_differences(old['inputs'], new['inputs']): out.append(('test images', f'test images: {d}'))
     return out
@@ -228,7 +242,7 @@ def read_record(out: Path) -> dict | None:
     if not f.exists(): return None
     try: rec = json.loads(f.read_text())
     except (OSError, ValueError): rec = None
-    if not isinstance(rec, dict) or 'tta' not in rec:
+    if not isinstance(rec, dict) or not ('tta' in rec or 'ensemble' in rec):
         raise FileExistsError(f"{f} is not a record of unet3plus-infer; move it away or choose another --output_dir")
     return rec
 
@@ -244,7 +258,7 @@ def prepare_run(output_dir, record: dict, overwrite: bool = False) -> Path:
     out = Path(output_dir)
     if out.exists() and not out.is_dir(): raise FileExistsError(f"--output_dir {out} exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    for d in (out, out / VIS_DIR):
+    for d in (out, out / VIS_DIR, out / PROBS_DIR):
         if d.is_dir(): remove_stale_temps(d)          # leftovers of a killed run; another shard's live ones stay
     old = read_record(out)
     if old is None:
@@ -284,6 +298,12 @@ def save_map(out: Path, image_path: Path, class_map, visualize: bool = False) ->
     "`save_prediction` of a lazy class map (a function giving the long [H,W] map, from `predict_classes`)."
     return save_prediction(out, image_path, class_map().byte().cpu().numpy(), visualize)
 
+def save_probabilities(out: Path, image_path: Path, scores: torch.Tensor, window, hw, visualize: bool = False) -> str:
+    "Write one image's probability file from its last-stage `scores`, then its submission file made from it."
+    p = dict(probs=quantize_probs(scores), region=probs_region(window, hw), size=tuple(int(v) for v in hw))
+    write_probs(out / PROBS_DIR / probs_name(image_path.name), **p)
+    return save_prediction(out, image_path, classes_from_probs([p]), visualize)
+
 def make_zip(folder, zip_path=None, names=None) -> Path:
     "A flat `submission.zip` of the folder's `test_*_layer.npz` files (or of `names` among them), written atomically."
     folder = Path(folder); zip_path = Path(zip_path or folder / ZIP_NAME)
@@ -294,6 +314,70 @@ def make_zip(folder, zip_path=None, names=None) -> Path:
             for p in files: zf.write(p, arcname=p.name)
     return atomic_write(zip_path, write)
 
+# %% ../nbs/09_inference.ipynb #2bf55325
+PROB_SCALE = 255      # a stored probability q means q / 255
+PROBS_LAYOUT = dict(folder=PROBS_DIR, file='test_XXXXX_probs.npz', scale=PROB_SCALE,
+                    probs='uint8 (C, h, w): round(p * 255) at the model input size; p = probs / 255',
+                    region='(top, left, height, width) in original pixels that probs covers: the image, or the '
+                           'stage-2 window; background outside it', size='(H, W) of the original image')
+
+def probs_name(image_name: str) -> str:
+    "The probability file of a test image: `test_00012_img.jpg` -> `test_00012_probs.npz`."
+    return npz_name(image_name).replace('_layer.npz', '_probs.npz')
+
+def quantize_probs(scores: torch.Tensor) -> np.ndarray:
+    "One image's class probabilities as uint8 [C,h,w]: round(softmax(`scores` [C,h,w]) x 255)."
+    return (scores.float().softmax(0) * PROB_SCALE).round().byte().cpu().numpy()
+
+def probs_region(window, hw) -> tuple[int, int, int, int]:
+    "(top, left, height, width) in original pixels that a probability map covers: the stage-2 window, or the image."
+    return (0, 0, *as_hw(hw)) if window is None else (window.top, window.left, window.side, window.side)
+
+def write_probs(path, probs: np.ndarray, region, size) -> Path:
+    "Save one image's quantised probabilities with the region they cover and the image's (H, W), atomically."
+    region, size = np.asarray(region, np.int64), np.asarray(size, np.int64)
+    return atomic_write(path, lambda f: np.savez_compressed(f, probs=probs, region=region, size=size))
+
+def read_probs(path, size=None, n_classes=None, where: str = '') -> dict:
+    "The `probs`, `region` and `size` of a probability file, checked against `size` and `n_classes` if given."
+    what = f'{where}{path}'
+    try:
+        with np.load(path, allow_pickle=False) as z: d = {k: z[k] for k in z.files}
+    except Exception as e:
+        if not isinstance(e, (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)): raise
+        raise ValueError(f"{what} cannot be read as .npz ({type(e).__name__}: {e})") from None
+    if missing := sorted({'probs', 'region', 'size'} - set(d)):
+        raise ValueError(f"{what} is not a probability file of unet3plus-infer (no {', '.join(missing)})")
+    p, region, hw = d['probs'], tuple(int(v) for v in d['region'].ravel()), tuple(int(v) for v in d['size'].ravel())
+    if p.dtype != np.uint8 or p.ndim != 3:
+        raise ValueError(f"{what} holds probabilities of dtype {p.dtype} and shape {p.shape}, expected uint8 (C, h, w)")
+    if len(region) != 4 or len(hw) != 2 or min(region[2:] + hw) < 1:
+        raise ValueError(f"{what} holds region {region} and size {hw}: expected (top, left, height, width) and (H, W)")
+    if n_classes is not None and p.shape[0] != n_classes:
+        raise ValueError(f"{what} holds {p.shape[0]} classes, expected {n_classes}")
+    if size is not None and hw != tuple(size):
+        raise ValueError(f"{what} is for an image of {hw} (H, W), but its test image is {tuple(size)}")
+    return dict(probs=p, region=region, size=hw)
+
+def valid_probs(path, size, n_classes) -> bool:
+    "Whether `path` is a readable probability file for an image of `size` and a model of `n_classes`."
+    try: read_probs(path, size, n_classes); return True
+    except ValueError: return False
+
+def probs_at_original(p: dict) -> torch.Tensor:
+    "Probabilities float32 [C,H,W] at the original size of a `read_probs` result: its region's, background outside."
+    q, (top, left, h, w), (H, W) = p['probs'], p['region'], p['size']
+    inside = upsample_scores(torch.from_numpy(q)[None].float() / PROB_SCALE, (h, w))[0]
+    if (top, left, h, w) == (0, 0, H, W): return inside
+    out = torch.zeros(len(q), H, W); out[0] = 1
+    y0, y1, x0, x1 = max(top, 0), min(top + h, H), max(left, 0), min(left + w, W)
+    if y1 > y0 and x1 > x0: out[:, y0:y1, x0:x1] = inside[:, y0 - top:y1 - top, x0 - left:x1 - left]
+    return out
+
+def classes_from_probs(probs: list[dict]) -> np.ndarray:
+    "Class map uint8 [H,W]: the arg-max of the summed (so of the mean) original-size probabilities of one or more runs."
+    return class_map(sum(probs_at_original(p) for p in probs)).byte().numpy()
+
 # %% ../nbs/09_inference.ipynb #988f8c8a
 class WithOriginals(Dataset):
     "The samples of a `SparkTestImages`, each also holding its image at the original size (`original`, uint8 [3,H,W])."
@@ -302,9 +386,9 @@ class WithOriginals(Dataset):
     def __getitem__(self, i): return dict(self.ds[i], original=original_image(self.ds.files[i]))
 
 def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0,
-                   tta: bool = False, precision='auto', overwrite: bool = False, save_visualizations: bool = False,
+                   tta='none', precision='auto', overwrite: bool = False, save_visualizations: bool = False,
                    zip: bool = True, device=None, model_path=None, writers: int = 4, shard=(0, 1),
-                   progress: bool = True, roi='auto') -> dict:
+                   progress: bool = True, roi='auto', tta_scales=None, save_probs: bool = False) -> dict:
     "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
     k, n_shards = shard
     if not 0 <= k < n_shards: raise ValueError(f"--shard {k}/{n_shards}: need 0 <= K < N")
@@ -314,24 +398,33 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
     if model_n_classes(model) != len(CLASSES):
         raise ValueError(f"the SPARK submission needs a {len(CLASSES)}-class model ({', '.join(CLASSES)}), "
                          f"this one predicts {model_n_classes(model)}")
-    use_roi = resolve_roi(roi, model, as_hw(target_size))
+    use_roi, n = resolve_roi(roi, model, as_hw(target_size)), model_n_classes(model)
+    tta, scales = tta_mode(tta), resolve_scales(tta_scales)
     ds = SparkTestImages(data_path, target_size)
     names = [npz_name(p.name) for p in ds.files]
     sizes = test_image_sizes(ds.folder)                        # reads every header: a broken file is named here
-    record = dict(run_settings(model, model_path, target_size, tta, use_roi), inputs=test_set_identity(ds.files, sizes),
-                  outputs=output_names(p.name for p in ds.files))       # the whole test set's, the same in every shard
+    record = dict(run_settings(model, model_path, target_size, tta, use_roi, scales, save_probs),
+                  inputs=test_set_identity(ds.files, sizes),           # the whole test set's, the same in every shard
+                  outputs=output_names((p.name for p in ds.files), save_probs))
+    if save_probs: record['probs'] = PROBS_LAYOUT
     out = prepare_run(output_dir, record, overwrite)
     mine = [i for i in range(len(names)) if i % n_shards == k]           # only this shard's files are checked
-    done = {i for i in mine if (out / names[i]).exists() and valid_npz(out / names[i], sizes[names[i]])}
-    broken = [names[i] for i in mine if i not in done and (out / names[i]).exists()]
+    probs = lambda i: out / PROBS_DIR / probs_name(ds.files[i].name)
+    done = {i for i in mine if (out / names[i]).exists() and valid_npz(out / names[i], sizes[names[i]])
+            and (not save_probs or valid_probs(probs(i), sizes[names[i]], n))}
+    broken = [names[i] for i in mine
+              if i not in done and ((out / names[i]).exists() or save_probs and probs(i).exists())]
     todo = [i for i in mine if i not in done]
     device = resolve_device(device); model = model.to(device, memory_format=torch.channels_last).eval()
     precision = resolve_precision(precision, device)
     how = (f"input size {'x'.join(map(str, as_hw(target_size))) if target_size else 'original'}, "
-           f"{'two stages' if use_roi else 'one stage'}{', TTA' if tta else ''}, {precision} on {device}")
+           f"{'two stages' if use_roi else 'one stage'}{f', TTA {tta}' if tta != 'none' else ''}"
+           f"{f', scales {scales}' if scales != (1.0,) else ''}{', probabilities' if save_probs else ''}, "
+           f"{precision} on {device}")
     log.info("%d test images, %d in this shard: %d already done, %d to predict (%s)%s", len(names), len(mine),
              len(done), len(todo), how, f" ({len(broken)} files unreadable or wrong, redone)" if broken else '')
-    if save_visualizations: (out / VIS_DIR).mkdir(exist_ok=True)
+    for d, on in ((VIS_DIR, save_visualizations), (PROBS_DIR, save_probs)):
+        if on: (out / d).mkdir(exist_ok=True)
     written, pending, second_stages, t0 = [], collections.deque(), 0, time.perf_counter()
     loader = DataLoader(Subset(WithOriginals(ds) if use_roi else ds, todo), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_eval, pin_memory=device.type == 'cuda')
@@ -339,11 +432,15 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
         for batch in tqdm(loader, desc='predict', disable=not progress or not todo):
             originals = batch['original'] if use_roi else batch['orig_size']
             x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            maps, windows = predict_classes(model, x, originals, tta=tta, roi=use_roi, names=batch['image_name'],
-                                            precision=precision, lazy=True)      # NaN scores: an error
+            scores, windows = predict_stages(model, x, originals, tta=tta, tta_scales=scales, roi=use_roi,
+                                             names=batch['image_name'], precision=precision)   # NaN scores: an error
             second_stages += sum(w is not None for w in windows)
             for j, name in enumerate(batch['image_name']):             # (`zip` is a flag here)
-                pending.append(pool.submit(save_map, out, ds.folder / name, maps[j], save_visualizations))
+                s, w, hw = scores[j], windows[j], sizes[npz_name(name)]
+                path, vis = ds.folder / name, save_visualizations
+                job = (partial(save_probabilities, out, path, s, w, hw, vis) if save_probs
+                       else partial(save_map, out, path, partial(stage_class_map, s, w, hw), vis))
+                pending.append(pool.submit(job))
             while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)):
                 written.append(pending.popleft().result())
         while pending: written.append(pending.popleft().result())
@@ -361,6 +458,63 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
                 seconds=seconds, images_per_s=len(written) / seconds if written and seconds > 0 else None,
                 precision=precision, second_stages=second_stages)
 
+# %% ../nbs/09_inference.ipynb #af519f31
+def ensemble_member(run) -> dict:
+    "The record of an earlier run that `--ensemble` can average: one written with `--save_probs`."
+    d = Path(run)
+    if not d.is_dir(): raise FileNotFoundError(f"--ensemble {d}: no such folder")
+    try: rec = read_record(d)
+    except FileExistsError:
+        raise ValueError(f"--ensemble {d}: {RECORD_NAME} is not a record of unet3plus-infer") from None
+    if rec is None: raise FileNotFoundError(f"--ensemble {d}: no {RECORD_NAME}, so not a folder of unet3plus-infer")
+    if 'ensemble' in rec: raise ValueError(f"--ensemble {d}: an ensemble has no probability files; give its runs")
+    if not rec.get('save_probs') or 'inputs' not in rec:
+        raise ValueError(f"--ensemble {d}: predicted without --save_probs, so it has no probability files")
+    return rec
+
+def ensemble_runs(run_dirs, output_dir, overwrite: bool = False, zip: bool = True, writers: int = 4, data_path=None,
+                  progress: bool = True) -> dict:
+    "A submission in `output_dir` from the mean probabilities of earlier `--save_probs` runs (see above); resumes."
+    runs = [Path(d) for d in run_dirs]
+    if not runs: raise ValueError("--ensemble needs at least one run folder")
+    recs = [ensemble_member(d) for d in runs]
+    if Path(output_dir).resolve() in {d.resolve() for d in runs}:
+        raise ValueError(f"--output_dir {output_dir} is one of the --ensemble runs; choose another folder")
+    n = (recs[0].get('model_config') or {}).get('n_classes')
+    for j in range(1, len(runs)):                                    # (`zip` is a flag here)
+        d, rec = runs[j], recs[j]
+        if diff := input_differences(recs[0]['inputs'], rec['inputs']):
+            raise ValueError(f"--ensemble {d}: predicted other test images than {runs[0]} ({diff})")
+        if (k := (rec.get('model_config') or {}).get('n_classes')) != n:
+            raise ValueError(f"--ensemble {d}: its model predicts {k} classes, the model of {runs[0]} {n}")
+    files = recs[0]['inputs']['files']                               # image name -> [bytes, H, W, fingerprint]
+    images = sorted(files)
+    sizes = {i: tuple(files[i][1:3]) for i in images}
+    for d in runs:
+        gone = [probs_name(i) for i in images if not (d / PROBS_DIR / probs_name(i)).exists()]
+        if gone: raise FileNotFoundError(f"--ensemble {d}: {d / PROBS_DIR / gone[0]} is missing ({len(gone)} of "
+                                         f"{len(images)} probability files; an unfinished run, or a shard?)")
+    keep = ('model_path', 'target_size', 'tta', 'tta_scales', 'roi')
+    record = dict(ensemble=[str(d.resolve()) for d in runs], runs=[{k: recorded_setting(r, k) for k in keep}
+                                                                    for r in recs],
+                  inputs=recs[0]['inputs'], outputs=output_names(images))
+    out = prepare_run(output_dir, record, overwrite)
+    done = [i for i in images if (out / npz_name(i)).exists() and valid_npz(out / npz_name(i), sizes[i])]
+    def average(image: str) -> str:
+        probs = [read_probs(d / PROBS_DIR / probs_name(image), sizes[image], n, f'--ensemble {d}: ') for d in runs]
+        write_npz(out / npz_name(image), classes_to_layers(classes_from_probs(probs)))
+        return npz_name(image)
+    todo = [i for i in images if i not in done]
+    log.info("ensemble of %d runs, %d test images: %d already done, %d to average", len(runs), len(images),
+             len(done), len(todo))
+    with ThreadPoolExecutor(max(1, writers)) as pool:
+        jobs = tqdm(pool.map(average, todo), total=len(todo), desc='ensemble', disable=not progress or not todo)
+        written = list(jobs)
+    zip_path = make_zip(out, names={npz_name(i) for i in images}) if zip else None
+    report = check_submission(zip_path or out, data_path)               # raises, listing every problem
+    log.info("%s", report)
+    return dict(output_dir=out, zip=zip_path, written=written, skipped=[npz_name(i) for i in done], report=report)
+
 # %% ../nbs/09_inference.ipynb #e8956965
 def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-infer` command line."
@@ -375,7 +529,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--num_workers', type=int, default=2, help='data loader processes decoding JPEGs')
     p.add_argument('--writers', type=int, default=4, help='threads compressing and writing the .npz files')
     add_precision_flags(p)
-    p.add_argument('--tta', action='store_true', help='average probabilities over horizontal and vertical flips')
+    add_tta_flags(p)
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
                    help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--zip', dest='zip', action='store_true', default=True, help='write submission.zip (default)')
@@ -385,13 +539,25 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='also save overlay PNGs under OUTPUT/visualizations')
     p.add_argument('--shard', default='0/1', metavar='K/N',
                    help='predict only images i with i %% N == K (e.g. one SLURM array task each)')
+    p.add_argument('--save_probs', action='store_true',
+                   help=f'also write {PROBS_DIR}/test_XXXXX_probs.npz: class probabilities, uint8 round(p x 255), '
+                        'at the model input size, for --ensemble (the masks are then made from them)')
+    p.add_argument('--ensemble', nargs='+', metavar='DIR',
+                   help='no model: average the probability files of earlier --save_probs runs DIR ... into a '
+                        'submission in --output_dir (arg-max of the mean)')
     p.add_argument('--check', metavar='PATH',
                    help='only check a submission folder or zip (against --data_path if given)')
     p.add_argument('--device', default=None)
     a = p.parse_args(argv)
-    if a.check is None:
+    if a.ensemble is not None:
+        given = [f for f, on in (('--model_path', a.model_path), ('--save_probs', a.save_probs), ('--check', a.check),
+                                 ('--tta', a.tta != 'none'), ('--tta_scales', a.tta_scales != [1.0])) if on]
+        if given: p.error(f"--ensemble averages saved runs: it takes no {', '.join(given)}")
+    elif a.check is None:
         missing = [f'--{k}' for k in ('model_path', 'data_path') if not getattr(a, k)]
-        if missing: p.error(f"missing {', '.join(missing)} (or use --check PATH)")
+        if missing: p.error(f"missing {', '.join(missing)} (or use --check PATH, or --ensemble DIR ...)")
+    try: resolve_scales(a.tta_scales)
+    except ValueError as e: p.error(f'--{e}')
     if a.batch_size < 1: p.error(f'--batch_size must be >= 1, got {a.batch_size}')
     if a.target_size is not None and a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     m = re.fullmatch(r'(\d+)/(\d+)', a.shard)
@@ -412,11 +578,16 @@ def run_infer(a: argparse.Namespace):
         rep = check_submission(a.check, a.data_path, strict=False, progress=True); print(rep)
         if not rep.ok: raise SystemExit(1)
         return rep
+    if a.ensemble is not None:
+        r = ensemble_runs(a.ensemble, a.output_dir, overwrite=a.overwrite, zip=a.zip, writers=a.writers,
+                          data_path=a.data_path)
+        print(r['report']); return r
     device = resolve_device(a.device)
     model = load_model(a.model_path, device)
     size, _ = input_size(a.target_size, model)
     r = predict_folder(model, a.data_path, a.output_dir, target_size=size, batch_size=a.batch_size,
-                       num_workers=a.num_workers, tta=a.tta, precision=a.precision, overwrite=a.overwrite,
+                       num_workers=a.num_workers, tta=a.tta, tta_scales=a.tta_scales, save_probs=a.save_probs,
+                       precision=a.precision, overwrite=a.overwrite,
                        save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,
                        writers=a.writers, shard=a.shard, roi=a.roi)
     print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r

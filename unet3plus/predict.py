@@ -17,12 +17,14 @@ from .model import UNet3Plus
 from .decoder import PRECISIONS, resolve_precision, precision_autocast
 
 # %% auto #0
-__all__ = ['log', 'TTA_FLIPS', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 'ROI_NEAR', 'ROI_MAX_ZOOM', 'ROI_MODES', 'resolve_device',
-           'amp_context', 'add_precision_flags', 'model_n_classes', 'uses_cgm', 'predict_scores', 'upsample_scores',
-           'class_map', 'check_finite_scores', 'resize_image', 'load_model', 'training_record', 'model_input_size',
-           'input_size', 'collate_eval', 'label_components', 'dilate', 'foreground_box', 'Window', 'scale_box',
-           'square_window', 'cut_window', 'paste_window', 'original_image', 'predict_classes', 'roi_mode',
-           'trained_with_crops', 'resolve_roi', 'image_tensor']
+__all__ = ['log', 'TTA_FLIPS', 'TTA_MODES', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 'ROI_NEAR', 'ROI_MAX_ZOOM', 'ROI_MODES',
+           'resolve_device', 'amp_context', 'add_precision_flags', 'model_n_classes', 'uses_cgm', 'tta_mode',
+           'resolve_scales', 'tta_transforms', 'transform', 'untransform', 'scaled_size', 'resize_batch',
+           'predict_scores', 'add_tta_flags', 'upsample_scores', 'class_map', 'check_finite_scores', 'resize_image',
+           'load_model', 'training_record', 'model_input_size', 'input_size', 'collate_eval', 'label_components',
+           'dilate', 'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window', 'paste_window',
+           'original_image', 'stage_class_map', 'predict_stages', 'predict_classes', 'roi_mode', 'trained_with_crops',
+           'resolve_roi', 'image_tensor']
 
 # %% ../nbs/13_predict.ipynb #d055a1f1
 log = logging.getLogger('unet3plus.predict')
@@ -59,6 +61,7 @@ def add_precision_flags(p, default: str = 'auto'):
 
 # %% ../nbs/13_predict.ipynb #a81ec900
 TTA_FLIPS = ((), (-1,), (-2,))  # identity, horizontal flip, vertical flip
+TTA_MODES = ('none', 'flips', 'd4')
 
 def model_n_classes(model) -> int:
     "Number of output classes of `model` (from its config)."
@@ -71,13 +74,67 @@ def uses_cgm(model) -> bool:
     "Whether `model` has a classification-guided module."
     return bool((getattr(model, 'config', None) or {}).get('cgm', False))
 
+def tta_mode(tta) -> str:
+    "`tta` as one of 'none', 'flips', 'd4' (True, the older flag, means 'flips'; False and None mean 'none')."
+    mode = {True: 'flips', False: 'none', None: 'none'}[tta] if tta is None or isinstance(tta, bool) else tta
+    if mode not in TTA_MODES:
+        raise ValueError(f"tta must be one of {', '.join(TTA_MODES)} (or True/False), got {tta!r}")
+    return mode
+
+def resolve_scales(scales=None) -> tuple[float, ...]:
+    "`scales` (None: just 1) as a tuple of positive finite floats."
+    if scales is None: return (1.0,)
+    try: out = tuple(float(s) for s in scales)
+    except (TypeError, ValueError): out = ()
+    if not out or not all(math.isfinite(s) and s > 0 for s in out):
+        raise ValueError(f"tta_scales must be positive numbers (e.g. 0.75 1 1.25), got {scales!r}")
+    return out
+
+def tta_transforms(tta) -> list[tuple[int, tuple]]:
+    "The transforms of a TTA mode as (quarter turns, flipped dims), identity first: 1, 3 (flips) or the 8 of D4."
+    mode = tta_mode(tta)
+    if mode == 'd4': return [(k, dims) for dims in ((), (-1,)) for k in range(4)]
+    return [(0, dims) for dims in (TTA_FLIPS if mode == 'flips' else ((),))]
+
+def transform(t: torch.Tensor, k: int, dims: tuple) -> torch.Tensor:
+    "`t` flipped along `dims`, then turned `k` quarter turns (counter-clockwise) in its last two dimensions."
+    t = t.flip(dims) if dims else t
+    return torch.rot90(t, k, (-2, -1)) if k % 4 else t
+
+def untransform(t: torch.Tensor, k: int, dims: tuple) -> torch.Tensor:
+    "The inverse of `transform(t, k, dims)`: `k` quarter turns back, then the same flips."
+    t = torch.rot90(t, -k, (-2, -1)) if k % 4 else t
+    return t.flip(dims) if dims else t
+
+def scaled_size(hw, scale: float) -> tuple[int, int]:
+    "(H, W) times `scale`, rounded, at least 1 pixel each."
+    return tuple(max(1, round(v * scale)) for v in hw)
+
+def resize_batch(t: torch.Tensor, size) -> torch.Tensor:
+    "A [B,C,H,W] batch (images or probabilities) resized bilinearly, antialiased, to `size` (H, W)."
+    return t if tuple(t.shape[-2:]) == tuple(size) else F.interpolate(t, size=tuple(size), mode='bilinear',
+                                                                      align_corners=False, antialias=True)
+
 @torch.no_grad()
-def predict_scores(model, x: torch.Tensor, tta: bool = False, flips=TTA_FLIPS) -> torch.Tensor:
-    "Per-class scores [B,C,H,W] at input size: logits, or log of flip-averaged probabilities with `tta`."
-    if not tta and not uses_cgm(model): return model(x)['logits'].float()
-    flips = flips if tta else ((),)
-    probs = sum(model.predict(x.flip(f) if f else x).float().flip(f) if f else model.predict(x).float() for f in flips)
-    return (probs / len(flips)).clamp_min(1e-12).log()
+def predict_scores(model, x: torch.Tensor, tta='none', scales=None) -> torch.Tensor:
+    "Per-class scores [B,C,H,W] at input size: logits, or the log of probabilities averaged over TTA and `scales`."
+    moves, scales = tta_transforms(tta), resolve_scales(scales)
+    if len(moves) == 1 and scales == (1.0,) and not uses_cgm(model): return model(x)['logits'].float()
+    hw, probs = tuple(x.shape[-2:]), 0
+    for s in scales:
+        xs = x if s == 1 else resize_batch(x, scaled_size(hw, s))
+        for k, dims in moves:
+            p = untransform(model.predict(transform(xs, k, dims)).float(), k, dims)
+            probs = probs + (p if s == 1 else resize_batch(p, hw))
+    return (probs / (len(moves) * len(scales))).clamp_min(1e-12).log()
+
+def add_tta_flags(p):
+    "Add `--tta [none|flips|d4]` (`--tta` alone: flips, the older flag) and `--tta_scales S [S ...]` to parser `p`."
+    p.add_argument('--tta', nargs='?', const='flips', default='none', choices=TTA_MODES,
+                   help='test-time augmentation, probabilities averaged: flips (horizontal and vertical; --tta alone), '
+                        'd4 (the 8 rotations and flips), none (default)')
+    p.add_argument('--tta_scales', nargs='+', type=float, default=[1.0], metavar='S',
+                   help='also average over inputs resized by these factors, e.g. 0.75 1 1.25 (default: 1)')
 
 def upsample_scores(scores: torch.Tensor, size) -> torch.Tensor:
     "Scores resized bilinearly to `size` (H, W); unchanged if already that size."
@@ -229,18 +286,20 @@ def _image_hw(o) -> tuple[int, int]:
     "(H, W) of an image tensor [3,H,W] or of a size."
     return tuple(o.shape[-2:]) if isinstance(o, torch.Tensor) and o.ndim == 3 else as_hw(tuple(int(v) for v in o))
 
-def _one_stage_map(scores: torch.Tensor, hw) -> torch.Tensor:
-    "Class map at the original size `hw` of one image's scores [C,h,w]."
+def stage_class_map(scores: torch.Tensor, window: Window | None, hw) -> torch.Tensor:
+    "Class map at the original size `hw` of one image's last-stage scores [C,h,w] (pasted into `window`, if any)."
+    if window is not None: return paste_window(scores, window, hw)
     return class_map(upsample_scores(scores[None], hw)[0])
 
-def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: bool = False, names=None,
-                    precision: str = 'fp32', margin: float = ROI_MARGIN, near: float = ROI_NEAR,
-                    max_zoom: float = ROI_MAX_ZOOM, lazy: bool = False):
-    "Class maps (long [H,W]) at the original sizes and the stage-2 windows: one stage, or two with `roi` (see above)."
+def predict_stages(model, x: torch.Tensor, originals, tta='none', tta_scales=None, roi: bool = False, names=None,
+                   precision: str = 'fp32', margin: float = ROI_MARGIN, near: float = ROI_NEAR,
+                   max_zoom: float = ROI_MAX_ZOOM) -> tuple[list[torch.Tensor], list[Window | None]]:
+    "Per image: the scores [C,h,w] of its last stage and its stage-2 window (None: stage 1 only), as below."
     names = list(names) if names is not None else [f'image {i}' for i in range(len(x))]
     if len(originals) != len(x): raise ValueError(f"predict_classes: {len(originals)} originals for {len(x)} images")
     sizes = [_image_hw(o) for o in originals]
-    with amp_context(x.device, precision): s1 = check_finite_scores(predict_scores(model, x, tta=tta).float(), names)
+    scores = lambda t: predict_scores(model, t, tta=tta, scales=tta_scales).float()
+    with amp_context(x.device, precision): s1 = check_finite_scores(scores(x), names)
     windows = [None] * len(x)
     if roi:
         side = x.shape[-1]
@@ -253,15 +312,21 @@ def predict_classes(model, x: torch.Tensor, originals, tta: bool = False, roi: b
             if not isinstance(originals[j], torch.Tensor) or originals[j].ndim != 3:
                 raise ValueError(f"two-stage (ROI) prediction needs {names[j]} at its original resolution")
             windows[j] = square_window(scale_box(box, s.shape[-2:], hw), hw, margin, side / max_zoom)
-    todo = [j for j, w in enumerate(windows) if w is not None]
-    maps = [None if windows[j] else partial(_one_stage_map, s1[j], hw) for j, hw in enumerate(sizes)]
+    todo, last = [j for j, w in enumerate(windows) if w is not None], list(s1)
     if todo:
         crops = torch.stack([cut_window(originals[j], windows[j], x.shape[-2:]) for j in todo]).to(x.device, x.dtype)
         if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
             crops = crops.contiguous(memory_format=torch.channels_last)
-        with amp_context(x.device, precision): s2 = predict_scores(model, crops, tta=tta).float()
-        check_finite_scores(s2, [names[j] for j in todo])
-        for k, j in enumerate(todo): maps[j] = partial(paste_window, s2[k], windows[j], sizes[j])
+        with amp_context(x.device, precision): s2 = check_finite_scores(scores(crops), [names[j] for j in todo])
+        for k, j in enumerate(todo): last[j] = s2[k]
+    return last, windows
+
+def predict_classes(model, x: torch.Tensor, originals, tta='none', roi: bool = False, names=None,
+                    precision: str = 'fp32', margin: float = ROI_MARGIN, near: float = ROI_NEAR,
+                    max_zoom: float = ROI_MAX_ZOOM, lazy: bool = False, tta_scales=None):
+    "Class maps (long [H,W]) at the original sizes and the stage-2 windows: one stage, or two with `roi` (see above)."
+    last, windows = predict_stages(model, x, originals, tta, tta_scales, roi, names, precision, margin, near, max_zoom)
+    maps = [partial(stage_class_map, s, w, _image_hw(o)) for s, w, o in zip(last, windows, originals)]
     return (maps if lazy else [m() for m in maps]), windows
 
 # %% ../nbs/13_predict.ipynb #ec2e30f6
@@ -308,7 +373,8 @@ def image_tensor(image) -> torch.Tensor:
     return t.float()
 
 @patch
-def segment(self: UNet3Plus, image, roi='auto', tta: bool = False, size=None, precision: str = 'auto') -> np.ndarray:
+def segment(self: UNet3Plus, image, roi='auto', tta='none', size=None, precision: str = 'auto',
+            tta_scales=None) -> np.ndarray:
     "Class map uint8 [H,W] of one image (uint8 [H,W,3] or float [3,H,W], any size), in two stages per `roi`."
     img = image_tensor(image)
     size = as_hw(size or model_input_size(self))
@@ -316,6 +382,6 @@ def segment(self: UNet3Plus, image, roi='auto', tta: bool = False, size=None, pr
     was_training = self.training
     self.eval()
     try: classes, _ = predict_classes(self, x, [img], tta=tta, roi=resolve_roi(roi, self, size),
-                                     precision=resolve_precision(precision, x.device))
+                                     precision=resolve_precision(precision, x.device), tta_scales=tta_scales)
     finally: self.train(was_training)
     return classes[0].byte().cpu().numpy()
