@@ -180,7 +180,7 @@ RECORD_DEFAULTS = dict(roi=False)     # settings that records of older versions 
 
 def run_settings(model, model_path, target_size, tta: bool, roi: bool = False) -> dict:
     "The settings that determine the predictions (stored in inference.json)."
-    cfg = getattr(model, 'config', None) or {}
+    cfg = dict(getattr(model, 'config', None) or {})        # a UNet3PlusConfig, or a test double's dict
     return dict(model_path=str(Path(model_path).resolve()) if model_path else None,
                 model_config=json.loads(json.dumps(cfg, default=str)),
                 target_size=list(as_hw(target_size)) if target_size else None, tta=bool(tta), roi=bool(roi))
