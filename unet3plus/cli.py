@@ -80,11 +80,13 @@ def parse_value(text: str, hint):
     raise argparse.ArgumentTypeError(f"expected {members_text(hint_members(hint))}, got {text!r}")
 
 def _value_kwargs(hint) -> dict:
-    "`add_argument` keywords for a field of type `hint` that takes a value."
+    "`add_argument` keywords for a field of type `hint` that takes a value (the metavar lists literal alternatives)."
     ms = hint_members(hint)
     if ms and not any(isinstance(m, type) or m is None for m in ms): return dict(choices=ms, type=type(ms[0]))
-    if len(ms) == 1 and ms[0] in (int, float, str): return dict(type=ms[0])
-    return dict(type=partial(parse_value, hint=hint), metavar=members_text(ms).replace(' or ', '|').replace("'", ''))
+    if str in ms or (len(ms) == 1 and ms[0] in (int, float)): return dict(type=str if str in ms else ms[0])
+    kw = dict(type=partial(parse_value, hint=hint))
+    if any(not isinstance(m, type) and m is not None for m in ms): kw['metavar'] = members_text(ms).replace(' or ', '|').replace("'", '')
+    return kw
 
 # %% ../nbs/21_cli.ipynb #3c5dc628
 def _group(parser: argparse.ArgumentParser, title: str):
