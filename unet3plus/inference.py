@@ -366,10 +366,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-infer` command line."
     p = argparse.ArgumentParser('unet3plus-infer',
                                 description='SPARK 2024 stream-1 submission files from a UNet3+ model.')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--model_path', help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
     p.add_argument('--data_path', help='folder of test_XXXXX_img.jpg (or its parent holding stream-1-test/)')
-    p.add_argument('--output_dir', default='submission')
-    p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--output_dir', default='submission', help='output folder')
+    p.add_argument('--batch_size', type=int, default=8, help='images per batch')
     p.add_argument('--target_size', type=int, default=None,
                    help='model input size; 0 = original; default: the size the model was trained at, else 512')
     p.add_argument('--num_workers', type=int, default=2, help='data loader processes decoding JPEGs')
@@ -379,7 +380,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
                    help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--zip', dest='zip', action='store_true', default=True, help='write submission.zip (default)')
-    p.add_argument('--no_zip', dest='zip', action='store_false')
+    p.add_argument('--no_zip', dest='zip', action='store_false', help='no submission zip')
     p.add_argument('--overwrite', action='store_true', help='redo every file even if output_dir holds results')
     p.add_argument('--save_visualizations', action='store_true',
                    help='also save overlay PNGs under OUTPUT/visualizations')
@@ -387,7 +388,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='predict only images i with i %% N == K (e.g. one SLURM array task each)')
     p.add_argument('--check', metavar='PATH',
                    help='only check a submission folder or zip (against --data_path if given)')
-    p.add_argument('--device', default=None)
+    p.add_argument('--device', default=None, help='cpu, cuda, cuda:N... (default: cuda if available)')
     a = p.parse_args(argv)
     if a.check is None:
         missing = [f'--{k}' for k in ('model_path', 'data_path') if not getattr(a, k)]

@@ -1164,6 +1164,7 @@ def export_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser('unet3plus-train --export_checkpoint',
                                 description='Turn a DeepSpeed checkpoint of a run (any ZeRO stage) into a '
                                             'from_pretrained folder.')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--export_checkpoint', required=True, metavar='CHECKPOINT',
                    help='RUN/checkpoints (its latest) or RUN/checkpoints/TAG')
     p.add_argument('--to', required=True, metavar='DIR', help='the model folder to write (new or empty)')
