@@ -4,10 +4,13 @@
 
 # %% ../nbs/21_cli.ipynb #2110ef68
 from __future__ import annotations
-import argparse, contextlib, sys
+import argparse, contextlib, copy, dataclasses, json, sys, types
+from functools import partial
+from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 # %% auto #0
-__all__ = ['OneLineParser', 'original_message', 'cli_errors']
+__all__ = ['OneLineParser', 'original_message', 'cli_errors', 'option', 'field_default', 'hint_members', 'members_text',
+           'parse_value', 'add_dataclass_flags', 'dataclass_argv']
 
 # %% ../nbs/21_cli.ipynb #34bd4dd6
 class OneLineParser(argparse.ArgumentParser):
@@ -37,3 +40,81 @@ def cli_errors(prog: str, enabled: bool = True, errors: tuple = ()):
         one_line = ' '.join(l.strip() for l in original_message(e).splitlines() if l.strip())
         print(f"{prog}: error: {one_line}", file=sys.stderr)
         raise SystemExit(2) from None
+
+# %% ../nbs/21_cli.ipynb #f934895e
+def option(default=None, help: str = '', group: str | None = None, arg: dict | None = None, **meta):
+    "A dataclass field: its `default`, one-line `help`, the `--help` `group` it starts, more `add_argument` keywords."
+    meta = dict(meta, help=help, group=group, arg=arg or {})
+    if isinstance(default, (dict, list)): return dataclasses.field(default_factory=partial(copy.deepcopy, default),
+                                                                   metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+def field_default(f: dataclasses.Field):
+    "The default value of dataclass field `f` (a fresh one from its `default_factory`)."
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+def hint_members(hint) -> tuple:
+    "The alternatives a type hint allows, types or literal values: `int | Literal['auto'] | None` -> (int, 'auto', None)."
+    if get_origin(hint) in (Union, types.UnionType): return sum((hint_members(a) for a in get_args(hint)), ())
+    if get_origin(hint) is Literal: return get_args(hint)
+    return (None,) if hint is type(None) else (hint,)
+
+def members_text(members) -> str:
+    "The alternatives `members` in words: (int, 'auto', None) -> \"int or 'auto' or None\"."
+    return ' or '.join(m.__name__ if isinstance(m, type) else repr(m) for m in members)
+
+# %% ../nbs/21_cli.ipynb #f6835bd3
+def parse_value(text: str, hint):
+    "`text` as a value of type `hint`, its alternatives in order: a literal, 'none' (None), a number, a JSON object, text."
+    for m in hint_members(hint):
+        if m is None:
+            if text.lower() in ('none', 'null'): return None
+        elif not isinstance(m, type):
+            if text == str(m): return m
+        elif m in (int, float):
+            with contextlib.suppress(ValueError): return m(text)
+        elif m is dict:
+            with contextlib.suppress(ValueError):
+                if isinstance(v := json.loads(text), dict): return v
+        elif m is str: return text
+    raise argparse.ArgumentTypeError(f"expected {members_text(hint_members(hint))}, got {text!r}")
+
+def _value_kwargs(hint) -> dict:
+    "`add_argument` keywords for a field of type `hint` that takes a value (the metavar lists literal alternatives)."
+    ms = hint_members(hint)
+    if ms and not any(isinstance(m, type) or m is None for m in ms): return dict(choices=ms, type=type(ms[0]))
+    if str in ms or (len(ms) == 1 and ms[0] in (int, float)): return dict(type=str if str in ms else ms[0])
+    kw = dict(type=partial(parse_value, hint=hint))
+    if any(not isinstance(m, type) and m is not None for m in ms): kw['metavar'] = members_text(ms).replace(' or ', '|').replace("'", '')
+    return kw
+
+# %% ../nbs/21_cli.ipynb #3c5dc628
+def _group(parser: argparse.ArgumentParser, title: str):
+    "The argument group of `parser` called `title` (made when it does not exist yet)."
+    return next((g for g in parser._action_groups if g.title == title), None) or parser.add_argument_group(title)
+
+def add_dataclass_flags(parser: argparse.ArgumentParser, cls, exclude=()) -> argparse.ArgumentParser:
+    "Add a flag per field of dataclass `cls` to `parser` (a bool: `--x` and `--no_x`) with its default, help and group."
+    hints, group = get_type_hints(cls), parser
+    for f in dataclasses.fields(cls):
+        if f.metadata.get('group'): group = _group(parser, f.metadata['group'])
+        if f.name in exclude: continue
+        arg = dict(f.metadata.get('arg') or {})
+        flags, kw = ['--' + f.name, *arg.pop('aliases', ())], dict(dest=f.name, default=field_default(f))
+        help = f.metadata.get('help') or f.name.replace('_', ' ')
+        if hints[f.name] is bool and not arg:
+            group.add_argument(*flags, action='store_true', help=help, **kw)
+            group.add_argument('--no_' + f.name, dest=f.name, action='store_false', default=argparse.SUPPRESS,
+                               help=f'turn --{f.name} off')
+        else: group.add_argument(*flags, help=help, **kw, **(arg or _value_kwargs(hints[f.name])))
+    return parser
+
+def dataclass_argv(cfg, exclude=()) -> list[str]:
+    "The flags that turn the defaults of `cfg`'s dataclass into `cfg` (`--x`/`--no_x` for bools, `--x VALUE` else)."
+    out = []
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if f.name in exclude or v == field_default(f): continue
+        if isinstance(v, bool): out.append(f'--{f.name}' if v else f'--no_{f.name}')
+        else: out += ['--' + f.name, 'none' if v is None else json.dumps(v) if isinstance(v, dict) else str(v)]
+    return out

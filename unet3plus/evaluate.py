@@ -412,20 +412,24 @@ def trained_data(model, split: str = 'val') -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-eval` command line."
     p = argparse.ArgumentParser('unet3plus-eval', description='Evaluate a UNet3+ model on a labelled SPARK split.')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--model_path', required=True, help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
     p.add_argument('--data_root', help='SPARK root; shortcut for --val_csv ROOT/<split>.csv --image_root ROOT/images '
                                        '--mask_root ROOT/mask; no data flags: the data the model was trained on')
-    p.add_argument('--val_csv'); p.add_argument('--image_root'); p.add_argument('--mask_root')
+    p.add_argument('--val_csv', help='the split CSV (with --image_root, --mask_root: instead of --data_path)')
+    p.add_argument('--image_root', help='folder of its images'); p.add_argument('--mask_root', help='folder of its masks')
     p.add_argument('--split', default='val', help='split folder under images/<Class>/ (default val)')
     p.add_argument('--target_size', type=int, default=None,
                    help='model input size (square); 0 = original size; default: the size it was trained at, else 512')
     p.add_argument('--eval_size', choices=['original', 'input'], default='original',
                    help='resolution the metrics are computed at')
-    p.add_argument('--batch_size', type=int, default=8); p.add_argument('--num_workers', type=int, default=0)
-    p.add_argument('--output_path', default='evaluation_results'); p.add_argument('--overwrite', action='store_true')
+    p.add_argument('--batch_size', type=int, default=8, help='images per batch')
+    p.add_argument('--num_workers', type=int, default=0, help='data loader workers')
+    p.add_argument('--output_path', default='evaluation_results', help='output folder')
+    p.add_argument('--overwrite', action='store_true', help='replace the files of a previous evaluation there')
     p.add_argument('--save_examples', action='store_true',
                    help='save figures of the worst images under OUTPUT/examples')
-    p.add_argument('--n_examples', type=int, default=16)
+    p.add_argument('--n_examples', type=int, default=16, help='example images drawn')
     add_precision_flags(p)
     p.add_argument('--compile', action='store_true', help='torch.compile the model')
     add_tta_flags(p)
@@ -433,7 +437,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--no_boundary', action='store_true', help='skip the boundary IoU')
     p.add_argument('--subset', type=int, default=None, help='evaluate only the first N images')
-    p.add_argument('--device', default=None)
+    p.add_argument('--device', default=None, help='cpu, cuda, cuda:N... (default: cuda if available)')
     a = p.parse_args(argv)
     if a.data_root:
         r = Path(a.data_root); a.val_csv = a.val_csv or str(r / f'{a.split}.csv')

@@ -227,6 +227,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     import onnx
     p = OneLineParser('unet3plus-export', description='Export a UNet3+ model folder to ONNX and torch.export, '
                       'dynamic batch, height and width, with its preprocessing.')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--model_path', required=True, help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
     p.add_argument('--output_dir', required=True, help='folder for model.onnx, model.pt2, preprocessing.json, README')
     p.add_argument('--format', choices=FORMATS, default='both', help='onnx, torch_export (model.pt2) or both (default)')

@@ -187,7 +187,7 @@ RECORD_NOTES = ('inputs', 'outputs', 'probs')                    # keys of a rec
 def run_settings(model, model_path, target_size, tta='none', roi: bool = False, scales=None,
                  save_probs: bool = False) -> dict:
     "The settings that determine the predictions (stored in inference.json)."
-    cfg = getattr(model, 'config', None) or {}
+    cfg = dict(getattr(model, 'config', None) or {})        # a UNet3PlusConfig, or a test double's dict
     return dict(model_path=str(Path(model_path).resolve()) if model_path else None,
                 model_config=json.loads(json.dumps(cfg, default=str)),
                 target_size=list(as_hw(target_size)) if target_size else None, tta=tta_mode(tta), roi=bool(roi),
@@ -520,10 +520,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-infer` command line."
     p = argparse.ArgumentParser('unet3plus-infer',
                                 description='SPARK 2024 stream-1 submission files from a UNet3+ model.')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--model_path', help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
     p.add_argument('--data_path', help='folder of test_XXXXX_img.jpg (or its parent holding stream-1-test/)')
-    p.add_argument('--output_dir', default='submission')
-    p.add_argument('--batch_size', type=int, default=8)
+    p.add_argument('--output_dir', default='submission', help='output folder')
+    p.add_argument('--batch_size', type=int, default=8, help='images per batch')
     p.add_argument('--target_size', type=int, default=None,
                    help='model input size; 0 = original; default: the size the model was trained at, else 512')
     p.add_argument('--num_workers', type=int, default=2, help='data loader processes decoding JPEGs')
@@ -533,7 +534,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
                    help='two stages: the frame, then a window around the spacecraft (auto: if trained on crops)')
     p.add_argument('--zip', dest='zip', action='store_true', default=True, help='write submission.zip (default)')
-    p.add_argument('--no_zip', dest='zip', action='store_false')
+    p.add_argument('--no_zip', dest='zip', action='store_false', help='no submission zip')
     p.add_argument('--overwrite', action='store_true', help='redo every file even if output_dir holds results')
     p.add_argument('--save_visualizations', action='store_true',
                    help='also save overlay PNGs under OUTPUT/visualizations')
@@ -547,7 +548,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         'submission in --output_dir (arg-max of the mean)')
     p.add_argument('--check', metavar='PATH',
                    help='only check a submission folder or zip (against --data_path if given)')
-    p.add_argument('--device', default=None)
+    p.add_argument('--device', default=None, help='cpu, cuda, cuda:N... (default: cuda if available)')
     a = p.parse_args(argv)
     if a.ensemble is not None:
         given = [f for f, on in (('--model_path', a.model_path), ('--save_probs', a.save_probs), ('--check', a.check),

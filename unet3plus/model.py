@@ -4,62 +4,94 @@
 
 # %% ../nbs/04_model.ipynb #fea0f51c
 from __future__ import annotations
-import json
+import dataclasses, json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_type_hints
 import torch, torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from fastcore.basics import patch
+from .cli import option, hint_members, members_text
 from .files import atomic_write, atomic_write_text, prepare_output_dir
 from .encoders import create_encoder
-from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM
+from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, BRANCH_ORDERS, FUSIONS
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME', 'LEGACY_WEIGHTS_NAME', 'CONFIG_NAME',
-           'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'LEGACY_BACKBONES', 'UNet3Plus', 'is_model_card', 'model_card',
-           'check_config', 'read_config', 'check_finite', 'read_weights']
+           'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'LEGACY_BACKBONES', 'UNet3PlusConfig', 'UNet3Plus',
+           'is_model_card', 'model_card', 'check_config', 'read_config', 'check_finite', 'read_weights']
+
+# %% ../nbs/04_model.ipynb #92154f0e
+@dataclass
+class UNet3PlusConfig:
+    "Every option of a `UNet3Plus`; `config.json` holds these fields (and the training record)."
+    backbone: str = option('convnext_tiny', 'timm encoder name (features_only), or "plain" for the paper encoder',
+                           group='model', structural=True)
+    n_classes: int = option(3, 'segmentation classes incl. background', structural=True)
+    pretrained: bool = option(True, 'start from pretrained encoder weights (off: random initialisation)')
+    cat_channels: int = option(64, 'channels of each full-scale skip branch', structural=True)
+    deep_supervision: bool = option(False, 'supervise every decoder level (paper Sec. 2.2)')
+    cgm: bool = option(False, 'train the classification-guided module (paper Sec. 2.3)')
+    freeze_backbone: bool = option(False, 'train the decoder only')
+    branch_order: Literal[BRANCH_ORDERS] = option('conv_first', "'conv_first': coarser branches convolved at their "
+                                                  "own resolution, then upsampled; 'paper': the paper's order",
+                                                  structural=True)
+    fine_levels: int | Literal['auto'] | None = option('auto', 'extra fine encoder levels below the first stride '
+                                                       '(auto: down to stride 2)', structural=True)
+    light_stride: int | Literal['auto'] | None = option('auto', 'decoder nodes finer than this stride are light '
+                                                        '(auto: 4 for timm backbones, 1 for plain)', structural=True)
+    light_channels: int = option(8, 'channels per branch of the light decoder nodes', structural=True)
+    conv_bias: bool = option(True, "conv biases before BatchNorm (the paper's)", structural=True)
+    cgm_dropout: float = option(0.5, "dropout before the CGM's classifier")
+    encoder_kwargs: dict | None = option({}, 'more create_encoder keywords, a JSON object (e.g. {"drop_path_rate": 0.1})',
+                                         structural=True)
+    fusion: Literal[FUSIONS] = option('full', "each node's fusion: 'full' (the paper's 3x3 conv) or 'factored' "
+                                      "(a 1x1 projection to fusion_rank channels first)", structural=True)
+    fusion_rank: int | None = option(None, "channels of the 'factored' fusion's projection (none: the decoder's "
+                                     "default)", structural=True)
+
+    def __getitem__(self, k: str):
+        if k not in CONFIG_KEYS: raise KeyError(k)
+        return getattr(self, k)
+    def get(self, k: str, default=None): return self[k] if k in CONFIG_KEYS else default
+    def keys(self) -> tuple: return CONFIG_KEYS
+
+CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(UNet3PlusConfig))
+STRUCTURAL = tuple(f.name for f in dataclasses.fields(UNet3PlusConfig) if f.metadata.get('structural'))
 
 # %% ../nbs/04_model.ipynb #706ea4ec
-CONFIG_KEYS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'cgm_dropout', 'freeze_backbone',
-               'branch_order', 'fine_levels', 'light_stride', 'light_channels', 'conv_bias', 'encoder_kwargs', 'fusion',
-               'fusion_rank')
-STRUCTURAL = ('backbone', 'n_classes', 'cat_channels', 'branch_order', 'fine_levels', 'light_stride', 'light_channels',
-              'conv_bias', 'encoder_kwargs', 'fusion', 'fusion_rank')
-
 class UNet3Plus(nn.Module):
     "UNet 3+ with a timm or plain encoder; `model(x01)` -> dict(logits[, aux][, cls_logits])."
-    def __init__(self, backbone: str = 'convnext_tiny', n_classes: int = 3, pretrained: bool = True,
-                 pretrained_path=None, cat_channels: int = 64, deep_supervision: bool = False, cgm: bool = False,
-                 freeze_backbone: bool = False, branch_order: str = 'conv_first', fine_levels='auto',
-                 light_stride='auto', light_channels: int = 8, conv_bias: bool = True, cgm_dropout: float = 0.5,
-                 encoder_kwargs: dict | None = None, fusion: str = 'full', fusion_rank: int | None = None):
+    def __init__(self, *args, pretrained_path: str | None = None, **kwargs):
+        "Build from a `UNet3PlusConfig`, or from its fields; `pretrained_path`: a local encoder weights file."
+        cfg = args[0] if len(args) == 1 and isinstance(args[0], UNet3PlusConfig) and not kwargs \
+              else UNet3PlusConfig(*args, **kwargs)
         super().__init__()
-        if n_classes < 1: raise ValueError(f"UNet3Plus: n_classes must be >= 1, got {n_classes}")
-        if cgm and n_classes < 2: raise ValueError(f"UNet3Plus: cgm=True needs n_classes >= 2, got {n_classes}")
-        encoder_kwargs = dict(encoder_kwargs or {})
-        enc_kw = dict(encoder_kwargs, pretrained=pretrained, pretrained_path=pretrained_path)
-        if fine_levels not in ('auto', None): enc_kw['fine_levels'] = fine_levels
-        self.encoder = create_encoder(backbone, **enc_kw)
-        if light_stride == 'auto': light_stride = 1 if backbone == 'plain' else 4
+        if cfg.n_classes < 1: raise ValueError(f"UNet3Plus: n_classes must be >= 1, got {cfg.n_classes}")
+        if cfg.cgm and cfg.n_classes < 2:
+            raise ValueError(f"UNet3Plus: cgm=True needs n_classes >= 2, got {cfg.n_classes}")
+        cfg = dataclasses.replace(cfg, encoder_kwargs=dict(cfg.encoder_kwargs or {}),
+                                  pretrained=bool(cfg.pretrained or pretrained_path))
+        enc_kw = dict(cfg.encoder_kwargs, pretrained=cfg.pretrained, pretrained_path=pretrained_path)
+        if cfg.fine_levels not in ('auto', None): enc_kw['fine_levels'] = cfg.fine_levels
+        self.encoder = create_encoder(cfg.backbone, **enc_kw)
+        light_stride = (1 if cfg.backbone == 'plain' else 4) if cfg.light_stride == 'auto' else cfg.light_stride
         light = min(sum(s < (light_stride or 1) for s in self.encoder.strides), len(self.encoder.strides) - 2)
-        self.decoder = UNet3PlusDecoder(self.encoder.channels, cat_channels, branch_order, conv_bias, light,
-                                        light_channels, fusion, fusion_rank)
-        self.head = SegmentationHead(self.decoder.out_channels, n_classes)
-        self.aux_heads = DeepSupervisionHeads(self.decoder.node_channels[1:], n_classes) if deep_supervision else None
-        self.cgm = CGM(self.decoder.node_channels[-1], n_classes, cgm_dropout) if cgm else None
-        self.config = dict(backbone=backbone, n_classes=n_classes, cat_channels=cat_channels,
-                           deep_supervision=deep_supervision, cgm=cgm, cgm_dropout=cgm_dropout,
-                           freeze_backbone=freeze_backbone, branch_order=branch_order, fine_levels=fine_levels,
-                           light_stride=light_stride, light_channels=light_channels, conv_bias=conv_bias,
-                           encoder_kwargs=encoder_kwargs, fusion=fusion, fusion_rank=fusion_rank,
-                           pretrained=bool(pretrained or pretrained_path))
+        self.decoder = UNet3PlusDecoder(self.encoder.channels, cfg.cat_channels, cfg.branch_order, cfg.conv_bias, light,
+                                        cfg.light_channels, cfg.fusion, cfg.fusion_rank)
+        self.head = SegmentationHead(self.decoder.out_channels, cfg.n_classes)
+        n, nodes = cfg.n_classes, self.decoder.node_channels
+        self.aux_heads = DeepSupervisionHeads(nodes[1:], n) if cfg.deep_supervision else None
+        self.cgm = CGM(nodes[-1], n, cfg.cgm_dropout) if cfg.cgm else None
+        self.config = cfg
         mean, std = getattr(self.encoder, 'mean', None), getattr(self.encoder, 'std', None)
         self.register_buffer('mean', torch.tensor(mean or [0.0] * 3).view(1, -1, 1, 1), persistent=False)
         self.register_buffer('std', torch.tensor(std or [1.0] * 3).view(1, -1, 1, 1), persistent=False)
-        if freeze_backbone: self.freeze_backbone()
+        if cfg.freeze_backbone: self.freeze_backbone()
 
     @property
-    def n_classes(self) -> int: return self.config['n_classes']
+    def n_classes(self) -> int: return self.config.n_classes
 
     def freeze_backbone(self):
         "Stop training the encoder (the decoder and heads still train)."
@@ -111,6 +143,14 @@ class UNet3Plus(nn.Module):
         if self.aux_heads is not None and self.training: out['aux'] = [crop(a) for a in self.aux_heads(nodes[1:], size)]
         if self.cgm is not None: out['cls_logits'] = self.cgm(nodes[-1])
         return out
+
+# %% ../nbs/04_model.ipynb #ab1b7e1d
+@patch(cls_method=True)
+def from_config(cls: UNet3Plus, config: UNet3PlusConfig, pretrained_path: str | None = None) -> 'UNet3Plus':
+    "A new (untrained) `UNet3Plus` of `config` (`pretrained_path`: a local encoder weights file)."
+    if not isinstance(config, UNet3PlusConfig):
+        raise TypeError(f"from_config: expected a UNet3PlusConfig, got {type(config).__name__}")
+    return cls(config, pretrained_path=pretrained_path)
 
 # %% ../nbs/04_model.ipynb #adb706fb
 @torch.no_grad()
@@ -223,11 +263,12 @@ def model_card(config: dict, training: dict | None = None) -> str:
 # %% ../nbs/04_model.ipynb #8f36103b
 WEIGHTS_NAME, LEGACY_WEIGHTS_NAME, CONFIG_NAME = 'model.safetensors', 'unet3plus_model.pt', 'config.json'
 CONFIG_ALIASES = {'num_classes': 'n_classes', 'classes': 'n_classes', 'encoder_name': 'backbone', 'encoder': 'backbone'}
-CONFIG_TYPES = dict(backbone=(str,), n_classes=(int,), cat_channels=(int,), deep_supervision=(bool,), cgm=(bool,),
-                    cgm_dropout=(int, float), freeze_backbone=(bool,), branch_order=(str,),
-                    fine_levels=('auto', None, int), light_stride=('auto', None, int), light_channels=(int,),
-                    conv_bias=(bool,), encoder_kwargs=(dict, None), fusion=(str,),
-                    fusion_rank=(int, None), training=(dict, None))
+def _allowed(hint) -> tuple:
+    "What `check_config` accepts for a field of type `hint`: its types or literal values (a float may be an int)."
+    ms = hint_members(hint)
+    return ms + ((int,) if float in ms and int not in ms else ())
+
+CONFIG_TYPES = {k: _allowed(h) for k, h in get_type_hints(UNet3PlusConfig).items()} | {'training': (dict, None)}
 POSITIVE = ('n_classes', 'cat_channels')
 
 def _type_ok(v, allowed) -> bool:
@@ -238,15 +279,17 @@ def _type_ok(v, allowed) -> bool:
         elif v == a and type(v) is type(a): return True
     return False
 
-def check_config(cfg, where) -> dict:
-    "`cfg` if it is a dict whose known keys have the types `UNet3Plus` takes (ints are ints...), else a ValueError."
+def check_config(cfg, where, extra_keys: bool = False) -> dict:
+    "`cfg` if it is a dict of `UNet3PlusConfig` fields (and `training`) of their types, else a ValueError naming `where`."
     if not isinstance(cfg, dict):
         raise ValueError(f"from_pretrained: {where} must hold a JSON object, got a {type(cfg).__name__}")
+    unknown = [k for k in cfg if k not in CONFIG_TYPES]
+    if unknown and not extra_keys:
+        raise ValueError(f"from_pretrained: {where}: unknown key {unknown[0]!r} (not a UNet3PlusConfig field)")
     for k, allowed in CONFIG_TYPES.items():
         if k in cfg and not _type_ok(cfg[k], allowed):
-            names = ' or '.join(repr(a) if not isinstance(a, type) else a.__name__ for a in allowed)
             got = f"{cfg[k]!r} ({type(cfg[k]).__name__})"
-            raise ValueError(f"from_pretrained: {where}: {k!r} must be {names}, got {got}")
+            raise ValueError(f"from_pretrained: {where}: {k!r} must be {members_text(allowed)}, got {got}")
     for k in POSITIVE:
         if k in cfg and cfg[k] < 1: raise ValueError(f"from_pretrained: {where}: {k!r} must be >= 1, got {cfg[k]}")
     return cfg
@@ -256,11 +299,12 @@ def _is_saved_model(d: Path) -> bool:
     try: read_config(d); return True
     except (OSError, ValueError): return False
 
-def _config_text(config: dict, training) -> str:
-    "config.json's text: the constructor keys and, when given, the `training` record (a JSON object)."
+def _config_text(config: UNet3PlusConfig, training) -> str:
+    "config.json's text: the config's fields and, when given, the `training` record (a JSON object)."
     if training is not None and not isinstance(training, dict):
         raise ValueError(f"save_pretrained: training must be a dict (the record), not {type(training).__name__}")
-    try: return json.dumps(config if training is None else dict(config, training=training), indent=2, allow_nan=False)
+    try: return json.dumps(dict(config) if training is None else dict(config, training=training), indent=2,
+                           allow_nan=False)
     except (TypeError, ValueError) as e:
         raise ValueError(f"save_pretrained: the training record is not plain JSON: {e}") from None
 
@@ -286,14 +330,17 @@ def save_pretrained(self: UNet3Plus, save_dir, overwrite: bool = False, training
     return d
 
 def read_config(load_dir) -> dict:
-    "The model config in `load_dir/config.json`, old aliases (num_classes...) mapped to ours, types checked."
+    ("The model config in `load_dir/config.json`, old aliases (num_classes...) mapped to ours, keys and types checked; "
+     "a folder without model.safetensors (the original scripts') may hold other keys, which are ignored.")
     f = Path(load_dir) / CONFIG_NAME
+    original = not (f.parent / WEIGHTS_NAME).is_file()               # not our layout: the original scripts' folder
     if not f.is_file():
         raise FileNotFoundError(f"from_pretrained: {f} not found (expected {CONFIG_NAME} next to the weights)")
     try: raw = json.loads(f.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"from_pretrained: {f} is not valid JSON: {e}") from None
-    cfg = check_config({CONFIG_ALIASES.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else raw, f)
+    cfg = check_config({CONFIG_ALIASES.get(k, k): v for k, v in raw.items()} if isinstance(raw, dict) else raw, f,
+                       extra_keys=original)
     if 'backbone' not in cfg or 'n_classes' not in cfg:
         raise ValueError(f"from_pretrained: {f} lacks 'backbone' or 'n_classes'")
     return cfg
@@ -346,8 +393,8 @@ def from_pretrained(cls: UNet3Plus, load_dir, map_location='cpu', **overrides) -
     if not d.is_dir(): raise FileNotFoundError(f"from_pretrained: {d} is not a directory")
     cfg = read_config(d)
     _check_overrides(cfg, overrides, d)
-    kw = {k: v for k, v in {**cfg, **overrides}.items() if k in CONFIG_KEYS}
-    try: model = cls(pretrained=False, **kw)
+    kw = {k: v for k, v in {**cfg, **overrides, 'pretrained': False}.items() if k in CONFIG_KEYS}   # no download
+    try: model = cls(**kw)
     except (TypeError, ValueError) as e:
         raise ValueError(f"from_pretrained: {d / CONFIG_NAME}: cannot build the model: {e}") from None
     sd = read_weights(d)

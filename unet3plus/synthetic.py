@@ -1236,6 +1236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     "Flags of `unet3plus-synth`."
     p = OneLineParser(prog='unet3plus-synth', description=
         'Render a synthetic SPARK 2024 stream-1 data set (train/val CSVs, JPEG images and masks, stream-1-test).')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--out', required=True, help='output folder (must be empty or new)')
     p.add_argument('--n_train', type=int, default=2000, help='training samples (balanced over the 10 spacecraft)')
     p.add_argument('--n_val', type=int, default=400, help='validation samples')

@@ -22,80 +22,98 @@ from .files import atomic_write_text
 from .metrics import ConfusionMatrix, all_reduce_sum
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'REQUEUE_STATUS', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES', 'MODEL_FIELDS',
-           'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'log', 'TORCHRUN_SIGNALS', 'TrainConfig', 'read_ds_config',
-           'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'precision_of',
-           'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler',
-           'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root',
-           'check_files', 'build_datasets', 'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'ds_safe_globals',
-           'load_checkpoint_file', 'check_checkpoint_files', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file',
-           'save_rng_state', 'load_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint',
-           'load_checkpoint', 'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position', 'to_universal',
-           'load_universal', 'check_model_folder', 'save_model', 'train_command', 'data_record', 'input_size_of',
-           'train_record', 'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint',
-           'previous_run', 'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last',
-           'train_epoch', 'validation_epoch', 'init_engine', 'setup_logging', 'plot_history', 'training_report',
-           'train', 'build_parser', 'parse_args', 'main', 'export_main', 'slurm_torchrun_argv', 'torchrun_main']
+__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'REQUEUE_STATUS', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES', 'RUN_OUTPUTS',
+           'RUN_LEFTOVERS', 'log', 'TORCHRUN_SIGNALS', 'TrainConfig', 'read_ds_config', 'check_data_root',
+           'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'precision_of', 'ds_config', 'free_port',
+           'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed',
+           'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root', 'check_files', 'build_datasets',
+           'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'ds_safe_globals', 'load_checkpoint_file',
+           'check_checkpoint_files', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state',
+           'load_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint',
+           'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position', 'to_universal', 'load_universal',
+           'check_model_folder', 'save_model', 'train_command', 'data_record', 'input_size_of', 'train_record',
+           'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint', 'previous_run',
+           'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch',
+           'validation_epoch', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train',
+           'build_parser', 'parse_args', 'main', 'export_main', 'slurm_torchrun_argv', 'torchrun_main']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
+import dataclasses
+from typing import Literal
+from .cli import option, add_dataclass_flags, dataclass_argv
+from .losses import LOSSES
+from .model import UNet3PlusConfig
+
+def _resume_value(v: str) -> str:
+    "The value `--resume` takes: 'auto'."
+    if v != 'auto': raise argparse.ArgumentTypeError(f"takes no value or 'auto', got {v!r}")
+    return v
+
 @dataclass
-class TrainConfig:
-    "Every option of a training run; field names and defaults are those of the `unet3plus-train` flags."
-    # model
-    backbone: str = 'convnext_tiny'
-    pretrained: bool = True
-    pretrained_path: str | None = None
-    freeze_backbone: bool = False
-    deep_supervision: bool = False
-    cgm: bool = False
-    cgm_weight: float = 0.4
-    cat_channels: int = 64
-    n_classes: int = 3
+class TrainConfig(UNet3PlusConfig):
+    "Every option of a training run: the model's (`UNet3PlusConfig`'s fields) and the run's; each is the flag of its name."
+    # model: UNet3PlusConfig's fields, then
+    pretrained_path: str | None = option(None, 'local encoder weights file (offline clusters)')
+    cgm_weight: float = option(0.4, 'weight of the CGM presence loss')
     # data
-    data_root: str | None = None
-    target_size: int = 512
-    augment: bool = True
-    photometric: bool = True
-    object_crop: float = 0.0
-    cache_gb: float = 2.0
-    downsample: bool = False
-    downsample_size: int = 1000
-    num_workers: int = 4
-    synthetic_n_train: int = 512
-    synthetic_n_val: int = 96
-    synthetic_size: int = 128
+    data_root: str | None = option(None, 'SPARK root (train.csv, val.csv, images/, mask/); default: built-in synthetic set',
+                                   group='data')
+    target_size: int = option(512, 'train/validate at this square size')
+    augment: bool = option(True, 'augment the training images')
+    photometric: bool = option(True, 'augment with the photometric part too (hue rotation, channel permutation, '
+                                     'grayscale, gamma, JPEG)')
+    object_crop: float = option(0.0, 'probability that a training sample is a square crop around its spacecraft (side '
+                                     'x1.1-1.8 of its box, random position, resized to --target_size) instead of the '
+                                     'full frame')
+    cache_gb: float = option(2.0, 'decode the training and validation images into memory once when they fit in this '
+                                  'many GiB (0: read them from disk every epoch)')
+    downsample: bool = option(False, 'train on a class-stratified subset')
+    downsample_size: int = option(1000, 'training images in the subset (validation: a fifth)')
+    num_workers: int = option(4, 'data loader workers per process')
+    synthetic_n_train: int = option(512, 'synthetic set: training images')
+    synthetic_n_val: int = option(96, 'synthetic set: validation images')
+    synthetic_size: int = option(128, 'synthetic set: rendered image size')
     # optimisation
-    loss: str = 'ce_dice'
-    epochs: int = 30
-    max_steps: int | None = None
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    schedule: str = 'cosine'
-    warmup_ratio: float = 0.05
-    grad_clip: float = 1.0
-    precision: str = 'auto'
-    compile: bool = False
-    zero_stage: int = 0
-    ds_config: str | None = None
-    deepspeed: bool = False
-    seed: int = 42
+    loss: Literal[tuple(LOSSES)] = option('ce_dice', 'training loss', group='optimisation')
+    epochs: int = option(30, 'training epochs')
+    max_steps: int | None = option(None, 'stop after this many optimizer steps (smoke runs)')
+    batch_size: int = option(8, 'images per process per step')
+    grad_accum: int = option(1, 'gradient accumulation steps')
+    lr: float = option(1e-4, 'peak AdamW learning rate')
+    weight_decay: float = option(0.01, 'AdamW weight decay (not on biases and norm scales)')
+    schedule: Literal[SCHEDULES] = option('cosine', 'warmup + cosine or linear decay')
+    warmup_ratio: float = option(0.05, 'fraction of the steps spent warming up')
+    grad_clip: float = option(1.0, 'gradient norm clipping (0: off)')
+    precision: Literal[PRECISIONS] = option('auto', 'auto: bf16 (fp16 without bf16) on GPU; on CPUs bf16 autocast with '
+                                                    'AMX/AVX512-BF16, else fp32')
+    compile: bool = option(False, 'torch.compile the model (inductor; pays on GPUs)')
+    zero_stage: Literal[0, 1, 2, 3] = option(0, 'DeepSpeed ZeRO stage')
+    ds_config: str | None = option(None, 'JSON file merged over the generated DeepSpeed config')
+    seed: int = option(42, 'random seed (initialisation, data order, augmentation)')
     # loop and outputs
-    patience: int = 10
-    validate_every: int = 1
-    monitor: str = 'miou'
-    save_path: str = 'runs/unet3plus'
-    save_every: int = 1
-    checkpoint_every: int = 0
-    keep_checkpoints: int = 2
-    resume: bool | str = False
-    overwrite: bool = False
-    progress: bool = True
-    dist_timeout: float = 10.0
-    local_rank: int = -1
+    patience: int = option(10, 'early stopping after this many validations without improvement (0: off)',
+                           group='loop and outputs')
+    validate_every: int = option(1, 'validate every N epochs (and after the last)')
+    monitor: Literal[MONITORS] = option('miou', 'validation score that picks unet3plus_best')
+    save_path: str = option('runs/unet3plus', 'output folder')
+    save_every: int = option(1, 'write unet3plus_epoch_N every N epochs')
+    checkpoint_every: int = option(0, 'also checkpoint every N optimizer steps (0: epoch ends only)')
+    keep_checkpoints: int = option(2, 'DeepSpeed checkpoints kept')
+    resume: bool | Literal['auto'] = option(False, 'continue from the last checkpoint in --save_path ("--resume auto": if '
+                                                   'there is one)',
+                                            arg=dict(nargs='?', const=True, type=_resume_value, metavar='auto'))
+    overwrite: bool = option(False, 'delete a previous run in --save_path and start again')
+    progress: bool = option(True, 'show a progress bar')
+    dist_timeout: float = option(10.0, 'minutes a collective waits for the slowest rank before the run fails (bounds a '
+                                       'hang)')
+    local_rank: int = option(-1, 'set by the deepspeed launcher', arg=dict(aliases=['--local-rank']))
 
     def __post_init__(self): check_config(self)
+
+    @property
+    def model(self) -> UNet3PlusConfig:
+        "The model part of this config: the `UNet3PlusConfig` that `build_model` builds."
+        return UNet3PlusConfig(**{f.name: getattr(self, f.name) for f in dataclasses.fields(UNet3PlusConfig)})
 
 # %% ../nbs/07_train.ipynb #7ae8aae0
 SCHEDULES = ('cosine', 'linear')
@@ -128,7 +146,7 @@ _FLOAT_FLAGS = {  # every float field of TrainConfig: (the test its value must p
     'lr': (lambda v: v > 0, '> 0'), 'weight_decay': (lambda v: v >= 0, '>= 0'),
     'warmup_ratio': (lambda v: 0 <= v < 1, 'in [0, 1)'), 'grad_clip': (lambda v: v >= 0, '>= 0 (0 disables clipping)'),
     'cgm_weight': (lambda v: v >= 0, '>= 0'), 'object_crop': (lambda v: 0 <= v <= 1, 'in [0, 1]'),
-    'cache_gb': (lambda v: v >= 0, '>= 0'),
+    'cache_gb': (lambda v: v >= 0, '>= 0'), 'cgm_dropout': (lambda v: 0 <= v < 1, 'in [0, 1)'),
     'dist_timeout': (lambda v: v > 0, '> 0 (minutes)')}
 
 def check_floats(cfg: TrainConfig):
@@ -152,8 +170,8 @@ def check_ds_batch(cfg: TrainConfig, user: dict, world_size: int | None = None):
 
 def check_config(cfg: TrainConfig):
     "Raise a ValueError naming the flag of the first bad value in `cfg`."
-    positive = ('epochs', 'batch_size', 'grad_accum', 'target_size', 'cat_channels', 'validate_every', 'save_every',
-                'downsample_size', 'keep_checkpoints', 'synthetic_n_train', 'synthetic_n_val', 'synthetic_size')
+    positive = ('epochs', 'batch_size', 'grad_accum', 'target_size', 'cat_channels', 'light_channels', 'validate_every',
+                'save_every', 'downsample_size', 'keep_checkpoints', 'synthetic_n_train', 'synthetic_n_val', 'synthetic_size')
     for k in positive:
         v = getattr(cfg, k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -361,11 +379,9 @@ def build_datasets(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
 
 # %% ../nbs/07_train.ipynb #8a11f410
 def build_model(cfg: TrainConfig) -> nn.Module:
-    "The `UNet3Plus` described by `cfg`."
+    "The `UNet3Plus` of `cfg.model` (the encoder's weights from `cfg.pretrained_path` when given)."
     from unet3plus.model import UNet3Plus
-    return UNet3Plus(backbone=cfg.backbone, n_classes=cfg.n_classes, pretrained=cfg.pretrained,
-                     pretrained_path=cfg.pretrained_path, cat_channels=cfg.cat_channels,
-                     deep_supervision=cfg.deep_supervision, cgm=cfg.cgm, freeze_backbone=cfg.freeze_backbone)
+    return UNet3Plus.from_config(cfg.model, pretrained_path=cfg.pretrained_path)
 
 def as_outputs(out) -> dict:
     "A model's output as the `UNet3Plus` dict (a bare tensor becomes `{'logits': out}`)."
@@ -639,15 +655,9 @@ def save_model(engine, out, training: dict | None = None) -> Path:
 _LAUNCH_FLAGS = ('local_rank', 'resume', 'overwrite', 'progress')     # how one launch ran, not what it trained
 
 def train_command(cfg: TrainConfig) -> str:
-    "The `unet3plus-train` command line that gives `cfg`: `--field value` for each field that differs from its default."
-    import dataclasses, shlex
-    default, parts = TrainConfig(), ['unet3plus-train']
-    for f in dataclasses.fields(cfg):                    # each field is the flag of its name (`--no_X`: True off)
-        k, v = f.name, getattr(cfg, f.name)
-        if k in _LAUNCH_FLAGS or v is None or v == getattr(default, k): continue
-        if isinstance(v, bool): parts.append(f'--{k}' if v else f'--no_{k}')
-        else: parts += [f'--{k}', shlex.quote(str(v))]
-    return ' '.join(parts)
+    "The `unet3plus-train` command line that gives `cfg`: the flags of the fields that differ from their defaults."
+    import shlex
+    return shlex.join(['unet3plus-train', *dataclass_argv(cfg, exclude=_LAUNCH_FLAGS)])
 
 def data_record(cfg: TrainConfig, val_ds, custom: bool = False) -> dict:
     "Where a run's validation split came from: its SPARK root, the synthetic set's parameters, the subset; or 'custom'."
@@ -698,8 +708,6 @@ def train_record(cfg: TrainConfig, data: dict, class_names, row: dict | None, st
                 command=train_command(cfg), processes=world_size, version=__version__)
 
 # %% ../nbs/07_train.ipynb #c5a592ac
-MODEL_FIELDS = ('backbone', 'n_classes', 'cat_channels', 'deep_supervision', 'cgm', 'freeze_backbone')   # build_model's
-
 def checkpoint_folder(path) -> Path:
     "The checkpoint folder `path` names: a run's `checkpoints/` (the tag in its `latest`) or a `checkpoints/<tag>/`."
     p = Path(path)
@@ -745,10 +753,10 @@ def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
         f = folder.parent.parent / 'train_config.json'; where = str(f)
         if not f.is_file(): raise FileNotFoundError(f"--export_checkpoint {path}: {f} (the model) not found")
         d = json.loads(f.read_text())
-        model = build_model(TrainConfig(**{k: d[k] for k in MODEL_FIELDS if k in d}, pretrained=False))  # no download
-        model.config['pretrained'] = bool(d.get('pretrained') or d.get('pretrained_path'))    # as the run recorded it
-        training = checkpoint_record(folder, TrainConfig(**{k: v for k, v in d.items()
-                                                            if k in TrainConfig.__dataclass_fields__}))
+        run = TrainConfig(**{k: v for k, v in d.items() if k in TrainConfig.__dataclass_fields__})
+        model = build_model(dataclasses.replace(run, pretrained=False, pretrained_path=None))     # no download
+        model.config.pretrained = bool(run.pretrained or run.pretrained_path)                 # as the run recorded it
+        training = checkpoint_record(folder, run)
     try: missing, unexpected = model.load_state_dict(checkpoint_weights(folder), strict=False)
     except RuntimeError as e: missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []   # a shape mismatch
     if missing or unexpected:
@@ -1112,14 +1120,8 @@ def _loss_names() -> list[str]:
     from unet3plus.losses import LOSSES
     return list(LOSSES)
 
-def _resume_value(v: str) -> str:
-    "The value `--resume` takes: 'auto'."
-    if v != 'auto': raise argparse.ArgumentTypeError(f"takes no value or 'auto', got {v!r}")
-    return v
-
 def build_parser() -> argparse.ArgumentParser:
-    "The `unet3plus-train` argument parser; every flag is a `TrainConfig` field with the same default."
-    d = TrainConfig()
+    "The `unet3plus-train` argument parser: a flag per `TrainConfig` field, and the original scripts' flags."
     p = argparse.ArgumentParser('unet3plus-train',
                                 description='Train UNet3+ with DeepSpeed (one CPU process to many GPUs/nodes).',
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -1127,85 +1129,21 @@ def build_parser() -> argparse.ArgumentParser:
                                        'from_pretrained folder of a DeepSpeed checkpoint. Exit status: 0 done, 2 bad '
                                        f'input, {REQUEUE_STATUS} stopped on SIGUSR1/SIGTERM with a checkpoint '
                                        '(run again with --resume auto).')
-    g = p.add_argument_group('model')
-    g.add_argument('--backbone', default=d.backbone,
-                   help='timm encoder name (features_only), or "plain" for the paper encoder')
-    g.add_argument('--pretrained', dest='pretrained', action='store_true', default=d.pretrained,
-                   help='start from pretrained encoder weights')
-    g.add_argument('--no_pretrained', dest='pretrained', action='store_false', help='random encoder initialisation')
-    g.add_argument('--pretrained_path', default=d.pretrained_path, help='local encoder weights file (offline clusters)')
-    g.add_argument('--freeze_backbone', action='store_true', help='train the decoder only')
-    g.add_argument('--deep_supervision', action='store_true', help='supervise every decoder level (paper Sec. 2.2)')
-    g.add_argument('--cgm', action='store_true', help='train the classification-guided module (paper Sec. 2.3)')
-    g.add_argument('--cgm_weight', type=float, default=d.cgm_weight, help='weight of the CGM presence loss')
-    g.add_argument('--cat_channels', type=int, default=d.cat_channels, help='channels of each full-scale skip branch')
-    g.add_argument('--n_classes', type=int, default=d.n_classes, help='segmentation classes incl. background')
-    g = p.add_argument_group('data')
-    g.add_argument('--data_root', default=d.data_root,
-                   help='SPARK root (train.csv, val.csv, images/, mask/); default: built-in synthetic set')
-    g.add_argument('--target_size', type=int, default=d.target_size, help='train/validate at this square size')
-    g.add_argument('--no_augment', dest='augment', action='store_false', help='no training augmentation')
-    g.add_argument('--no_photometric', dest='photometric', action='store_false',
-                   help='augment without the photometric part (hue rotation, channel permutation, grayscale, '
-                        'gamma, JPEG)')
-    g.add_argument('--cache_gb', type=float, default=d.cache_gb,
-                   help='decode the training and validation images into memory once when they fit in this many GiB '
-                        '(0: read them from disk every epoch)')
-    g.add_argument('--object_crop', type=float, default=d.object_crop,
-                   help='probability that a training sample is a square crop around its spacecraft (side x1.1-1.8 '
-                        'of its box, random position, resized to --target_size) instead of the full frame')
-    g.add_argument('--downsample', action='store_true', help='train on a class-stratified subset')
-    g.add_argument('--downsample_size', type=int, default=d.downsample_size,
-                   help='training images in the subset (validation: a fifth)')
-    g.add_argument('--num_workers', type=int, default=d.num_workers, help='data loader workers per process')
-    g.add_argument('--synthetic_n_train', type=int, default=d.synthetic_n_train, help='synthetic set: training images')
-    g.add_argument('--synthetic_n_val', type=int, default=d.synthetic_n_val, help='synthetic set: validation images')
-    g.add_argument('--synthetic_size', type=int, default=d.synthetic_size, help='synthetic set: rendered image size')
-    g = p.add_argument_group('optimisation')
-    g.add_argument('--loss', default=d.loss, choices=_loss_names(), help='training loss')
-    g.add_argument('--epochs', type=int, default=d.epochs)
-    g.add_argument('--max_steps', type=int, default=d.max_steps,
-                   help='stop after this many optimizer steps (smoke runs)')
-    g.add_argument('--batch_size', type=int, default=d.batch_size, help='images per process per step')
-    g.add_argument('--grad_accum', type=int, default=d.grad_accum, help='gradient accumulation steps')
-    g.add_argument('--lr', type=float, default=d.lr, help='peak AdamW learning rate')
-    g.add_argument('--weight_decay', type=float, default=d.weight_decay)
-    g.add_argument('--schedule', default=d.schedule, choices=SCHEDULES, help='warmup + cosine or linear decay')
-    g.add_argument('--warmup_ratio', type=float, default=d.warmup_ratio, help='fraction of the steps spent warming up')
-    g.add_argument('--grad_clip', type=float, default=d.grad_clip, help='gradient norm clipping (0: off)')
-    g.add_argument('--precision', default=d.precision, choices=PRECISIONS,
-                   help='auto: bf16 (fp16 without bf16) on GPU; on CPUs bf16 autocast with AMX/AVX512-BF16, else fp32')
-    g.add_argument('--compile', action='store_true', help='torch.compile the model (inductor; pays on GPUs)')
-    g.add_argument('--zero_stage', type=int, default=d.zero_stage, choices=(0, 1, 2, 3), help='DeepSpeed ZeRO stage')
-    g.add_argument('--ds_config', default=d.ds_config, help='JSON file merged over the generated DeepSpeed config')
-    g.add_argument('--deepspeed', action='store_true',
-                   help='accepted for compatibility; training always uses DeepSpeed')
-    g.add_argument('--seed', type=int, default=d.seed)
-    g = p.add_argument_group('loop and outputs')
-    g.add_argument('--patience', type=int, default=d.patience,
-                   help='early stopping after this many validations without improvement (0: off)')
-    g.add_argument('--validate_every', type=int, default=d.validate_every,
-                   help='validate every N epochs (and after the last)')
-    g.add_argument('--monitor', default=d.monitor, choices=MONITORS, help='validation score that picks unet3plus_best')
-    g.add_argument('--save_path', default=d.save_path, help='output folder')
-    g.add_argument('--save_every', type=int, default=d.save_every, help='write unet3plus_epoch_N every N epochs')
-    g.add_argument('--checkpoint_every', type=int, default=d.checkpoint_every,
-                   help='also checkpoint every N optimizer steps (0: epoch ends only)')
-    g.add_argument('--keep_checkpoints', type=int, default=d.keep_checkpoints, help='DeepSpeed checkpoints kept')
-    g.add_argument('--resume', nargs='?', const=True, default=d.resume, type=_resume_value, metavar='auto',
-                   help='continue from the last checkpoint in --save_path ("--resume auto": if there is one)')
-    g.add_argument('--overwrite', action='store_true', help='delete a previous run in --save_path and start again')
-    g.add_argument('--no_progress', dest='progress', action='store_false', help='no progress bar')
-    g.add_argument('--dist_timeout', type=float, default=d.dist_timeout,
-                   help='minutes a collective waits for the slowest rank before the run fails (bounds a hang)')
-    g.add_argument('--local_rank', '--local-rank', type=int, default=d.local_rank, help='set by the deepspeed launcher')
+    add_dataclass_flags(p, TrainConfig)
+    g = p.add_argument_group("the original UNet3+ scripts' flags")
+    for flag, prec in (('--fp16', 'fp16'), ('--no_fp16', 'fp32')):
+        g.add_argument(flag, dest='precision', action='store_const', const=prec, default=argparse.SUPPRESS,
+                       help=f'--precision {prec}')
+    g.add_argument('--deepspeed', action='store_true', default=argparse.SUPPRESS,
+                   help='accepted and ignored (a no-op): training always uses DeepSpeed')
     return p
 
 def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     "A `TrainConfig` from command-line flags (argparse errors name the flag)."
     p = build_parser()
-    args = p.parse_args(argv)
-    try: return TrainConfig(**vars(args))
+    kw = vars(p.parse_args(argv))
+    kw.pop('deepspeed', None)                                  # the original scripts' flag: a no-op
+    try: return TrainConfig(**kw)
     except (ValueError, FileNotFoundError) as e: p.error(str(e))
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -1226,6 +1164,7 @@ def export_main(argv: Sequence[str]) -> int:
     p = argparse.ArgumentParser('unet3plus-train --export_checkpoint',
                                 description='Turn a DeepSpeed checkpoint of a run (any ZeRO stage) into a '
                                             'from_pretrained folder.')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--export_checkpoint', required=True, metavar='CHECKPOINT',
                    help='RUN/checkpoints (its latest) or RUN/checkpoints/TAG')
     p.add_argument('--to', required=True, metavar='DIR', help='the model folder to write (new or empty)')

@@ -107,6 +107,7 @@ def run_bench(argv: list[str]) -> dict:
     "Run the benchmark named by `argv[0]` with the rest of `argv` as its options; return its figures."
     p = argparse.ArgumentParser('unet3plus-bench', description='Speed and memory against peers, in one process. '
                                 '`unet3plus-bench NAME --help` lists the options of benchmark NAME.')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('bench', choices=list(BENCHES), help='which benchmark to run')
     # --help, or a missing name: argparse explains and exits
     if not argv or argv[0].startswith('-'): p.parse_args(argv)

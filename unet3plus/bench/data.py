@@ -39,6 +39,7 @@ def bench_data(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
     p = argparse.ArgumentParser('unet3plus-bench data',
                                 description='JPEG image+mask loading speed, one core, one process.')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--n', type=int, default=8, help='image+mask pairs per timed round')
     p.add_argument('--size', type=int, default=1024, help='side of the generated JPEGs (px)')
     p.add_argument('--target', type=int, default=512, help='side of the output tensors (px)')

@@ -42,6 +42,7 @@ def bare_forwards(model, x: torch.Tensor, n: int, precision: str, tta: bool = Fa
 def bench_infer(argv=None) -> dict:
     "`unet3plus-bench infer`: `predict_folder` end to end (decode, model, ROI, npz) vs its bare forward passes."
     p = argparse.ArgumentParser('unet3plus-bench infer', description=bench_infer.__doc__)
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--backbone', default='resnet18', help='timm encoder (random init; default small enough for a CPU)')
     p.add_argument('--size', type=int, default=512, help='model input size')
     p.add_argument('--orig', type=int, default=1024, help='side of the test JPEGs')

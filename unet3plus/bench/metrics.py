@@ -17,6 +17,7 @@ __all__ = ['bench_metrics']
 def bench_metrics(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench metrics`: ConfusionMatrix.update throughput vs torchmetrics on the same inputs."
     ap = argparse.ArgumentParser('unet3plus-bench metrics', description=bench_metrics.__doc__)
+    ap.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     ap.add_argument('--size', type=int, default=512, help='image side in pixels')
     ap.add_argument('--batch_size', '--batch', type=int, default=8, help='images per update (--batch: the older name)')
     ap.add_argument('--classes', type=int, default=3, help='number of classes')

@@ -119,6 +119,7 @@ def _model_specs(a) -> dict:
 def bench_model(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last CPU, fp32 and bf16."
     p = argparse.ArgumentParser('unet3plus-bench model', description=bench_model.__doc__)
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--backbone', default='convnext_tiny', help='timm backbone for both models')
     p.add_argument('--size', type=int, default=512)
     p.add_argument('--batch_size', '--batch', type=int, default=2, help='images per step (--batch: the older name)')

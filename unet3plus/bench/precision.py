@@ -62,6 +62,7 @@ def _isa_limited_speeds(isa: str, repeats: int, threads: int | None) -> list[dic
 def bench_precision(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench precision`: fp32 vs bf16 matmul and conv3x3 GFLOP/s here, and with oneDNN limited to older ISAs."
     p = argparse.ArgumentParser('unet3plus-bench precision', description=bench_precision.__doc__)
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
     p.add_argument('--isa', nargs='*', default=list(ISA_LIMITS),
                    help='ONEDNN_MAX_CPU_ISA values to compare (none: skip)')

@@ -19,6 +19,7 @@ __all__ = ['bench_synth']
 def bench_synth(argv: list[str] | None = None) -> dict:
     "The `unet3plus-bench synth` benchmark: ms per rendered sample for several renderer settings and sizes."
     p = argparse.ArgumentParser('unet3plus-bench synth')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--sizes', type=int, nargs='+', default=[256, 512])
     p.add_argument('--repeats', type=int, default=3)
     a = p.parse_args(argv or [])

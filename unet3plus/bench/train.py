@@ -52,6 +52,7 @@ def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 
 def bench_train(argv: Sequence[str] | None = None) -> dict:
     "`unet3plus-bench train`: loop vs bare model images/s in one process, then the loop in 1 vs 2 processes."
     p = argparse.ArgumentParser('unet3plus-bench train')
+    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=int, default=128)
     p.add_argument('--batch_size', '--batch', type=int, default=8); p.add_argument('--batches', type=int, default=4)
     p.add_argument('--repeats', type=int, default=3)
