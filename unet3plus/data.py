@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_data.ipynb #9759e09e
 from __future__ import annotations
-import argparse, csv, os, re, tempfile, time
+import csv, os, re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, asdict
 from pathlib import Path

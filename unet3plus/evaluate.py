@@ -16,7 +16,7 @@ from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flag
                                predict_scores, upsample_scores,
                                check_finite_scores, resize_image, load_model, predict_classes, original_image, roi_mode,
                                resolve_roi,
-                               training_record, collate_eval, input_size, model_input_size, tta_mode, resolve_scales,
+                               training_record, collate_eval, input_size, tta_mode, resolve_scales,
                                add_tta_flags)
 from .metrics import (BoundaryIoU, ConfusionMatrix, GroupedConfusion, per_image_confusion, iou_from_confusion,
                                foreground_miou, row_normalize, Calibration)

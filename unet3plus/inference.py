@@ -4,23 +4,23 @@
 
 # %% ../nbs/09_inference.ipynb #d58b4ad4
 from __future__ import annotations
-import argparse, collections, hashlib, io, json, logging, re, shutil, statistics, sys, tempfile, time, zipfile
+import argparse, collections, hashlib, io, json, logging, re, sys, time, zipfile
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np, torch
-from PIL import Image, ImageDraw
+from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 from .cli import cli_errors
 from .data import CLASSES, TEST_DIR, SparkTestImages, as_hw, open_image
 from .files import (atomic_write, atomic_write_text, remove_stale_temps, is_temp, shorten, recorded_outputs,
                              foreign_files)
-from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, predict_scores,
-                               upsample_scores, load_model, model_n_classes, predict_classes, original_image,
+from .predict import (ROI_MODES, resolve_device, add_precision_flags,
+                               upsample_scores, load_model, model_n_classes, original_image,
                                resolve_roi, collate_eval, input_size, tta_mode, resolve_scales, add_tta_flags,
-                               predict_stages, stage_class_map, class_map, upsample_scores)
+                               predict_stages, stage_class_map, class_map)
 from .visual import overlay_classes
 from torch.utils.data import Dataset
 from .decoder import resolve_precision

@@ -75,7 +75,10 @@ def confusion_counts(pred: torch.Tensor, target: torch.Tensor, n_classes: int, i
     if bad.numel():
         raise ValueError(f"{name}: target value {bad[0].item()} is outside 0..{C - 1} and is not ignore_index "
                          f"({ignore_index})")
-    return rows[shift:shift + C].clone()
+    m = rows[shift:shift + C].clone()
+    if ignore_index is not None and 0 <= ignore_index < C:       # a class's own row holds them: take them back out
+        m[ignore_index] -= fast_bincount(p[t == ignore_index], C)[:C].to(m.device)
+    return m
 
 # %% ../nbs/06_metrics.ipynb #6b2a2483
 def _ratio(num: np.ndarray, den: np.ndarray, absent: np.ndarray) -> np.ndarray:
@@ -262,7 +265,8 @@ def per_image_confusion(pred: torch.Tensor, target: torch.Tensor, n_classes: int
     if p.numel() and (p.min() < 0 or p.max() >= C):
         raise ValueError(f"per_image_confusion: predicted classes must be in 0..{C - 1}")
     img = torch.arange(B, device=t.device).view(B, *[1] * (t.ndim - 1))
-    idx = torch.where(valid, img * C * C + t * C + p, B * C * C)
+    counted = valid if ignore_index is None else valid & (t != ignore_index)     # an ignore_index may be a class
+    idx = torch.where(counted, img * C * C + t * C + p, B * C * C)
     return fast_bincount(idx, B * C * C + 1)[:-1].view(B, C, C)
 
 def iou_from_confusion(matrix) -> torch.Tensor:

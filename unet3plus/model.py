@@ -55,6 +55,7 @@ class UNet3PlusConfig:
         if k not in CONFIG_KEYS: raise KeyError(k)
         return getattr(self, k)
     def get(self, k: str, default=None): return self[k] if k in CONFIG_KEYS else default
+    def __contains__(self, k) -> bool: return k in CONFIG_KEYS                   # `in`, as for the old dict
     def keys(self) -> tuple: return CONFIG_KEYS
 
 CONFIG_KEYS = tuple(f.name for f in dataclasses.fields(UNet3PlusConfig))

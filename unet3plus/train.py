@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #024b8ea4
 from __future__ import annotations
-import argparse, contextlib, copy, json, logging, math, os, random, shutil, socket, subprocess, sys, time, warnings
+import argparse, contextlib, copy, json, logging, math, os, random, shutil, socket, sys, time
 import io, signal, threading
 from dataclasses import dataclass, asdict
 from datetime import timedelta

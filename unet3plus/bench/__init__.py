@@ -6,10 +6,12 @@
 from __future__ import annotations
 import argparse, importlib, os, platform, resource, statistics, sys, time
 from typing import Callable
+from ..cli import OneLineParser, cli_errors
 
 # %% auto #0
 __all__ = ['BENCH_PRECISIONS', 'BENCHES', 'measure_rounds', 'measure', 'round_ratios', 'peak_rss_mb', 'ratio', 'print_table',
-           'host_line', 'bench_precisions', 'add_precision_arg', 'get_bench', 'run_bench', 'main']
+           'host_line', 'bench_precisions', 'add_precision_arg', 'BenchParser', 'at_least', 'get_bench', 'run_bench',
+           'main']
 
 # %% ../../nbs/bench/00_harness.ipynb #18ddb395
 def measure_rounds(fns: dict[str, Callable], repeats: int = 5, warmup: int = 1,
@@ -91,6 +93,25 @@ def add_precision_arg(p: argparse.ArgumentParser):
     p.add_argument('--precision', choices=BENCH_PRECISIONS, default=None,
                    help='fp32, bf16 (autocast) or both (default: both where bf16 is fast, else fp32)')
 
+# %% ../../nbs/bench/00_harness.ipynb #f33ce9d1
+import argparse
+
+class BenchParser(OneLineParser):
+    "A benchmark's options: usage `unet3plus-bench NAME ...`, a usage error one line `unet3plus-bench: error: ...`."
+    def __init__(self, *args, **kw):
+        kw.setdefault('formatter_class', argparse.ArgumentDefaultsHelpFormatter)     # --help shows the defaults
+        super().__init__(*args, **kw)
+    def error(self, message): self.exit(2, f"unet3plus-bench: error: {message}\n")
+
+def at_least(low: int) -> Callable[[str], int]:
+    "An argparse `type`: a whole number >= `low`, else a usage error naming the value."
+    def whole_number(text: str) -> int:
+        try: n = int(text)
+        except ValueError: n = None
+        if n is None or n < low: raise argparse.ArgumentTypeError(f"must be a whole number >= {low}, got {text!r}")
+        return n
+    return whole_number
+
 # %% ../../nbs/bench/00_harness.ipynb #6d167f34
 BENCHES = {'data': 'unet3plus.bench.data:bench_data', 'synth': 'unet3plus.bench.synth:bench_synth',
            'precision': 'unet3plus.bench.precision:bench_precision', 'model': 'unet3plus.bench.model:bench_model',
@@ -105,7 +126,7 @@ def get_bench(name: str) -> Callable:
 
 def run_bench(argv: list[str]) -> dict:
     "Run the benchmark named by `argv[0]` with the rest of `argv` as its options; return its figures."
-    p = argparse.ArgumentParser('unet3plus-bench', description='Speed and memory against peers, in one process. '
+    p = BenchParser('unet3plus-bench', description='Speed and memory against peers, in one process. '
                                 '`unet3plus-bench NAME --help` lists the options of benchmark NAME.')
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('bench', choices=list(BENCHES), help='which benchmark to run')
@@ -117,5 +138,5 @@ def run_bench(argv: list[str]) -> dict:
     return fn(argv[1:])
 
 def main(argv: list[str] | None = None) -> None:
-    "Entry point of `unet3plus-bench`: the benchmark prints its own tables; exit status 0."
-    run_bench(sys.argv[1:] if argv is None else list(argv))
+    "Entry point of `unet3plus-bench`: exit status 0; a user error is one line `unet3plus-bench: error: ...`, status 2."
+    with cli_errors('unet3plus-bench', enabled=argv is None): run_bench(sys.argv[1:] if argv is None else list(argv))

@@ -4,12 +4,12 @@
 
 # %% ../../nbs/bench/01_data.ipynb #106c3243
 from __future__ import annotations
-import argparse, tempfile, time
+import tempfile, time
 from pathlib import Path
 
 import numpy as np, torch
 from PIL import Image
-from . import measure, print_table
+from . import measure, print_table, BenchParser, at_least
 from ..data import SparkSegmentation, as_hw, rgb_to_classes_exact
 from ..testing import make_tiny_spark
 
@@ -37,13 +37,12 @@ def jitter_times(target: int, repeats: int, n: int = 20) -> dict[str, float]:
 
 def bench_data(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
-    p = argparse.ArgumentParser('unet3plus-bench data',
+    p = BenchParser('unet3plus-bench data',
                                 description='JPEG image+mask loading speed, one core, one process.')
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
-    p.add_argument('--n', type=int, default=8, help='image+mask pairs per timed round')
-    p.add_argument('--size', type=int, default=1024, help='side of the generated JPEGs (px)')
-    p.add_argument('--target', type=int, default=512, help='side of the output tensors (px)')
-    p.add_argument('--repeats', type=int, default=5, help='timed rounds per loader')
+    p.add_argument('--n', type=at_least(1), default=8, help='image+mask pairs per timed round')
+    p.add_argument('--size', type=at_least(1), default=1024, help='side of the generated JPEGs (px)')
+    p.add_argument('--target', type=at_least(1), default=512, help='side of the output tensors (px)')
+    p.add_argument('--repeats', type=at_least(1), default=5, help='timed rounds per loader')
     a = p.parse_args([] if argv is None else list(argv))
     if a.n < 1 or a.size < 8 or a.target < 1:
         p.error(f"--n must be >= 1, --size >= 8, --target >= 1 (got {a.n}, {a.size}, {a.target})")

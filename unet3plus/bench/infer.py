@@ -4,12 +4,13 @@
 
 # %% ../../nbs/bench/07_infer.ipynb #cd65c6cb
 from __future__ import annotations
-import argparse, logging, shutil, statistics, tempfile
+import logging, shutil, statistics, tempfile
 from pathlib import Path
 
 import numpy as np, torch
 from PIL import Image, ImageDraw
-from . import measure_rounds, round_ratios, print_table, peak_rss_mb, add_precision_arg, bench_precisions
+from . import (measure_rounds, round_ratios, print_table, peak_rss_mb, add_precision_arg,
+                             bench_precisions, BenchParser, at_least)
 from ..data import SparkTestImages
 from ..inference import predict_folder
 from ..model import UNet3Plus
@@ -41,16 +42,17 @@ def bare_forwards(model, x: torch.Tensor, n: int, precision: str, tta: bool = Fa
 
 def bench_infer(argv=None) -> dict:
     "`unet3plus-bench infer`: `predict_folder` end to end (decode, model, ROI, npz) vs its bare forward passes."
-    p = argparse.ArgumentParser('unet3plus-bench infer', description=bench_infer.__doc__)
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
+    p = BenchParser('unet3plus-bench infer', description=bench_infer.__doc__)
     p.add_argument('--backbone', default='resnet18', help='timm encoder (random init; default small enough for a CPU)')
-    p.add_argument('--size', type=int, default=512, help='model input size')
-    p.add_argument('--orig', type=int, default=1024, help='side of the test JPEGs')
-    p.add_argument('--n_images', type=int, default=16); p.add_argument('--batch_size', '--batch', type=int, default=8)
-    p.add_argument('--num_workers', type=int, default=2); p.add_argument('--writers', type=int, default=4)
+    p.add_argument('--size', type=at_least(1), default=512, help='model input size')
+    p.add_argument('--orig', type=at_least(1), default=1024, help='side of the test JPEGs')
+    p.add_argument('--n_images', type=at_least(1), default=16)
+    p.add_argument('--batch_size', '--batch', type=at_least(1), default=8)
+    p.add_argument('--num_workers', type=at_least(0), default=2)
+    p.add_argument('--writers', type=at_least(1), default=4)
     p.add_argument('--roi', choices=('off', 'on', 'both'), default='both', help='one stage, two stages or both')
     p.add_argument('--tta', action='store_true'); p.add_argument('--device', default=None)
-    p.add_argument('--repeats', type=int, default=3); p.add_argument('--warmup', type=int, default=1)
+    p.add_argument('--repeats', type=at_least(1), default=3); p.add_argument('--warmup', type=at_least(0), default=1)
     add_precision_arg(p)
     a = p.parse_args([] if argv is None else argv)
     device, precisions = resolve_device(a.device), bench_precisions(a.precision)

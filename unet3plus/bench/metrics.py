@@ -4,10 +4,10 @@
 
 # %% ../../nbs/bench/05_metrics.ipynb #52d88b68
 from __future__ import annotations
-import argparse, time
+import time
 
 import torch
-from . import measure, print_table
+from . import measure, print_table, BenchParser, at_least
 from ..metrics import ConfusionMatrix
 
 # %% auto #0
@@ -16,14 +16,14 @@ __all__ = ['bench_metrics']
 # %% ../../nbs/bench/05_metrics.ipynb #02e1a676
 def bench_metrics(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench metrics`: ConfusionMatrix.update throughput vs torchmetrics on the same inputs."
-    ap = argparse.ArgumentParser('unet3plus-bench metrics', description=bench_metrics.__doc__)
-    ap.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
-    ap.add_argument('--size', type=int, default=512, help='image side in pixels')
-    ap.add_argument('--batch_size', '--batch', type=int, default=8, help='images per update (--batch: the older name)')
-    ap.add_argument('--classes', type=int, default=3, help='number of classes')
+    ap = BenchParser('unet3plus-bench metrics', description=bench_metrics.__doc__)
+    ap.add_argument('--size', type=at_least(1), default=512, help='image side in pixels')
+    ap.add_argument('--batch_size', '--batch', type=at_least(1), default=8,
+                    help='images per update (--batch: the older name)')
+    ap.add_argument('--classes', type=at_least(1), default=3, help='number of classes')
     ap.add_argument('--ignore_index', '--ignore-index', type=int, default=None,
                     help='label ignored in the target (e.g. 255; --ignore-index: the older spelling)')
-    ap.add_argument('--repeats', type=int, default=5, help='timed rounds per candidate')
+    ap.add_argument('--repeats', type=at_least(1), default=5, help='timed rounds per candidate')
     ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
     a = ap.parse_args(argv or [])
     from torchmetrics.classification import MulticlassConfusionMatrix

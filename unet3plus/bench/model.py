@@ -4,12 +4,13 @@
 
 # %% ../../nbs/bench/04_model.ipynb #4c332fba
 from __future__ import annotations
-import argparse, statistics
+import statistics
 from pathlib import Path
 
 import torch, torch.nn.functional as F
 from torch import nn
-from . import measure, measure_rounds, round_ratios, print_table, add_precision_arg, bench_precisions
+from . import (measure, measure_rounds, round_ratios, print_table, add_precision_arg, bench_precisions,
+                             BenchParser, at_least)
 from ..decoder import precision_autocast
 from ..model import UNet3Plus, _gflops
 
@@ -118,25 +119,26 @@ def _model_specs(a) -> dict:
 
 def bench_model(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last CPU, fp32 and bf16."
-    p = argparse.ArgumentParser('unet3plus-bench model', description=bench_model.__doc__)
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
+    p = BenchParser('unet3plus-bench model', description=bench_model.__doc__)
     p.add_argument('--backbone', default='convnext_tiny', help='timm backbone for both models')
-    p.add_argument('--size', type=int, default=512)
-    p.add_argument('--batch_size', '--batch', type=int, default=2, help='images per step (--batch: the older name)')
-    p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
+    p.add_argument('--size', type=at_least(1), default=512)
+    p.add_argument('--batch_size', '--batch', type=at_least(1), default=2,
+                   help='images per step (--batch: the older name)')
+    p.add_argument('--repeats', type=at_least(1), default=3)
+    p.add_argument('--threads', type=at_least(1), default=None)
     add_precision_arg(p)
     p.add_argument('--no_smp', action='store_true', help='skip the smp.Unet peer')
     p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
     p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
-    p.add_argument('--cat_channels', type=int, nargs='*', default=[],
+    p.add_argument('--cat_channels', type=at_least(1), nargs='*', default=[],
                    help='also time the default model with these cat_channels')
     p.add_argument('--fusion', nargs='*', default=[],
                    help="also time the default model with these fusions ('full', 'factored', 'factored:128')")
     p.add_argument('--no_memory', action='store_true', help='skip the child-process memory measurements')
     p.add_argument('--memory_only', action='store_true', help='only the memory measurements')
     p.add_argument('--memory_backbone', default='resnet34')
-    p.add_argument('--memory_batch_size', '--memory_batch', type=int, default=8)
-    p.add_argument('--memory_size', type=int, default=512)
+    p.add_argument('--memory_batch_size', '--memory_batch', type=at_least(1), default=8)
+    p.add_argument('--memory_size', type=at_least(1), default=512)
     a = p.parse_args(argv or [])
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)

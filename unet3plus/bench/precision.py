@@ -4,11 +4,11 @@
 
 # %% ../../nbs/bench/03_precision.ipynb #3e08df93
 from __future__ import annotations
-import argparse, json, os, subprocess, sys
+import json, os, subprocess, sys
 
 import torch
 from torch import nn
-from . import measure, print_table
+from . import measure, print_table, BenchParser, at_least
 from ..decoder import precision_autocast
 
 # %% auto #0
@@ -61,9 +61,9 @@ def _isa_limited_speeds(isa: str, repeats: int, threads: int | None) -> list[dic
 
 def bench_precision(argv: list[str] | None = None) -> dict:
     "`unet3plus-bench precision`: fp32 vs bf16 matmul and conv3x3 GFLOP/s here, and with oneDNN limited to older ISAs."
-    p = argparse.ArgumentParser('unet3plus-bench precision', description=bench_precision.__doc__)
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
-    p.add_argument('--repeats', type=int, default=3); p.add_argument('--threads', type=int, default=None)
+    p = BenchParser('unet3plus-bench precision', description=bench_precision.__doc__)
+    p.add_argument('--repeats', type=at_least(1), default=3)
+    p.add_argument('--threads', type=at_least(1), default=None)
     p.add_argument('--isa', nargs='*', default=list(ISA_LIMITS),
                    help='ONEDNN_MAX_CPU_ISA values to compare (none: skip)')
     a = p.parse_args(argv or [])

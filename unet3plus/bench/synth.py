@@ -4,11 +4,11 @@
 
 # %% ../../nbs/bench/02_synth.ipynb #3636e7e1
 from __future__ import annotations
-import argparse, io, time
+import io, time
 
 import numpy as np
 from PIL import Image
-from . import measure, print_table
+from . import measure, print_table, BenchParser, at_least
 from ..data import SPACECRAFT, classes_to_rgb
 from ..synthetic import IMAGE_QUALITY, MASK_QUALITY, render_sample
 
@@ -18,10 +18,9 @@ __all__ = ['bench_synth']
 # %% ../../nbs/bench/02_synth.ipynb #babef1e5
 def bench_synth(argv: list[str] | None = None) -> dict:
     "The `unet3plus-bench synth` benchmark: ms per rendered sample for several renderer settings and sizes."
-    p = argparse.ArgumentParser('unet3plus-bench synth')
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
-    p.add_argument('--sizes', type=int, nargs='+', default=[256, 512])
-    p.add_argument('--repeats', type=int, default=3)
+    p = BenchParser('unet3plus-bench synth')
+    p.add_argument('--sizes', type=at_least(1), nargs='+', default=[256, 512])
+    p.add_argument('--repeats', type=at_least(1), default=3)
     a = p.parse_args(argv or [])
     def batch(size, **kw):
         def run():

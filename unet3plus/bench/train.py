@@ -4,12 +4,12 @@
 
 # %% ../../nbs/bench/06_train.ipynb #89dbe9c1
 from __future__ import annotations
-import argparse, os, subprocess, sys, time
+import os, subprocess, sys, time
 from typing import Sequence
 
 import torch
 from torch import nn
-from . import add_precision_arg, bench_precisions, measure, print_table, ratio
+from . import add_precision_arg, bench_precisions, measure, print_table, ratio, BenchParser, at_least
 from ..decoder import precision_autocast
 from ..model import UNet3Plus
 from ..train import (TrainConfig, TrainLoss, barrier, ds_config, free_port, init_engine, param_groups,
@@ -51,12 +51,12 @@ def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 
 
 def bench_train(argv: Sequence[str] | None = None) -> dict:
     "`unet3plus-bench train`: loop vs bare model images/s in one process, then the loop in 1 vs 2 processes."
-    p = argparse.ArgumentParser('unet3plus-bench train')
-    p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
-    p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=int, default=128)
-    p.add_argument('--batch_size', '--batch', type=int, default=8); p.add_argument('--batches', type=int, default=4)
-    p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--procs', type=int, nargs='*', default=[1, 2],
+    p = BenchParser('unet3plus-bench train')
+    p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=at_least(1), default=128)
+    p.add_argument('--batch_size', '--batch', type=at_least(1), default=8)
+    p.add_argument('--batches', type=at_least(1), default=4)
+    p.add_argument('--repeats', type=at_least(1), default=3)
+    p.add_argument('--procs', type=at_least(1), nargs='*', default=[1, 2],
                    help='process counts for the torchrun part (none: skip)')
     add_precision_arg(p)
     a = p.parse_args(list(argv or []))
