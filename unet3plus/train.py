@@ -775,7 +775,7 @@ def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
 # %% ../nbs/07_train.ipynb #ad5e48e1
 RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json', 'training_plots.png',
                'training_report.txt', 'train_config.json', 'ds_config.json', 'train.log', TB_FOLDER)
-RUN_LEFTOVERS = ('train_config.json', 'ds_config.json', 'train.log', TB_FOLDER)     # written before the first step
+RUN_LEFTOVERS = ('train_config.json', 'ds_config.json', 'train.log', TB_FOLDER)     # before the first checkpoint
 
 def _ours(x: Path) -> bool:
     "Whether `x` has the name of something a run writes."
@@ -1031,7 +1031,6 @@ def write_overlays(monitor, samples: dict | None, step: int):
                 dataformats='HWC')
     w.flush()
 
-
 # %% ../nbs/07_train.ipynb #2a7158ae
 def _trim_event_file(path: Path, limit: Callable[[str], int]) -> int:
     "Drop the summaries of event file `path` whose step is past `limit(tag)` (rewritten atomically); return how many."
@@ -1072,7 +1071,6 @@ def read_scalars(folder) -> dict:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(folder), size_guidance={'scalars': 0}); acc.Reload()
     return {t: sorted((e.step, e.value) for e in acc.Scalars(t)) for t in acc.Tags()['scalars']}
-
 
 # %% ../nbs/07_train.ipynb #4f53a9c7
 def _is_better(score: float, best: float | None, monitor: str) -> bool:
