@@ -18,24 +18,28 @@ from torch import nn
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 from .cli import cli_errors, original_message
 from .data import CLASSES
-from .files import atomic_write_text
+from .files import atomic_write, atomic_write_text
 from .metrics import ConfusionMatrix, all_reduce_sum
+from .visual import overlay_classes, to_rgb_uint8
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'REQUEUE_STATUS', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES', 'RUN_OUTPUTS',
-           'RUN_LEFTOVERS', 'log', 'TORCHRUN_SIGNALS', 'TrainConfig', 'read_ds_config', 'check_data_root',
-           'check_floats', 'check_ds_batch', 'check_config', 'deep_merge', 'precision_of', 'ds_config', 'free_port',
-           'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed',
-           'seeded_rngs', 'EpochKeys', 'SeededSamples', 'resolve_data_root', 'check_files', 'build_datasets',
-           'build_model', 'as_outputs', 'TrainLoss', 'param_groups', 'ds_safe_globals', 'load_checkpoint_file',
-           'check_checkpoint_files', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state',
-           'load_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint',
-           'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position', 'to_universal', 'load_universal',
-           'check_model_folder', 'save_model', 'train_command', 'data_record', 'input_size_of', 'train_record',
-           'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint', 'previous_run',
-           'will_resume', 'check_save_path', 'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch',
-           'validation_epoch', 'init_engine', 'setup_logging', 'plot_history', 'training_report', 'train',
-           'build_parser', 'parse_args', 'main', 'export_main', 'slurm_torchrun_argv', 'torchrun_main']
+__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'TB_FOLDER', 'MONITOR_KEYS', 'REQUEUE_STATUS', 'LAYOUT_FILE',
+           'MODEL_FOLDER_FILES', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'log', 'N_OVERLAYS', 'TORCHRUN_SIGNALS', 'TrainConfig',
+           'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge',
+           'precision_of', 'monitor_sections', 'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier',
+           'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys',
+           'SeededSamples', 'resolve_data_root', 'check_files', 'build_datasets', 'build_model', 'as_outputs',
+           'TrainLoss', 'param_groups', 'ds_safe_globals', 'load_checkpoint_file', 'check_checkpoint_files',
+           'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag',
+           'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout',
+           'resume_plan', 'resume_position', 'to_universal', 'load_universal', 'check_model_folder', 'save_model',
+           'train_command', 'data_record', 'input_size_of', 'train_record', 'checkpoint_folder', 'checkpoint_weights',
+           'checkpoint_record', 'export_checkpoint', 'previous_run', 'will_resume', 'check_save_path',
+           'prepare_save_path', 'NonFiniteLoss', 'as_channels_last', 'train_epoch', 'validation_epoch', 'init_engine',
+           'setup_logging', 'plot_history', 'training_report', 'start_monitor', 'tb_writer', 'close_monitor',
+           'write_scalars', 'step_scalars', 'validation_scalars', 'overlay_grid', 'write_overlays', 'trim_events',
+           'read_scalars', 'train', 'build_parser', 'parse_args', 'main', 'export_main', 'slurm_torchrun_argv',
+           'torchrun_main']
 
 # %% ../nbs/07_train.ipynb #cd8644c1
 import dataclasses
@@ -104,6 +108,8 @@ class TrainConfig(UNet3PlusConfig):
                                             arg=dict(nargs='?', const=True, type=_resume_value, metavar='auto'))
     overwrite: bool = option(False, 'delete a previous run in --save_path and start again')
     progress: bool = option(True, 'show a progress bar')
+    tensorboard: bool = option(True, "TensorBoard events and CSV files in OUTPUT_DIR/tensorboard (DeepSpeed's monitor; "
+                               'a --ds_config monitor section still applies)')
     dist_timeout: float = option(10.0, 'minutes a collective waits for the slowest rank before the run fails (bounds a '
                                        'hang)')
     local_rank: int = option(-1, 'set by the deepspeed launcher', arg=dict(aliases=['--local-rank']))
@@ -215,6 +221,15 @@ def precision_of(conf: dict) -> str:
         if conf.get(k, {}).get('enabled'): return k
     return 'fp32'
 
+TB_FOLDER = 'tensorboard'                                # save_path/tensorboard: TensorBoard events and CSV files
+MONITOR_KEYS = ('tensorboard', 'csv_monitor', 'wandb', 'comet')   # DeepSpeed's monitor sections
+
+def monitor_sections(cfg: TrainConfig) -> dict:
+    "DeepSpeed monitor sections writing TensorBoard events and CSV files to `save_path/tensorboard` (none if off)."
+    if not cfg.tensorboard: return {}
+    where = dict(enabled=True, output_path=str(Path(cfg.save_path)), job_name=TB_FOLDER)
+    return dict(tensorboard=dict(where), csv_monitor=dict(where))
+
 def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | None = None, bf16_ok: bool | None = None,
               world_size: int | None = None, fast_bf16: bool | None = None) -> dict:
     "DeepSpeed's config for `cfg` on `world_size` processes: AdamW, warmup + decay, clipping, accumulation, ZeRO..."
@@ -239,6 +254,7 @@ def ds_config(cfg: TrainConfig, total_steps: int | None = None, cuda: bool | Non
     if prec == 'bf16' and cuda: conf['bf16'] = dict(enabled=True)
     if prec == 'bf16' and not cuda:       # autocast around the forward; fp32 weights, gradients, AdamW, all-reduce
         conf['torch_autocast'] = dict(enabled=True, dtype='bfloat16', lower_precision_safe_modules=[])
+    conf.update(monitor_sections(cfg))
     if cfg.ds_config:
         user = read_ds_config(cfg.ds_config)
         check_ds_batch(cfg, user, world_size or (dist.get_world_size() if dist.is_initialized() else 1))
@@ -652,7 +668,7 @@ def save_model(engine, out, training: dict | None = None) -> Path:
     return out
 
 # %% ../nbs/07_train.ipynb #3950cf72
-_LAUNCH_FLAGS = ('local_rank', 'resume', 'overwrite', 'progress')     # how one launch ran, not what it trained
+_LAUNCH_FLAGS = ('local_rank', 'resume', 'overwrite', 'progress', 'tensorboard')   # how a launch ran, not what trained
 
 def train_command(cfg: TrainConfig) -> str:
     "The `unet3plus-train` command line that gives `cfg`: the flags of the fields that differ from their defaults."
@@ -770,8 +786,8 @@ def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
 
 # %% ../nbs/07_train.ipynb #ad5e48e1
 RUN_OUTPUTS = ('checkpoints', 'unet3plus_best', 'unet3plus_final', 'history.json', 'training_plots.png',
-               'training_report.txt', 'train_config.json', 'ds_config.json', 'train.log')
-RUN_LEFTOVERS = ('train_config.json', 'ds_config.json', 'train.log')     # written before the first step
+               'training_report.txt', 'train_config.json', 'ds_config.json', 'train.log', TB_FOLDER)
+RUN_LEFTOVERS = ('train_config.json', 'ds_config.json', 'train.log', TB_FOLDER)     # before the first checkpoint
 
 def _ours(x: Path) -> bool:
     "Whether `x` has the name of something a run writes."
@@ -828,7 +844,7 @@ def as_channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
 def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = None, on_step: Callable | None = None,
-                progress=None, stop: Callable[[], bool] | None = None) -> dict:
+                progress=None, stop: Callable[[], bool] | None = None, on_update: Callable | None = None) -> dict:
     "Training steps of one epoch (until every rank agrees to `stop()`); updates `state`; returns mean loss and speed."
     engine.train()
     dev, dt = engine.device, _input_dtype(engine)
@@ -836,6 +852,7 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
     state.setdefault('epoch_loss', 0.0)
     images, stopped = 0, False
     t0 = time.perf_counter()
+    upd = dict(loss=0.0, batches=0, images=0, t=t0)               # since the last optimizer step, for `on_update`
     for batch in loader:
         x = as_channels_last(batch['image'].to(dev, dt, non_blocking=True))
         y = batch['mask'].to(dev, non_blocking=True)
@@ -851,6 +868,12 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
         images += int(stat[2])
         state['epoch_loss'] += stat[0] / ws; state['epoch_batches'] += 1
         stepped, state['step'] = int(engine.global_steps) != state['step'], int(engine.global_steps)
+        upd['loss'] += stat[0] / ws; upd['batches'] += 1; upd['images'] += int(stat[2])
+        if stepped and on_update is not None:     # the step's loss (all ranks), the lr after it, images/s since last
+            now = time.perf_counter()
+            on_update(dict(step=state['step'], loss=upd['loss'] / upd['batches'], lr=float(engine.get_lr()[0]),
+                           images_per_s=upd['images'] / max(now - upd['t'], 1e-9)))
+            upd = dict(loss=0.0, batches=0, images=0, t=now)
         if progress is not None:
             progress.update(1); progress.set_postfix(loss=f"{state['epoch_loss'] / state['epoch_batches']:.4f}",
                                                      lr=f"{engine.get_lr()[0]:.2e}")
@@ -861,12 +884,12 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
                 seconds=time.perf_counter() - t0, stopped=stopped)
 
 @torch.no_grad()
-def validation_epoch(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False) -> dict:
-    "Validation loss and confusion-matrix metrics, summed over all ranks."
+def validation_epoch(engine, loader, loss_fn, n_classes: int, pad_batches: bool = False, keep: int = 0) -> dict:
+    "Validation loss and confusion-matrix metrics, summed over all ranks (+ this rank's first `keep` samples)."
     engine.eval()
     dev, dt = engine.device, _input_dtype(engine)
     cm, tot = ConfusionMatrix(n_classes), torch.zeros(2, dtype=torch.float64)
-    last, n_max = None, None
+    last, n_max, kept = None, None, []
     if pad_batches:
         n_all = torch.tensor([float(len(loader))], device=dev)                           # NCCL reduces GPU tensors only
         if dist.is_initialized() and dist.get_world_size() > 1: dist.all_reduce(n_all, op=dist.ReduceOp.MAX)
@@ -876,18 +899,23 @@ def validation_epoch(engine, loader, loss_fn, n_classes: int, pad_batches: bool 
         out = as_outputs(engine(x)); loss, _ = loss_fn(out, y)
         tot += torch.tensor([loss.item() * len(x), float(len(x))], dtype=torch.float64)
         cm.update(out['logits'].float(), y); last = x             # fp32 (bf16 under autocast), counted on the device
+        if sum(len(k[0]) for k in kept) < keep:
+            n = keep - sum(len(k[0]) for k in kept)
+            kept.append((x[:n].float().cpu(), y[:n].cpu(), out['logits'][:n].argmax(1).cpu()))
     if pad_batches:
         for _ in range(n_max - len(loader)): engine(last)     # keep ZeRO-3 collectives in step; not counted
     tot = all_reduce_sum(tot)
     cm.all_reduce()
     m = cm.compute()
     m['val_loss'] = tot[0].item() / max(tot[1].item(), 1)
+    if kept: m['samples'] = {k: torch.cat([s[i] for s in kept]) for i, k in enumerate(('images', 'masks', 'preds'))}
     return m
 
 # %% ../nbs/07_train.ipynb #799b6645
 def init_engine(model: nn.Module, cfg: TrainConfig, conf: dict):
-    "The DeepSpeed engine for `model` with AdamW groups from `cfg` and DeepSpeed config `conf`."
+    "The DeepSpeed engine for `model` with AdamW groups from `cfg` and DeepSpeed config `conf` (less its monitors)."
     import deepspeed
+    conf = {k: v for k, v in conf.items() if k not in MONITOR_KEYS}     # `start_monitor`, once the save folder is ready
     engine, *_ = deepspeed.initialize(model=model, model_parameters=param_groups(model, cfg.weight_decay), config=conf)
     lone = not (dist.is_initialized() and dist.get_world_size() > 1)
     if lone and engine.zero_optimization_stage() == 0:   # ZeRO 1-3 need the reduce
@@ -957,6 +985,105 @@ def training_report(cfg: TrainConfig, history: list[dict], best: dict, env: dict
         lines += [f"{n:<14}{i:>8.4f}{d:>8.4f}" for n, i, d in zip(names, h['iou'], h['dice'])]
     return '\n'.join(lines) + '\n'
 
+# %% ../nbs/07_train.ipynb #6bc3fd95
+N_OVERLAYS = 4                               # validation images drawn in TensorBoard at every validation
+
+def start_monitor(engine, conf: dict):
+    "Start DeepSpeed's monitor on `engine` from the monitor sections of `conf` (its writers exist on rank 0 only)."
+    from deepspeed.monitor.config import get_monitor_config
+    from deepspeed.monitor.monitor import MonitorMaster
+    engine._config.monitor_config = get_monitor_config(conf)
+    engine.monitor = m = MonitorMaster(engine._config.monitor_config)
+    if m.csv_monitor is not None and m.csv_monitor.log_dir:      # a resumed run's CSV files have their header
+        m.csv_monitor.filenames += [p.stem for p in Path(m.csv_monitor.log_dir).glob('*.csv')]
+    return m
+
+def tb_writer(monitor):
+    "The `SummaryWriter` of DeepSpeed's TensorBoard monitor; None off rank 0 or with TensorBoard off."
+    tb = getattr(monitor, 'tb_monitor', None)
+    return None if tb is None else tb.summary_writer
+
+def close_monitor(monitor):
+    "Flush and close the TensorBoard event file of `monitor`."
+    w = tb_writer(monitor)
+    if w is not None: w.close()
+
+def write_scalars(monitor, values: dict, step: int):
+    "Write `{tag: value}` at `step` through DeepSpeed's monitor (each writer it has, on rank 0)."
+    if monitor.enabled: monitor.write_events([(k, float(v), int(step)) for k, v in values.items()])
+
+def step_scalars(update: dict) -> dict:
+    "The TensorBoard scalars of one optimizer step (what `train_epoch` passes to `on_update`)."
+    return {'train/loss': update['loss'], 'train/lr': update['lr'], 'train/images_per_s': update['images_per_s']}
+
+def validation_scalars(row: dict, class_names: Sequence[str] | None = None) -> dict:
+    "The TensorBoard scalars of a validated history row: loss, mean scores, and each class's IoU and Dice by name."
+    out = {f"val/{'loss' if k == 'val_loss' else k}": row[k]
+           for k in ('val_loss', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'pixel_acc') if k in row}
+    for key in ('iou', 'dice'):
+        vals = row.get(key) or []
+        names = class_names if class_names is not None and len(class_names) == len(vals) else \
+            [f'class_{c}' for c in range(len(vals))]
+        out.update({f'val/{key}_{n}': v for n, v in zip(names, vals)})
+    return out
+
+def overlay_grid(images, masks, preds) -> np.ndarray:
+    "Rows of image | truth | prediction (classes blended in the project's palette): one uint8 [n*H, 3*W, 3] picture."
+    rows = []
+    for x, y, p in zip(images, masks, preds):
+        rgb = to_rgb_uint8(torch.as_tensor(x).float().clamp(0, 1))
+        rows.append(np.concatenate([rgb, overlay_classes(rgb, np.asarray(y)), overlay_classes(rgb, np.asarray(p))], 1))
+    return np.concatenate(rows, 0)
+
+def write_overlays(monitor, samples: dict | None, step: int):
+    "Draw the samples `validation_epoch` kept as the `val/overlays` image at `step` (rank 0, TensorBoard on)."
+    w = tb_writer(monitor)
+    if w is None or not samples: return
+    w.add_image('val/overlays', overlay_grid(samples['images'], samples['masks'], samples['preds']), int(step),
+                dataformats='HWC')
+    w.flush()
+
+# %% ../nbs/07_train.ipynb #2a7158ae
+def _trim_event_file(path: Path, limit: Callable[[str], int]) -> int:
+    "Drop the summaries of event file `path` whose step is past `limit(tag)` (rewritten atomically); return how many."
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+    keep, dropped = [], 0
+    for raw in RawEventFileLoader(str(path)).Load():
+        e = Event.FromString(raw)
+        if e.HasField('summary') and any(e.step > limit(v.tag) for v in e.summary.value): dropped += 1
+        else: keep.append(raw)
+    def write(f):
+        w = RecordWriter(f)
+        for r in keep: w.write(r)
+    if dropped: atomic_write(path, write)
+    return dropped
+
+def _trim_csv(path: Path, limit: int) -> int:
+    "Drop the rows of csv monitor file `path` past step `limit` (and repeated headers); return how many."
+    with open(path, newline='') as f: lines = f.read().splitlines(keepends=True)
+    def kept(line):
+        try: return int(float(line.split(',')[0])) <= limit
+        except ValueError: return False                         # a header again
+    keep = lines[:1] + [l for l in lines[1:] if kept(l)]
+    if len(keep) < len(lines): atomic_write(path, lambda f: f.write(''.join(keep).encode()))
+    return len(lines) - len(keep)
+
+def trim_events(folder, step: int, samples: int) -> int:
+    "Drop what `folder`'s event and CSV files hold past optimizer `step` (DeepSpeed's `Train/Samples/`: `samples`)."
+    folder = Path(folder)
+    if not folder.is_dir(): return 0
+    def limit(tag: str) -> int: return samples if tag.startswith(('Train/Samples/', 'Train_Samples_')) else step
+    return (sum(_trim_event_file(f, limit) for f in sorted(folder.glob('events.out.tfevents.*'))) +
+            sum(_trim_csv(f, limit(f.stem)) for f in sorted(folder.glob('*.csv'))))
+
+def read_scalars(folder) -> dict:
+    "Every scalar series in the event files of `folder` (TensorBoard's reader, no point dropped): {tag: [(step, v)]}."
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(folder), size_guidance={'scalars': 0}); acc.Reload()
+    return {t: sorted((e.step, e.value) for e in acc.Scalars(t)) for t in acc.Tags()['scalars']}
+
 # %% ../nbs/07_train.ipynb #4f53a9c7
 def _is_better(score: float, best: float | None, monitor: str) -> bool:
     "Whether `score` improves on `best` (lower is better for the validation loss, higher otherwise)."
@@ -976,10 +1103,11 @@ def _jsonable(m: dict) -> dict:
 def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None,
           datasets: tuple[Dataset, Dataset] | None = None) -> dict:
     "Train as `cfg` says (optionally on a custom model factory and data sets); return history, best and paths."
-    with StopSignals() as stops: return _train(cfg, model_fn, datasets, stops)
+    with StopSignals() as stops, contextlib.ExitStack() as at_exit:
+        return _train(cfg, model_fn, datasets, stops, at_exit)
 
-def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
-    "`train`, stopping with a checkpoint when `stops` has received a signal."
+def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals, at_exit: contextlib.ExitStack) -> dict:
+    "`train`, stopping with a checkpoint when `stops` has received a signal; `at_exit` closes the event files."
     t_start = time.time()
     env = setup_distributed(cfg.local_rank, cfg.dist_timeout)
     rank, world = env['rank'], env['world_size']
@@ -1029,6 +1157,10 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
                  f"batch {state['epoch_batches']} of the epoch, optimizer step {state['step']}, "
                  f"best {cfg.monitor} {state['best_score']}")
     elif cfg.resume == 'auto': log.info(f"--resume auto: no checkpoint in {ckdir} yet, so a new run starts")
+    if resuming and is_main():                 # what a killed run logged after its checkpoint is logged again below
+        trim_events(save / TB_FOLDER, state['step'], int(engine.global_samples))
+    monitor = start_monitor(engine, conf); at_exit.callback(close_monitor, monitor)
+    def on_update(u): write_scalars(monitor, step_scalars(u), u['step'])
     if is_main():
         atomic_write_text(save / 'train_config.json', json.dumps(asdict(cfg), indent=2))
         atomic_write_text(save / 'ds_config.json', json.dumps(conf, indent=2))
@@ -1068,7 +1200,7 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
             bar = tqdm(total=batches_per_epoch, initial=state['epoch_batches'], desc=f'epoch {ep + 1}/{cfg.epochs}',
                        leave=False, file=sys.stderr)
         try: r = train_epoch(engine, train_dl, loss_fn, state, cfg.max_steps, on_step, bar,
-                             stop=lambda: stops.received is not None)
+                             stop=lambda: stops.received is not None, on_update=on_update)
         finally:
             if bar is not None: bar.close()
         if r['stopped'] and state['epoch_batches'] < batches_per_epoch:          # in the middle of the epoch
@@ -1079,13 +1211,16 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals) -> dict:
         last = ep + 1 == cfg.epochs or hit_max
         msg = f"epoch {ep + 1}/{cfg.epochs}: train loss {r['loss']:.4f}, {rec['images_per_s']:.1f} img/s"
         if (ep + 1) % cfg.validate_every == 0 or last:
-            m = _jsonable(validation_epoch(engine, val_dl, loss_fn, cfg.n_classes,
-                                           pad_batches=engine.zero_optimization_stage() == 3))
+            m = validation_epoch(engine, val_dl, loss_fn, cfg.n_classes, keep=N_OVERLAYS if tb_writer(monitor) else 0,
+                                 pad_batches=engine.zero_optimization_stage() == 3)
+            shown, m = m.pop('samples', None), _jsonable(m)
             rec.update({k: m[k]
                         for k in ('val_loss', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'pixel_acc', 'iou', 'dice')
                         if k in m})
             score = rec['val_loss'] if cfg.monitor == 'val_loss' else rec[cfg.monitor]
             msg += f", val loss {rec['val_loss']:.4f}, mIoU {rec['miou']:.4f}, mDice {rec['mdice']:.4f}"
+            write_scalars(monitor, validation_scalars(rec, class_names), state['step'])
+            write_overlays(monitor, shown, state['step'])
             if _is_better(score, state['best_score'], cfg.monitor):
                 state.update(best_score=float(score), best_epoch=ep + 1, bad_validations=0)
                 save_model(engine, save / 'unet3plus_best', record(rec)); msg += f" (new best {cfg.monitor})"
