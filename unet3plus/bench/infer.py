@@ -46,7 +46,8 @@ def bench_infer(argv=None) -> dict:
     p.add_argument('--backbone', default='resnet18', help='timm encoder (random init; default small enough for a CPU)')
     p.add_argument('--size', type=int, default=512, help='model input size')
     p.add_argument('--orig', type=int, default=1024, help='side of the test JPEGs')
-    p.add_argument('--n_images', type=int, default=16); p.add_argument('--batch_size', '--batch', type=int, default=8)
+    p.add_argument('--n_images', type=int, default=16); p.add_argument('--batch_size', '--batch', type=int, default=8,
+                                                                      help='images per batch (--batch: the older name)')
     p.add_argument('--num_workers', type=int, default=2); p.add_argument('--writers', type=int, default=4)
     p.add_argument('--roi', choices=('off', 'on', 'both'), default='both', help='one stage, two stages or both')
     p.add_argument('--tta', action='store_true'); p.add_argument('--device', default=None)

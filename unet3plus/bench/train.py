@@ -54,7 +54,8 @@ def bench_train(argv: Sequence[str] | None = None) -> dict:
     p = argparse.ArgumentParser('unet3plus-bench train')
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=int, default=128)
-    p.add_argument('--batch_size', '--batch', type=int, default=8); p.add_argument('--batches', type=int, default=4)
+    p.add_argument('--batch_size', '--batch', type=int, default=8, help='images per step (--batch: the older name)')
+    p.add_argument('--batches', type=int, default=4)
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--procs', type=int, nargs='*', default=[1, 2],
                    help='process counts for the torchrun part (none: skip)')
