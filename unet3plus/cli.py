@@ -9,8 +9,8 @@ from functools import partial
 from typing import Literal, Union, get_args, get_origin, get_type_hints
 
 # %% auto #0
-__all__ = ['OneLineParser', 'original_message', 'cli_errors', 'option', 'field_default', 'hint_members', 'members_text',
-           'parse_value', 'add_dataclass_flags', 'dataclass_argv']
+__all__ = ['OneLineParser', 'original_message', 'cli_errors', 'alias_help', 'add_flag', 'option', 'field_default', 'hint_members',
+           'members_text', 'parse_value', 'add_dataclass_flags', 'dataclass_argv']
 
 # %% ../nbs/21_cli.ipynb #34bd4dd6
 class OneLineParser(argparse.ArgumentParser):
@@ -40,6 +40,15 @@ def cli_errors(prog: str, enabled: bool = True, errors: tuple = ()):
         one_line = ' '.join(l.strip() for l in original_message(e).splitlines() if l.strip())
         print(f"{prog}: error: {one_line}", file=sys.stderr)
         raise SystemExit(2) from None
+
+# %% ../nbs/21_cli.ipynb #a1e0c002
+def alias_help(help: str, name: str, aliases=()) -> str:
+    "`help` of flag `name`, saying that `aliases` (older spellings) are aliases of it."
+    return f"{help} ({', '.join(aliases)}: alias of {name})" if aliases else help
+
+def add_flag(parser, name: str, *aliases: str, help: str = '', **kw) -> argparse.Action:
+    "Add option `name` to `parser`, also spelled `aliases` (its help says so); `kw` as for `add_argument`."
+    return parser.add_argument(name, *aliases, help=alias_help(help, name, aliases), **kw)
 
 # %% ../nbs/21_cli.ipynb #f934895e
 def option(default=None, help: str = '', group: str | None = None, arg: dict | None = None, **meta):
@@ -100,8 +109,9 @@ def add_dataclass_flags(parser: argparse.ArgumentParser, cls, exclude=()) -> arg
         if f.metadata.get('group'): group = _group(parser, f.metadata['group'])
         if f.name in exclude: continue
         arg = dict(f.metadata.get('arg') or {})
-        flags, kw = ['--' + f.name, *arg.pop('aliases', ())], dict(dest=f.name, default=field_default(f))
-        help = f.metadata.get('help') or f.name.replace('_', ' ')
+        aliases, kw = arg.pop('aliases', ()), dict(dest=f.name, default=field_default(f))
+        flags, help = ['--' + f.name, *aliases], f.metadata.get('help') or f.name.replace('_', ' ')
+        help = alias_help(help, flags[0], aliases)
         if hints[f.name] is bool and not arg:
             group.add_argument(*flags, action='store_true', help=help, **kw)
             group.add_argument('--no_' + f.name, dest=f.name, action='store_false', default=argparse.SUPPRESS,

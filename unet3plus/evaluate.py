@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
-from .cli import cli_errors
+from .cli import add_flag, cli_errors
 from .data import CLASSES, PALETTE, SparkSegmentation, as_hw, format_bbox
 from .files import atomic_write, atomic_write_text, prepare_output_dir, shorten, recorded_outputs, foreign_files
 from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, model_n_classes,
@@ -331,7 +331,7 @@ def save_examples(model, dataset, rows: list[dict], out_dir, target_size=None, d
     return paths
 
 # %% ../nbs/08_evaluate.ipynb #16cc8c72
-OVERWRITE_HINT = 'choose another --output_path or pass --overwrite'
+OVERWRITE_HINT = 'choose another --output_dir or pass --overwrite'
 EVAL_FILES = dict(metrics='metrics.json', per_image='per_image.csv', confusion='confusion_matrix.png',
                   per_spacecraft='per_spacecraft.png', reliability='reliability_diagram.png',
                   report='evaluation_report.txt')
@@ -352,7 +352,7 @@ def eval_output_dir(output_path, names, overwrite: bool = False) -> tuple[Path, 
     if foreign:
         rec = EVAL_FILES['metrics']
         raise FileExistsError(f"output path {out} holds {shorten(foreign)}, not written by unet3plus-eval "
-                              f"(not listed in its {rec}); move them away or choose another --output_path")
+                              f"(not listed in its {rec}); move them away or choose another --output_dir")
     return out, owned
 
 def write_outputs(res: dict, output_path, overwrite: bool = False, examples=()) -> dict[str, Path]:
@@ -414,9 +414,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser('unet3plus-eval', description='Evaluate a UNet3+ model on a labelled SPARK split.')
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--model_path', required=True, help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
-    p.add_argument('--data_root', help='SPARK root; shortcut for --val_csv ROOT/<split>.csv --image_root ROOT/images '
-                                       '--mask_root ROOT/mask; no data flags: the data the model was trained on')
-    p.add_argument('--val_csv', help='the split CSV (with --image_root, --mask_root: instead of --data_path)')
+    add_flag(p, '--data_root', '--data_path', help='SPARK root; shortcut for --val_csv ROOT/<split>.csv --image_root '
+             'ROOT/images --mask_root ROOT/mask; no data flags: the data the model was trained on')
+    p.add_argument('--val_csv', help='the split CSV (with --image_root, --mask_root: instead of --data_root)')
     p.add_argument('--image_root', help='folder of its images'); p.add_argument('--mask_root', help='folder of its masks')
     p.add_argument('--split', default='val', help='split folder under images/<Class>/ (default val)')
     p.add_argument('--target_size', type=int, default=None,
@@ -425,7 +425,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='resolution the metrics are computed at')
     p.add_argument('--batch_size', type=int, default=8, help='images per batch')
     p.add_argument('--num_workers', type=int, default=0, help='data loader workers')
-    p.add_argument('--output_path', default='evaluation_results', help='output folder')
+    add_flag(p, '--output_dir', '--output_path', default='evaluation_results', help='output folder')
     p.add_argument('--overwrite', action='store_true', help='replace the files of a previous evaluation there')
     p.add_argument('--save_examples', action='store_true',
                    help='save figures of the worst images under OUTPUT/examples')
@@ -451,11 +451,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     if a.target_size is not None and a.target_size < 0: p.error(f'--target_size must be >= 0, got {a.target_size}')
     return a
 
-def main(argv=None) -> dict:
-    "Entry point of `unet3plus-eval`; from the shell a user error prints one line, status 2; success exits 0."
+def main(argv=None) -> None:
+    "Entry point of `unet3plus-eval`: status 0; a user error prints one line, status 2 (from Python, `argv` given: raised)."
     a = parse_args(sys.argv[1:] if argv is None else argv)
-    with cli_errors('unet3plus-eval', enabled=argv is None): res = run_eval(a)
-    return None if argv is None else res   # a console script's sys.exit(main()) must get None for status 0
+    with cli_errors('unet3plus-eval', enabled=argv is None): run_eval(a)
 
 def run_eval(a: argparse.Namespace) -> dict:
     "Evaluate as the parsed command line `a` says and write the outputs."
@@ -464,7 +463,7 @@ def run_eval(a: argparse.Namespace) -> dict:
     for k in ('val_csv', 'image_root', 'mask_root') if given else ():
         if not Path(getattr(a, k)).exists(): raise FileNotFoundError(f"--{k} {getattr(a, k)} does not exist")
     device = resolve_device(a.device)
-    out, _ = eval_output_dir(a.output_path, list(EVAL_FILES.values()), a.overwrite)     # refused before any work
+    out, _ = eval_output_dir(a.output_dir, list(EVAL_FILES.values()), a.overwrite)     # refused before any work
     model = load_model(a.model_path, device, compile=a.compile)
     subset, seed, data_from = a.subset, 0, 'the data flags'
     if not given:

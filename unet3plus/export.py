@@ -238,10 +238,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     if not 18 <= a.opset <= top: p.error(f'--opset must be between 18 (the exporter\'s lowest) and {top}: {a.opset}')
     return a
 
-def main(argv=None) -> dict:
-    "Entry point of `unet3plus-export`; from the shell a user error prints one line, status 2; success exits 0."
+def main(argv=None) -> None:
+    "Entry point of `unet3plus-export`: status 0; a user error prints one line, status 2 (from Python, `argv` given: raised)."
     a = parse_args(sys.argv[1:] if argv is None else argv)
     with cli_errors('unet3plus-export', enabled=argv is None):
         rec = export_model(a.model_path, a.output_dir, a.format, a.opset, a.overwrite)
     if argv is None: print(f"unet3plus-export: wrote {', '.join(rec['outputs'])} to {a.output_dir}")
-    return None if argv is None else rec   # a console script's sys.exit(main()) must get None for status 0

@@ -13,7 +13,7 @@ import numpy as np, torch
 from PIL import Image
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
-from .cli import cli_errors
+from .cli import add_flag, cli_errors
 from .data import CLASSES, TEST_DIR, SparkTestImages, as_hw, open_image
 from .files import (atomic_write, atomic_write_text, remove_stale_temps, is_temp, shorten, recorded_outputs,
                              foreign_files)
@@ -522,7 +522,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                 description='SPARK 2024 stream-1 submission files from a UNet3+ model.')
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
     p.add_argument('--model_path', help='folder written by save_pretrained (e.g. runs/x/unet3plus_best)')
-    p.add_argument('--data_path', help='folder of test_XXXXX_img.jpg (or its parent holding stream-1-test/)')
+    add_flag(p, '--data_root', '--data_path', help='SPARK root holding stream-1-test/, or that folder of test_XXXXX_img.jpg')
     p.add_argument('--output_dir', default='submission', help='output folder')
     p.add_argument('--batch_size', type=int, default=8, help='images per batch')
     p.add_argument('--target_size', type=int, default=None,
@@ -547,7 +547,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='no model: average the probability files of earlier --save_probs runs DIR ... into a '
                         'submission in --output_dir (arg-max of the mean)')
     p.add_argument('--check', metavar='PATH',
-                   help='only check a submission folder or zip (against --data_path if given)')
+                   help='only check a submission folder or zip (against --data_root if given)')
     p.add_argument('--device', default=None, help='cpu, cuda, cuda:N... (default: cuda if available)')
     a = p.parse_args(argv)
     if a.ensemble is not None:
@@ -555,7 +555,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                  ('--tta', a.tta != 'none'), ('--tta_scales', a.tta_scales != [1.0])) if on]
         if given: p.error(f"--ensemble averages saved runs: it takes no {', '.join(given)}")
     elif a.check is None:
-        missing = [f'--{k}' for k in ('model_path', 'data_path') if not getattr(a, k)]
+        missing = [f'--{k}' for k in ('model_path', 'data_root') if not getattr(a, k)]
         if missing: p.error(f"missing {', '.join(missing)} (or use --check PATH, or --ensemble DIR ...)")
     try: resolve_scales(a.tta_scales)
     except ValueError as e: p.error(f'--{e}')
@@ -566,27 +566,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     a.shard = (int(m.group(1)), int(m.group(2)))
     return a
 
-def main(argv=None):
-    "Entry point of `unet3plus-infer`: status 0 on success, 2 (one line) on a user error, 1 if `--check` fails."
+def main(argv=None) -> None:
+    "Entry point of `unet3plus-infer`: status 0, 2 (one line) on a user error (from Python: raised), 1 if `--check` fails."
     a = parse_args(sys.argv[1:] if argv is None else argv)
-    with cli_errors('unet3plus-infer', enabled=argv is None): res = run_infer(a)
-    return None if argv is None else res   # a console script's sys.exit(main()) must get None for status 0
+    with cli_errors('unet3plus-infer', enabled=argv is None): run_infer(a)
 
 def run_infer(a: argparse.Namespace):
     "Check or predict as the parsed command line `a` says."
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     if a.check is not None:
-        rep = check_submission(a.check, a.data_path, strict=False, progress=True); print(rep)
+        rep = check_submission(a.check, a.data_root, strict=False, progress=True); print(rep)
         if not rep.ok: raise SystemExit(1)
         return rep
     if a.ensemble is not None:
         r = ensemble_runs(a.ensemble, a.output_dir, overwrite=a.overwrite, zip=a.zip, writers=a.writers,
-                          data_path=a.data_path)
+                          data_path=a.data_root)
         print(r['report']); return r
     device = resolve_device(a.device)
     model = load_model(a.model_path, device)
     size, _ = input_size(a.target_size, model)
-    r = predict_folder(model, a.data_path, a.output_dir, target_size=size, batch_size=a.batch_size,
+    r = predict_folder(model, a.data_root, a.output_dir, target_size=size, batch_size=a.batch_size,
                        num_workers=a.num_workers, tta=a.tta, tta_scales=a.tta_scales, save_probs=a.save_probs,
                        precision=a.precision, overwrite=a.overwrite,
                        save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from .cli import OneLineParser, cli_errors
+from .cli import OneLineParser, add_flag, cli_errors
 from .data import (SPACECRAFT, jpeg_roundtrip, mask_bbox, make_layout, write_sample, write_test_image,
                             write_split_csv)
 from .files import atomic_write_text
@@ -1237,13 +1237,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = OneLineParser(prog='unet3plus-synth', description=
         'Render a synthetic SPARK 2024 stream-1 data set (train/val CSVs, JPEG images and masks, stream-1-test).')
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter   # --help shows the defaults
-    p.add_argument('--out', required=True, help='output folder (must be empty or new)')
+    add_flag(p, '--output_dir', '--out', required=True, help='output folder (must be empty or new)')
     p.add_argument('--n_train', type=int, default=2000, help='training samples (balanced over the 10 spacecraft)')
     p.add_argument('--n_val', type=int, default=400, help='validation samples')
     p.add_argument('--n_test', type=int, default=200, help='unlabelled test images in stream-1-test/')
     p.add_argument('--size', type=int, default=256, help='image side in pixels (the real set is 1024)')
     p.add_argument('--seed', type=int, default=0, help='random seed; the same seed gives identical files')
-    p.add_argument('--workers', type=int, default=1, help='rendering processes (output does not depend on it)')
+    add_flag(p, '--num_workers', '--workers', type=int, default=1,
+             help='rendering processes (output does not depend on it)')
     p.add_argument('--style', choices=STYLES, default='default',
                    help='default: the randomised training look; shifted: geometry and palettes held out of default')
     p.add_argument('--quiet', action='store_true', help='no progress bar')
@@ -1252,8 +1253,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     "Entry point of `unet3plus-synth`: status 0 on success; a user error prints one line and exits with status 2."
     a = parse_args(argv)
-    with cli_errors('unet3plus-synth'):                      # bad values, a refused or unusable --out
-        out = write_dataset(a.out, a.n_train, a.n_val, a.n_test, a.size, a.seed, workers=a.workers,
+    with cli_errors('unet3plus-synth'):                      # bad values, a refused or unusable --output_dir
+        out = write_dataset(a.output_dir, a.n_train, a.n_val, a.n_test, a.size, a.seed, workers=a.num_workers,
                             progress=not a.quiet, style=a.style)
     print(f"wrote {a.n_train} train, {a.n_val} val, {a.n_test} test images ({a.size} px, {a.style} style, "
           f"seed {a.seed}) to {out}")

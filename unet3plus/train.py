@@ -23,11 +23,11 @@ from .metrics import ConfusionMatrix, all_reduce_sum
 from .visual import overlay_classes, to_rgb_uint8
 
 # %% auto #0
-__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'TB_FOLDER', 'MONITOR_KEYS', 'REQUEUE_STATUS', 'LAYOUT_FILE',
+__all__ = ['SCHEDULES', 'PRECISIONS', 'MONITORS', 'RENAMED_FIELDS', 'TB_FOLDER', 'MONITOR_KEYS', 'REQUEUE_STATUS', 'LAYOUT_FILE',
            'MODEL_FOLDER_FILES', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'log', 'N_OVERLAYS', 'TORCHRUN_SIGNALS', 'TrainConfig',
-           'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'deep_merge',
-           'precision_of', 'monitor_sections', 'ds_config', 'free_port', 'setup_distributed', 'is_main', 'barrier',
-           'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys',
+           'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'renamed_fields',
+           'deep_merge', 'precision_of', 'monitor_sections', 'ds_config', 'free_port', 'setup_distributed', 'is_main',
+           'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys',
            'SeededSamples', 'resolve_data_root', 'check_files', 'build_datasets', 'build_model', 'as_outputs',
            'TrainLoss', 'param_groups', 'ds_safe_globals', 'load_checkpoint_file', 'check_checkpoint_files',
            'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag',
@@ -99,14 +99,15 @@ class TrainConfig(UNet3PlusConfig):
                            group='loop and outputs')
     validate_every: int = option(1, 'validate every N epochs (and after the last)')
     monitor: Literal[MONITORS] = option('miou', 'validation score that picks unet3plus_best')
-    save_path: str = option('runs/unet3plus', 'output folder')
+    output_dir: str = option('runs/unet3plus', "the run's folder: checkpoints, weights, history, logs",
+                             arg=dict(aliases=['--save_path']))
     save_every: int = option(1, 'write unet3plus_epoch_N every N epochs')
     checkpoint_every: int = option(0, 'also checkpoint every N optimizer steps (0: epoch ends only)')
     keep_checkpoints: int = option(2, 'DeepSpeed checkpoints kept')
-    resume: bool | Literal['auto'] = option(False, 'continue from the last checkpoint in --save_path ("--resume auto": if '
+    resume: bool | Literal['auto'] = option(False, 'continue from the last checkpoint in --output_dir ("--resume auto": if '
                                                    'there is one)',
                                             arg=dict(nargs='?', const=True, type=_resume_value, metavar='auto'))
-    overwrite: bool = option(False, 'delete a previous run in --save_path and start again')
+    overwrite: bool = option(False, 'delete a previous run in --output_dir and start again')
     progress: bool = option(True, 'show a progress bar')
     tensorboard: bool = option(True, "TensorBoard events and CSV files in OUTPUT_DIR/tensorboard (DeepSpeed's monitor; "
                                'a --ds_config monitor section still applies)')
@@ -115,6 +116,11 @@ class TrainConfig(UNet3PlusConfig):
     local_rank: int = option(-1, 'set by the deepspeed launcher', arg=dict(aliases=['--local-rank']))
 
     def __post_init__(self): check_config(self)
+
+    @property
+    def save_path(self) -> str:
+        "`output_dir` under the name the original scripts gave it (`--save_path` is an alias of `--output_dir`)."
+        return self.output_dir
 
     @property
     def model(self) -> UNet3PlusConfig:
@@ -201,6 +207,19 @@ def check_config(cfg: TrainConfig):
         raise FileNotFoundError(f"--pretrained_path {cfg.pretrained_path}: file not found")
     if cfg.data_root is not None: check_data_root(cfg.data_root)
     if cfg.ds_config is not None: check_ds_batch(cfg, read_ds_config(cfg.ds_config))   # a JSON object; batch keys agree
+
+# %% ../nbs/07_train.ipynb #b2e0c002
+RENAMED_FIELDS = {'save_path': 'output_dir'}   # older TrainConfig keys -> today's
+
+def renamed_fields(d: dict) -> dict:
+    "The `TrainConfig` keyword arguments in `d`, older keys (`save_path`) under today's names (`output_dir`)."
+    out = dict(d)
+    for old, new in RENAMED_FIELDS.items():
+        if old not in out: continue
+        if new in out and out[new] != out[old]:
+            raise ValueError(f"both {old}={out[old]!r} and {new}={out[new]!r} given; {old} is the older name of {new}")
+        out[new] = out.pop(old)
+    return out
 
 # %% ../nbs/07_train.ipynb #e32199a7
 def deep_merge(base: dict, override: dict) -> dict:
@@ -769,7 +788,7 @@ def export_checkpoint(path, out, model: nn.Module | None = None) -> Path:
         f = folder.parent.parent / 'train_config.json'; where = str(f)
         if not f.is_file(): raise FileNotFoundError(f"--export_checkpoint {path}: {f} (the model) not found")
         d = json.loads(f.read_text())
-        run = TrainConfig(**{k: v for k, v in d.items() if k in TrainConfig.__dataclass_fields__})
+        run = TrainConfig(**{k: v for k, v in renamed_fields(d).items() if k in TrainConfig.__dataclass_fields__})
         model = build_model(dataclasses.replace(run, pretrained=False, pretrained_path=None))     # no download
         model.config.pretrained = bool(run.pretrained or run.pretrained_path)                 # as the run recorded it
         training = checkpoint_record(folder, run)
@@ -804,24 +823,24 @@ def previous_run(save_path) -> list[str]:
     return sorted(x.name for x in p.iterdir() if _trained(x)) if p.is_dir() else []
 
 def will_resume(cfg: TrainConfig) -> bool:
-    "Whether this run continues a checkpoint: `--resume` or `--resume auto`, and `save_path` holds one."
-    return bool(cfg.resume) and latest_tag(Path(cfg.save_path) / 'checkpoints') is not None
+    "Whether this run continues a checkpoint: `--resume` or `--resume auto`, and `output_dir` holds one."
+    return bool(cfg.resume) and latest_tag(Path(cfg.output_dir) / 'checkpoints') is not None
 
 def check_save_path(cfg: TrainConfig) -> list[str]:
-    "Raise if `save_path` cannot take this run (writing nothing); else return the names of our outputs to remove first."
-    p, found = Path(cfg.save_path), previous_run(cfg.save_path)
-    if p.exists() and not p.is_dir(): raise NotADirectoryError(f"--save_path {p} is a file, not a folder")
+    "Raise if `output_dir` cannot take this run (writing nothing); else return the names of our outputs to remove first."
+    p, found = Path(cfg.output_dir), previous_run(cfg.output_dir)
+    if p.exists() and not p.is_dir(): raise NotADirectoryError(f"--output_dir {p} is a file, not a folder")
     if will_resume(cfg): return []
     if cfg.resume is True: raise FileNotFoundError(f"--resume: no checkpoint to resume from in {p / 'checkpoints'}")
     if found and not cfg.overwrite:
-        raise FileExistsError(f"--save_path {p} already holds a run "
+        raise FileExistsError(f"--output_dir {p} already holds a run "
                               f"({', '.join(found[:4])}{', ...' if len(found) > 4 else ''}); "
                               "pass --resume to continue it or --overwrite to replace it")
     return sorted(x.name for x in p.iterdir() if _ours(x)) if p.is_dir() else []   # --overwrite, or leftovers of no run
 
 def prepare_save_path(cfg: TrainConfig):
-    "Make `save_path` for this run: refuse a previous run; remove what `--overwrite` or a never-trained run left."
-    p, old = Path(cfg.save_path), check_save_path(cfg)
+    "Make `output_dir` for this run: refuse a previous run; remove what `--overwrite` or a never-trained run left."
+    p, old = Path(cfg.output_dir), check_save_path(cfg)
     if is_main():
         for name in old:
             q = p / name
@@ -1111,9 +1130,9 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals, at_exit: co
     t_start = time.time()
     env = setup_distributed(cfg.local_rank, cfg.dist_timeout)
     rank, world = env['rank'], env['world_size']
-    check_save_path(cfg)                       # refusals first: nothing goes into save_path before the engine exists
+    check_save_path(cfg)                       # refusals first: nothing goes into output_dir before the engine exists
     setup_logging()
-    save = Path(cfg.save_path); ckdir = save / 'checkpoints'
+    save = Path(cfg.output_dir); ckdir = save / 'checkpoints'
     resuming, cuda = will_resume(cfg), env['device'].type == 'cuda'
     if resuming:                               # a checkpoint this run cannot load is refused before any work
         stage = ds_config(cfg, cuda=cuda, world_size=world)['zero_optimization']['stage']
@@ -1281,8 +1300,8 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     try: return TrainConfig(**kw)
     except (ValueError, FileNotFoundError) as e: p.error(str(e))
 
-def main(argv: Sequence[str] | None = None) -> int:
-    "Entry point of `unet3plus-train`: 0 when done, 2 on bad input, `REQUEUE_STATUS` when stopped by a signal."
+def main(argv: Sequence[str] | None = None) -> None:
+    "Entry point of `unet3plus-train`: status 0 when done, 2 on bad input, `REQUEUE_STATUS` when stopped by a signal."
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a.split('=')[0] == '--export_checkpoint' for a in argv): return export_main(argv)
     cfg = parse_args(argv)
@@ -1291,10 +1310,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, NonFiniteLoss) as e:      # in a multi-process run, say which rank failed
             if not (dist.is_initialized() and dist.get_world_size() > 1): raise
             raise ValueError(f"rank {dist.get_rank()}: {original_message(e)}") from None
-    return REQUEUE_STATUS if res.get('requeue') else 0
+    if res.get('requeue'): raise SystemExit(REQUEUE_STATUS)
 
 # %% ../nbs/07_train.ipynb #b9e16f01
-def export_main(argv: Sequence[str]) -> int:
+def export_main(argv: Sequence[str]) -> None:
     "`unet3plus-train --export_checkpoint CHECKPOINT --to DIR`: a `from_pretrained` folder of a DeepSpeed checkpoint."
     p = argparse.ArgumentParser('unet3plus-train --export_checkpoint',
                                 description='Turn a DeepSpeed checkpoint of a run (any ZeRO stage) into a '
@@ -1304,11 +1323,8 @@ def export_main(argv: Sequence[str]) -> int:
                    help='RUN/checkpoints (its latest) or RUN/checkpoints/TAG')
     p.add_argument('--to', required=True, metavar='DIR', help='the model folder to write (new or empty)')
     a = p.parse_args(argv)
-    try: out = export_checkpoint(a.export_checkpoint, a.to)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        print(f"unet3plus-train: error: {e}", file=sys.stderr); sys.exit(2)
+    with cli_errors('unet3plus-train'): out = export_checkpoint(a.export_checkpoint, a.to)
     print(f"{out}: the weights of {checkpoint_folder(a.export_checkpoint)} (UNet3Plus.from_pretrained loads it)")
-    return 0
 
 # %% ../nbs/07_train.ipynb #62b074d3
 TORCHRUN_SIGNALS = 'SIGINT,SIGHUP,SIGQUIT'     # torchrun's default set without SIGTERM
@@ -1322,7 +1338,7 @@ def slurm_torchrun_argv(argv: Sequence[str]) -> list[str]:
     os.environ['TORCHELASTIC_SIGNALS_TO_HANDLE'] = TORCHRUN_SIGNALS    # older torchrun: read from the environment
     return list(argv)
 
-def torchrun_main(argv: Sequence[str] | None = None) -> int:
+def torchrun_main(argv: Sequence[str] | None = None) -> None:
     "`unet3plus-torchrun`: `torchrun` that SIGUSR1 does not kill, exiting with `REQUEUE_STATUS` when its workers did."
     from torch.distributed.run import parse_args as torchrun_args, run
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -1337,8 +1353,7 @@ def torchrun_main(argv: Sequence[str] | None = None) -> int:
         if REQUEUE_STATUS not in codes or not codes <= {REQUEUE_STATUS, -signal.SIGTERM}: raise   # may still be exiting
         print("unet3plus-torchrun: the workers stopped on a signal after a checkpoint "
               f"(exit status {REQUEUE_STATUS})", file=sys.stderr)
-        return REQUEUE_STATUS
-    return 0
+        raise SystemExit(REQUEUE_STATUS) from None
 
 # %% ../nbs/07_train.ipynb #989b1f20
 def _in_ipython() -> bool:

@@ -62,7 +62,7 @@ def print_table(rows: list[dict], title: str = "") -> str:
     return text
 
 # %% ../../nbs/bench/00_harness.ipynb #22cf9e70
-BENCH_PRECISIONS = ('fp32', 'bf16', 'both')
+BENCH_PRECISIONS = ('auto', 'fp32', 'bf16', 'both')
 
 def host_line() -> str:
     "One line naming this machine: CPU, cores, AVX-512 / AVX512-BF16 / AMX, torch threads, GPU, precision 'auto' picks."
@@ -77,8 +77,8 @@ def host_line() -> str:
             f"{torch.get_num_threads()} threads{gpu}; precision auto = {resolve_precision('auto', 'cpu')} on the CPU")
 
 def bench_precisions(choice: str | None = None, fast_bf16: bool | None = None) -> list[str]:
-    "Precisions a benchmark runs: `choice` ('fp32', 'bf16' or 'both'); by default both where bf16 is fast, else fp32."
-    if choice is None:
+    "Precisions a benchmark runs: `choice` ('fp32', 'bf16' or 'both'); 'auto' (None): both where bf16 is fast, else fp32."
+    if choice in (None, 'auto'):
         if fast_bf16 is None:
             from unet3plus.decoder import cpu_has_fast_bf16
             import torch
@@ -90,8 +90,8 @@ def bench_precisions(choice: str | None = None, fast_bf16: bool | None = None) -
 
 def add_precision_arg(p: argparse.ArgumentParser):
     "Add a benchmark's `--precision` option (default: `bench_precisions()`)."
-    p.add_argument('--precision', choices=BENCH_PRECISIONS, default=None,
-                   help='fp32, bf16 (autocast) or both (default: both where bf16 is fast, else fp32)')
+    p.add_argument('--precision', choices=BENCH_PRECISIONS, default='auto',
+                   help='the precisions timed: fp32, bf16 (autocast), both, or auto: both where bf16 is fast, else fp32')
 
 # %% ../../nbs/bench/00_harness.ipynb #f33ce9d1
 import argparse

@@ -47,7 +47,8 @@ def bench_infer(argv=None) -> dict:
     p.add_argument('--size', type=at_least(1), default=512, help='model input size')
     p.add_argument('--orig', type=at_least(1), default=1024, help='side of the test JPEGs')
     p.add_argument('--n_images', type=at_least(1), default=16)
-    p.add_argument('--batch_size', '--batch', type=at_least(1), default=8)
+    p.add_argument('--batch_size', '--batch', type=at_least(1), default=8,
+                   help='images per batch (--batch: the older name)')
     p.add_argument('--num_workers', type=at_least(0), default=2)
     p.add_argument('--writers', type=at_least(1), default=4)
     p.add_argument('--roi', choices=('off', 'on', 'both'), default='both', help='one stage, two stages or both')

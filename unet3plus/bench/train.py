@@ -53,7 +53,8 @@ def bench_train(argv: Sequence[str] | None = None) -> dict:
     "`unet3plus-bench train`: loop vs bare model images/s in one process, then the loop in 1 vs 2 processes."
     p = BenchParser('unet3plus-bench train')
     p.add_argument('--backbone', default='resnet18'); p.add_argument('--size', type=at_least(1), default=128)
-    p.add_argument('--batch_size', '--batch', type=at_least(1), default=8)
+    p.add_argument('--batch_size', '--batch', type=at_least(1), default=8,
+                   help='images per step (--batch: the older name)')
     p.add_argument('--batches', type=at_least(1), default=4)
     p.add_argument('--repeats', type=at_least(1), default=3)
     p.add_argument('--procs', type=at_least(1), nargs='*', default=[1, 2],
