@@ -15,6 +15,7 @@ from .files import atomic_write, atomic_write_text, prepare_output_dir, shorten,
 from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, model_n_classes,
                                predict_scores, upsample_scores,
                                check_finite_scores, resize_image, load_model, predict_classes, original_image, roi_mode,
+                               predict_stages, stage_class_map,
                                resolve_roi,
                                training_record, collate_eval, input_size, tta_mode, resolve_scales,
                                add_tta_flags)
@@ -24,12 +25,12 @@ from .visual import to_rgb_uint8, error_map, worst_first
 from .decoder import resolve_precision
 
 # %% auto #0
-__all__ = ['log', 'OVERWRITE_HINT', 'EVAL_FILES', 'EXAMPLES_DIR', 'DATA_HINT', 'reads_files', 'ResizedInputs', 'data_n_classes',
-           'check_class_counts', 'sample_prediction', 'warn_about_dataset', 'summarize', 'sample_names',
-           'evaluation_roi', 'evaluate', 'calibration_sample', 'calibration_line', 'plot_confusion',
-           'plot_per_spacecraft', 'plot_reliability', 'text_table', 'tta_line', 'format_report', 'example_figure',
-           'worst_images', 'example_name', 'save_examples', 'json_safe', 'eval_output_dir', 'write_outputs',
-           'synthetic_data_root', 'trained_data', 'parse_args', 'main', 'run_eval']
+__all__ = ['log', 'OUTSIDE', 'OVERWRITE_HINT', 'EVAL_FILES', 'EXAMPLES_DIR', 'DATA_HINT', 'reads_files', 'ResizedInputs',
+           'data_n_classes', 'check_class_counts', 'sample_prediction', 'warn_about_dataset', 'summarize',
+           'sample_names', 'evaluation_roi', 'evaluate', 'calibration_sample', 'window_calibration_sample',
+           'calibration_line', 'plot_confusion', 'plot_per_spacecraft', 'plot_reliability', 'text_table', 'tta_line',
+           'format_report', 'example_figure', 'worst_images', 'example_name', 'save_examples', 'json_safe',
+           'eval_output_dir', 'write_outputs', 'synthetic_data_root', 'trained_data', 'parse_args', 'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -125,17 +126,15 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
                         num_workers=num_workers, collate_fn=collate_eval)
     groups, rows, t0 = GroupedConfusion(n), [], time.perf_counter()          # per spacecraft; .total() pools them
     biou = BoundaryIoU(n) if boundary else None
-    calib = None if use_roi else Calibration()                               # of one-stage probabilities
+    calib = Calibration()                                    # of the last stage's probabilities (see below)
     for batch in tqdm(loader, desc='evaluate', disable=not progress):
         x, names = batch['image'].to(device), sample_names(batch)
         if eval_size == 'input' or not use_roi:                     # one stage: keep the scores (for calibration)
             with amp_context(device, precision): scores = predict_scores(model, x, tta, scales).float()
             check_finite_scores(scores, names)
         else:
-            sizes = [m.shape[-2:] for m in batch['mask']]
-            preds, windows = predict_classes(model, x, batch['original'] if use_roi else sizes,
-                                             tta=tta, roi=use_roi, names=names, precision=precision,
-                                             tta_scales=scales)
+            last, windows = predict_stages(model, x, batch['original'], tta, scales, True, names, precision)
+            preds = [stage_class_map(s, w, o.shape[-2:]) for s, w, o in zip(last, windows, batch['original'])]
         for j in range(len(x)):
             mask = batch['mask'][j].to(device)
             if int(mask.max()) >= n:
@@ -148,7 +147,8 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
             cm = per_image_confusion(pred[None], target[None], n)   # counted once: for its group and its own IoU
             groups.add(cm, [name])
             if biou is not None: biou.update(pred[None], target[None])
-            if calib is not None: calib.update(*calibration_sample(scores[j], mask))
+            calib.update(*(window_calibration_sample(last[j], mask, windows[j]) if use_roi else
+                           calibration_sample(scores[j], mask)), ignore_index=OUTSIDE)
             ious = iou_from_confusion(cm[0]).tolist()
             rows.append(dict(index=batch['index'][j], image_name=batch['image_name'][j], class_name=name,
                              **{f'iou_{c}': v for c, v in zip(class_names, ious)}, fg_miou=foreground_miou(ious)))
@@ -163,7 +163,7 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     res['per_spacecraft'] = {g: dict(n_images=sum(r['class_name'] == g for r in rows), **summarize(cm, class_names))
                              for g, cm in sorted(groups.matrices.items())}
     res['per_image'] = rows
-    res['calibration'] = calib.compute() if calib is not None else None
+    res['calibration'] = calib.compute()
     res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, tta_scales=list(scales),
                            roi=use_roi,
                            roi_mode=roi_mode(roi),
@@ -177,11 +177,24 @@ def calibration_sample(scores: torch.Tensor, mask: torch.Tensor) -> tuple[torch.
     "What `Calibration` counts of one sample: its probabilities [1,C,h,w] and its mask resized (nearest) to them."
     return scores[None].float().softmax(1), sample_prediction(scores, mask, 'input')[1][None]
 
+OUTSIDE = -1    # the class of window pixels beyond the image's edge: not counted
+
+def window_calibration_sample(scores: torch.Tensor, mask: torch.Tensor, window) -> tuple[torch.Tensor, torch.Tensor]:
+    "What `Calibration` counts of a two-stage sample: the window's probabilities and the mask cut to it (see above)."
+    if window is None: return calibration_sample(scores, mask)
+    (H, W), (left, top, side) = mask.shape, window
+    cut = torch.full((side, side), OUTSIDE, dtype=torch.long, device=mask.device)
+    y0, y1, x0, x1 = max(top, 0), min(top + side, H), max(left, 0), min(left + side, W)
+    cut[y0 - top:y1 - top, x0 - left:x1 - left] = mask[y0:y1, x0:x1]
+    small = F.interpolate(cut[None, None].float(), scores.shape[-2:], mode='nearest')[0].long()
+    return scores[None].float().softmax(1), small
+
 def calibration_line(res: dict) -> str:
     "The report's line on calibration (ECE, MCE), or why it was not measured."
     c = res.get('calibration')
     if not c: return 'calibration: not measured (two-stage ROI predictions have no single probability map)'
-    return (f"calibration (top-class probability per pixel at the input size, {c['n_bins']} bins, "
+    where = 'of the last stage, at the input size' if res.get('settings', {}).get('roi') else 'at the input size'
+    return (f"calibration (top-class probability per pixel {where}, {c['n_bins']} bins, "
             f"{c['n_pixels']} pixels): ECE {c['ece']:.4f}, MCE {c['mce']:.4f} (reliability_diagram.png)")
 
 # %% ../nbs/08_evaluate.ipynb #8a460696
