@@ -192,7 +192,7 @@ def window_calibration_sample(scores: torch.Tensor, mask: torch.Tensor, window) 
 def calibration_line(res: dict) -> str:
     "The report's line on calibration (ECE, MCE), or why it was not measured."
     c = res.get('calibration')
-    if not c: return 'calibration: not measured (two-stage ROI predictions have no single probability map)'
+    if not c: return 'calibration: not measured'
     where = 'of the last stage, at the input size' if res.get('settings', {}).get('roi') else 'at the input size'
     return (f"calibration (top-class probability per pixel {where}, {c['n_bins']} bins, "
             f"{c['n_pixels']} pixels): ECE {c['ece']:.4f}, MCE {c['mce']:.4f} (reliability_diagram.png)")
@@ -242,7 +242,7 @@ def plot_reliability(cal: dict | None):
     top.set(xlim=(0, 1), ylim=(0, 1), ylabel='accuracy')
     bottom.set(xlabel='confidence (top-class probability)', ylabel='pixels')
     if not cal:
-        top.set_title('calibration not measured (two-stage ROI)'); return fig
+        top.set_title('calibration not measured'); return fig
     bins = cal['bins']; lo = [b['lower'] for b in bins]; w = [b['upper'] - b['lower'] for b in bins]
     top.bar(lo, [b['accuracy'] or 0 for b in bins], width=w, align='edge', edgecolor='black', label='accuracy')
     top.set_title(f"ECE {cal['ece']:.4f}   MCE {cal['mce']:.4f}"); top.legend(loc='upper left')
