@@ -441,13 +441,13 @@ def jpeg_recompress(quality=(40, 95)) -> v2.Compose:
 # %% ../nbs/00_data.ipynb #961ae7df
 import math
 
+_HUE_LUM = torch.tensor([0.213, 0.715, 0.072]).expand(3, 3)        # SVG hueRotate's three parts
+_HUE_COS = torch.tensor([[0.787, -0.715, -0.072], [-0.213, 0.285, -0.072], [-0.213, -0.715, 0.928]])
+_HUE_SIN = torch.tensor([[-0.213, -0.715, 0.928], [0.143, 0.140, -0.283], [-0.787, 0.715, 0.072]])
+
 def hue_rotation_matrix(turns: float) -> torch.Tensor:
     "The 3x3 RGB matrix that rotates hues by `turns` of the colour wheel, keeping luminance (SVG `hueRotate`)."
-    c, s = math.cos(2 * math.pi * turns), math.sin(2 * math.pi * turns)
-    lum = torch.tensor([0.213, 0.715, 0.072])
-    cos_part = torch.tensor([[0.787, -0.715, -0.072], [-0.213, 0.285, -0.072], [-0.213, -0.715, 0.928]])
-    sin_part = torch.tensor([[-0.213, -0.715, 0.928], [0.143, 0.140, -0.283], [-0.787, 0.715, 0.072]])
-    return lum.expand(3, 3) + c * cos_part + s * sin_part
+    return _HUE_LUM + math.cos(2 * math.pi * turns) * _HUE_COS + math.sin(2 * math.pi * turns) * _HUE_SIN
 
 class RandomHueRotation(v2.Transform):
     "Rotate the image's hues by a uniform draw in [-`hue`, `hue`] turns (clipped to [0, 1]); masks pass through."
@@ -505,8 +505,6 @@ class SegAugment:
     def __repr__(self): return f"SegAugment({self.transforms})"
 
 # %% ../nbs/00_data.ipynb #d45daf0f
-import math
-
 def place_window(box, size, side: int, jitter=(0.0, 0.0)) -> tuple[int, int, int]:
     "(left, top, side) of a `side` px square on `box` (x1, y1, x2, y2, ends exclusive) in a `size` (H, W) image."
     (h, w), (x1, y1, x2, y2) = size, box

@@ -15,7 +15,7 @@ from .files import atomic_write, atomic_write_text, prepare_output_dir, shorten,
 from .predict import (ROI_MODES, resolve_device, amp_context, add_precision_flags, model_n_classes,
                                predict_scores, upsample_scores,
                                check_finite_scores, resize_image, load_model, predict_classes, original_image, roi_mode,
-                               predict_stages, stage_class_map,
+                               predict_stages, stage_class_map, window_slices,
                                resolve_roi,
                                training_record, collate_eval, input_size, tta_mode, resolve_scales,
                                add_tta_flags)
@@ -182,10 +182,9 @@ OUTSIDE = -1    # the class of window pixels beyond the image's edge: not counte
 def window_calibration_sample(scores: torch.Tensor, mask: torch.Tensor, window) -> tuple[torch.Tensor, torch.Tensor]:
     "What `Calibration` counts of a two-stage sample: the window's probabilities and the mask cut to it (see above)."
     if window is None: return calibration_sample(scores, mask)
-    (H, W), (left, top, side) = mask.shape, window
-    cut = torch.full((side, side), OUTSIDE, dtype=torch.long, device=mask.device)
-    y0, y1, x0, x1 = max(top, 0), min(top + side, H), max(left, 0), min(left + side, W)
-    cut[y0 - top:y1 - top, x0 - left:x1 - left] = mask[y0:y1, x0:x1]
+    cut = torch.full((window.side,) * 2, OUTSIDE, dtype=torch.long, device=mask.device)
+    where = window_slices(window, mask.shape)
+    if where is not None: cut[where[1]] = mask[where[0]]
     small = F.interpolate(cut[None, None].float(), scores.shape[-2:], mode='nearest')[0].long()
     return scores[None].float().softmax(1), small
 
@@ -430,7 +429,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     add_flag(p, '--data_root', '--data_path', help='SPARK root; shortcut for --val_csv ROOT/<split>.csv --image_root '
              'ROOT/images --mask_root ROOT/mask; no data flags: the data the model was trained on')
     p.add_argument('--val_csv', help='the split CSV (with --image_root, --mask_root: instead of --data_root)')
-    p.add_argument('--image_root', help='folder of its images'); p.add_argument('--mask_root', help='folder of its masks')
+    p.add_argument('--image_root', help='folder of its images')
+    p.add_argument('--mask_root', help='folder of its masks')
     p.add_argument('--split', default='val', help='split folder under images/<Class>/ (default val)')
     p.add_argument('--target_size', type=int, default=None,
                    help='model input size (square); 0 = original size; default: the size it was trained at, else 512')
@@ -465,7 +465,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 def main(argv=None) -> None:
-    "Entry point of `unet3plus-eval`: status 0; a user error prints one line, status 2 (from Python, `argv` given: raised)."
+    "Entry point of `unet3plus-eval`: status 0; a user error: one line, status 2 (from Python, `argv` given: raised)."
     a = parse_args(sys.argv[1:] if argv is None else argv)
     with cli_errors('unet3plus-eval', enabled=argv is None): run_eval(a)
 

@@ -22,9 +22,9 @@ __all__ = ['log', 'TTA_FLIPS', 'TTA_MODES', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 
            'resolve_scales', 'tta_transforms', 'transform', 'untransform', 'scaled_size', 'resize_batch',
            'predict_scores', 'add_tta_flags', 'upsample_scores', 'class_map', 'check_finite_scores', 'resize_image',
            'load_model', 'training_record', 'model_input_size', 'input_size', 'collate_eval', 'label_components',
-           'dilate', 'foreground_box', 'Window', 'scale_box', 'square_window', 'cut_window', 'paste_window',
-           'original_image', 'stage_class_map', 'predict_stages', 'predict_classes', 'roi_mode', 'trained_with_crops',
-           'resolve_roi', 'image_tensor']
+           'dilate', 'foreground_box', 'Window', 'scale_box', 'square_window', 'window_slices', 'cut_window',
+           'paste_window', 'original_image', 'stage_class_map', 'predict_stages', 'predict_classes', 'roi_mode',
+           'trained_with_crops', 'resolve_roi', 'image_tensor']
 
 # %% ../nbs/13_predict.ipynb #d055a1f1
 log = logging.getLogger('unet3plus.predict')
@@ -254,24 +254,28 @@ def square_window(box, image_hw, margin: float = 1.2, min_side: float = 1) -> Wi
     return Window(*place_window((x1, y1, x2, y2), (H, W), side))
 
 # %% ../nbs/13_predict.ipynb #c5d63188
+def window_slices(win: Window, hw) -> tuple[tuple[slice, slice], tuple[slice, slice]] | None:
+    "Where window `win` overlaps an (H, W) image: (rows, columns) in the image and in the window; None: nowhere."
+    (H, W), (left, top, side) = hw, win
+    y0, y1, x0, x1 = max(top, 0), min(top + side, H), max(left, 0), min(left + side, W)
+    if y1 <= y0 or x1 <= x0: return None
+    return (slice(y0, y1), slice(x0, x1)), (slice(y0 - top, y1 - top), slice(x0 - left, x1 - left))
+
 def cut_window(image: torch.Tensor, win: Window, size=None) -> torch.Tensor:
     "Window `win` of a [3,H,W] image (uint8, or float in [0,1]) as float, black outside the image, resized to `size`."
-    H, W = image.shape[-2:]
-    out = torch.zeros(image.shape[0], win.side, win.side)
-    y0, y1, x0, x1 = max(win.top, 0), min(win.top + win.side, H), max(win.left, 0), min(win.left + win.side, W)
-    if y1 > y0 and x1 > x0:
-        part = image[:, y0:y1, x0:x1].cpu()
-        part = part.float() / 255 if part.dtype == torch.uint8 else part
-        out[:, y0 - win.top:y1 - win.top, x0 - win.left:x1 - win.left] = part
+    out, where = torch.zeros(image.shape[0], win.side, win.side), window_slices(win, image.shape[-2:])
+    if where is not None:
+        (iy, ix), (wy, wx) = where
+        part = image[:, iy, ix].cpu()
+        out[:, wy, wx] = part.float() / 255 if part.dtype == torch.uint8 else part
     return resize_image(out, size)
 
 def paste_window(scores: torch.Tensor, win: Window, image_hw) -> torch.Tensor:
     "Class map (long [H,W]) of an image: the arg-max of the window's `scores` [C,h,w] resized to it, 0 elsewhere."
     H, W = as_hw(image_hw)
     classes = class_map(upsample_scores(scores[None], (win.side, win.side))[0])
-    out = torch.zeros(H, W, dtype=torch.long, device=scores.device)
-    y0, y1, x0, x1 = max(win.top, 0), min(win.top + win.side, H), max(win.left, 0), min(win.left + win.side, W)
-    if y1 > y0 and x1 > x0: out[y0:y1, x0:x1] = classes[y0 - win.top:y1 - win.top, x0 - win.left:x1 - win.left]
+    out, where = torch.zeros(H, W, dtype=torch.long, device=scores.device), window_slices(win, (H, W))
+    if where is not None: out[where[0]] = classes[where[1]]
     return out
 
 def original_image(path, where: str = '') -> torch.Tensor:
