@@ -27,10 +27,11 @@ from .decoder import resolve_precision
 # %% auto #0
 __all__ = ['log', 'OUTSIDE', 'OVERWRITE_HINT', 'EVAL_FILES', 'EXAMPLES_DIR', 'DATA_HINT', 'reads_files', 'ResizedInputs',
            'data_n_classes', 'check_class_counts', 'sample_prediction', 'warn_about_dataset', 'summarize',
-           'sample_names', 'evaluation_roi', 'evaluate', 'calibration_sample', 'window_calibration_sample',
-           'calibration_line', 'plot_confusion', 'plot_per_spacecraft', 'plot_reliability', 'text_table', 'tta_line',
-           'format_report', 'example_figure', 'worst_images', 'example_name', 'save_examples', 'json_safe',
-           'eval_output_dir', 'write_outputs', 'synthetic_data_root', 'trained_data', 'parse_args', 'main', 'run_eval']
+           'sample_names', 'evaluation_roi', 'evaluation_class_names', 'predict_batch', 'EvalTally', 'count_batch',
+           'evaluate', 'calibration_sample', 'window_calibration_sample', 'calibration_line', 'plot_confusion',
+           'plot_per_spacecraft', 'plot_reliability', 'text_table', 'tta_line', 'format_report', 'example_figure',
+           'worst_images', 'example_name', 'save_examples', 'json_safe', 'eval_output_dir', 'write_outputs',
+           'synthetic_data_root', 'trained_data', 'parse_args', 'main', 'run_eval']
 
 # %% ../nbs/08_evaluate.ipynb #783a99ff
 log = logging.getLogger('unet3plus.evaluate')
@@ -108,6 +109,75 @@ def evaluation_roi(roi, model, target_size, eval_size: str) -> bool:
         return False
     return on
 
+# %% ../nbs/08_evaluate.ipynb #0690c68f
+def evaluation_class_names(class_names, n: int) -> list[str]:
+    "The names of an `n`-class model's classes: `class_names` (one per class), else SPARK's, else `class_0`..."
+    names = list(class_names or (CLASSES if n == len(CLASSES) else [f'class_{i}' for i in range(n)]))
+    if len(names) != n: raise ValueError(f"{len(names)} class_names {names} for a {n}-class model")
+    return names
+
+def predict_batch(model, batch: dict, names, device, precision: str, tta: str, scales, use_roi: bool) -> dict:
+    "A batch's predictions: its `scores` in one stage; in two, the last stage's scores, the `windows`, the class maps."
+    x = batch['image'].to(device)
+    if not use_roi:                                          # one stage: keep the scores (for calibration)
+        with amp_context(device, precision): scores = predict_scores(model, x, tta, scales).float()
+        check_finite_scores(scores, names)
+        return dict(scores=scores)
+    last, windows = predict_stages(model, x, batch['original'], tta, scales, True, names, precision)
+    preds = [stage_class_map(s, w, o.shape[-2:]) for s, w, o in zip(last, windows, batch['original'])]
+    return dict(last=last, windows=windows, preds=preds)
+
+class EvalTally:
+    "What `evaluate` counts: a confusion matrix per spacecraft class, boundary IoU, calibration, one row per image."
+    def __init__(self, class_names: list[str], boundary: bool = True):
+        n = len(class_names)
+        self.class_names, self.groups, self.rows = class_names, GroupedConfusion(n), []   # .total() pools the groups
+        self.biou = BoundaryIoU(n) if boundary else None
+        self.calib = Calibration()                           # of the last stage's probabilities (see below)
+
+    def add(self, pred, target, row: dict, calibration) -> dict:
+        "Count class map `pred` against `target` and `calibration` (probabilities, mask); `row` with its IoUs."
+        cm = per_image_confusion(pred[None], target[None], len(self.class_names))   # for its group and its own IoU
+        self.groups.add(cm, [row['class_name']])
+        if self.biou is not None: self.biou.update(pred[None], target[None])
+        self.calib.update(*calibration, ignore_index=OUTSIDE)
+        ious = iou_from_confusion(cm[0]).tolist()
+        self.rows.append(dict(row, **{f'iou_{c}': v for c, v in zip(self.class_names, ious)},
+                              fg_miou=foreground_miou(ious)))
+        return self.rows[-1]
+
+    def results(self) -> dict:
+        "The metrics: overall and per class (with boundary IoU), per spacecraft, per image, calibration."
+        names, rows = self.class_names, self.rows
+        res = summarize(self.groups.total(), names)
+        if self.biou is not None:
+            b = self.biou.compute()
+            res['overall'].update(mboundary_iou=float(b['mboundary_iou']),
+                                  mboundary_iou_no_bg=float(b['mboundary_iou_no_bg']))
+            for c, v in zip(names, b['boundary_iou']): res['per_class'][c]['boundary_iou'] = float(v)
+        res['per_spacecraft'] = {g: dict(n_images=sum(r['class_name'] == g for r in rows), **summarize(cm, names))
+                                 for g, cm in sorted(self.groups.matrices.items())}
+        res['per_image'], res['calibration'] = rows, self.calib.compute()
+        return res
+
+def count_batch(tally: EvalTally, batch: dict, out: dict, names, eval_size: str, use_roi: bool, device):
+    "Count every image of a predicted batch (`predict_batch`'s `out`) into `tally`, checking its mask."
+    n = len(tally.class_names)
+    for j, image_name in enumerate(batch['image_name']):
+        mask = batch['mask'][j].to(device)
+        if int(mask.max()) >= n:
+            raise ValueError(f"mask of {image_name} holds class {int(mask.max())} but the model has {n} classes")
+        pred, target = sample_prediction(out['scores'][j], mask, eval_size) if not use_roi else (out['preds'][j], mask)
+        if pred.shape != target.shape:
+            raise ValueError(f"{names[j]}: the image is {tuple(pred.shape)}, its mask {tuple(target.shape)} (H, W)")
+        calibration = (window_calibration_sample(out['last'][j], mask, out['windows'][j]) if use_roi else
+                       calibration_sample(out['scores'][j], mask))
+        group = batch.get('class_name', [''] * len(names))[j]
+        row = dict(index=batch['index'][j], image_name=image_name, class_name=group)
+        row = tally.add(pred, target, row, calibration)
+        if use_roi: row['roi_window'] = format_bbox(out['windows'][j].box) if out['windows'][j] else ''
+
+# %% ../nbs/08_evaluate.ipynb #7cc9e534
 def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers: int = 0, device=None, precision='auto',
              tta='none', eval_size: str = 'original', class_names=None, boundary: bool = True,
              progress: bool = True, roi='auto', tta_scales=None) -> dict:
@@ -118,58 +188,22 @@ def evaluate(model, dataset, target_size=None, batch_size: int = 8, num_workers:
     tta, scales = tta_mode(tta), resolve_scales(tta_scales)
     n = check_class_counts(model, dataset)
     warn_about_dataset(dataset, eval_size)
-    class_names = list(class_names or (CLASSES if n == len(CLASSES) else [f'class_{i}' for i in range(n)]))
-    if len(class_names) != n: raise ValueError(f"{len(class_names)} class_names {class_names} for a {n}-class model")
+    class_names = evaluation_class_names(class_names, n)
     device = resolve_device(device); model = model.to(device).eval()
     precision = resolve_precision(precision, device)
     loader = DataLoader(ResizedInputs(dataset, target_size, originals=use_roi), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_eval)
-    groups, rows, t0 = GroupedConfusion(n), [], time.perf_counter()          # per spacecraft; .total() pools them
-    biou = BoundaryIoU(n) if boundary else None
-    calib = Calibration()                                    # of the last stage's probabilities (see below)
+    tally, t0 = EvalTally(class_names, boundary), time.perf_counter()
     for batch in tqdm(loader, desc='evaluate', disable=not progress):
-        x, names = batch['image'].to(device), sample_names(batch)
-        if eval_size == 'input' or not use_roi:                     # one stage: keep the scores (for calibration)
-            with amp_context(device, precision): scores = predict_scores(model, x, tta, scales).float()
-            check_finite_scores(scores, names)
-        else:
-            last, windows = predict_stages(model, x, batch['original'], tta, scales, True, names, precision)
-            preds = [stage_class_map(s, w, o.shape[-2:]) for s, w, o in zip(last, windows, batch['original'])]
-        for j in range(len(x)):
-            mask = batch['mask'][j].to(device)
-            if int(mask.max()) >= n:
-                raise ValueError(f"mask of {batch['image_name'][j]} holds class {int(mask.max())} "
-                                 f"but the model has {n} classes")
-            pred, target = sample_prediction(scores[j], mask, eval_size) if not use_roi else (preds[j], mask)
-            if pred.shape != target.shape:
-                raise ValueError(f"{names[j]}: the image is {tuple(pred.shape)}, its mask {tuple(target.shape)} (H, W)")
-            name = batch.get('class_name', [''] * len(x))[j]
-            cm = per_image_confusion(pred[None], target[None], n)   # counted once: for its group and its own IoU
-            groups.add(cm, [name])
-            if biou is not None: biou.update(pred[None], target[None])
-            calib.update(*(window_calibration_sample(last[j], mask, windows[j]) if use_roi else
-                           calibration_sample(scores[j], mask)), ignore_index=OUTSIDE)
-            ious = iou_from_confusion(cm[0]).tolist()
-            rows.append(dict(index=batch['index'][j], image_name=batch['image_name'][j], class_name=name,
-                             **{f'iou_{c}': v for c, v in zip(class_names, ious)}, fg_miou=foreground_miou(ious)))
-            if use_roi: rows[-1]['roi_window'] = format_bbox(windows[j].box) if windows[j] else ''
+        names = sample_names(batch)
+        out = predict_batch(model, batch, names, device, precision, tta, scales, use_roi)
+        count_batch(tally, batch, out, names, eval_size, use_roi, device)
     seconds = time.perf_counter() - t0
-    res = summarize(groups.total(), class_names)
-    if biou is not None:
-        b = biou.compute()
-        res['overall'].update(mboundary_iou=float(b['mboundary_iou']),
-                              mboundary_iou_no_bg=float(b['mboundary_iou_no_bg']))
-        for c, v in zip(class_names, b['boundary_iou']): res['per_class'][c]['boundary_iou'] = float(v)
-    res['per_spacecraft'] = {g: dict(n_images=sum(r['class_name'] == g for r in rows), **summarize(cm, class_names))
-                             for g, cm in sorted(groups.matrices.items())}
-    res['per_image'] = rows
-    res['calibration'] = calib.compute()
+    res = tally.results()
     res['settings'] = dict(target_size=as_hw(target_size), eval_size=eval_size, tta=tta, tta_scales=list(scales),
-                           roi=use_roi,
-                           roi_mode=roi_mode(roi),
-                           precision=precision,
-                           device=str(device), n_images=len(rows), n_classes=n, class_names=class_names,
-                           seconds=round(seconds, 3), images_per_s=round(len(rows) / max(seconds, 1e-9), 3))
+                           roi=use_roi, roi_mode=roi_mode(roi), precision=precision,
+                           device=str(device), n_images=len(tally.rows), n_classes=n, class_names=class_names,
+                           seconds=round(seconds, 3), images_per_s=round(len(tally.rows) / max(seconds, 1e-9), 3))
     return res
 
 # %% ../nbs/08_evaluate.ipynb #143d404a

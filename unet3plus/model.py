@@ -18,9 +18,9 @@ from .encoders import create_encoder
 from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, BRANCH_ORDERS, FUSIONS
 
 # %% auto #0
-__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'WEIGHTS_NAME', 'LEGACY_WEIGHTS_NAME', 'CONFIG_NAME',
-           'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'LEGACY_BACKBONES', 'UNet3PlusConfig', 'UNet3Plus',
-           'is_model_card', 'model_card', 'check_config', 'read_config', 'check_finite', 'read_weights']
+__all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'CARD_LIMITS', 'WEIGHTS_NAME', 'LEGACY_WEIGHTS_NAME',
+           'CONFIG_NAME', 'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'LEGACY_BACKBONES', 'UNet3PlusConfig',
+           'UNet3Plus', 'is_model_card', 'model_card', 'check_config', 'read_config', 'check_finite', 'read_weights']
 
 # %% ../nbs/04_model.ipynb #92154f0e
 @dataclass
@@ -207,59 +207,75 @@ def _metrics_table(v: dict, names) -> list[str]:
     if v.get('miou_no_bg') is not None: rows.append(f"| mean without background | {_number(v['miou_no_bg'])} |")
     return rows
 
-def model_card(config: dict, training: dict | None = None) -> str:
-    "A Hugging Face style model card (README.md) from a model's config and training record."
-    t, n = training or {}, config['n_classes']
-    names = t.get('class_names') or [f'class {i}' for i in range(n)]
-    colors = t.get('class_colors')
-    classes = ', '.join(f"{c} ({_hex(colors[i])})" if colors and i < len(colors) else c for i, c in enumerate(names))
-    extras = [k.replace('_', ' ') for k in ('deep_supervision', 'cgm') if config.get(k)]
+def _classes_text(names, colors) -> str:
+    "The classes as the card lists them: `body (#ff0000), panels (#0000ff)` (colours when the record has them)."
+    return ', '.join(f"{c} ({_hex(colors[i])})" if colors and i < len(colors) else c for i, c in enumerate(names))
+
+def _trained_text(t: dict) -> str:
+    "One sentence on the input size and the object crops a record says the model was trained with."
     size, crop = t.get('target_size'), float(t.get('object_crop') or 0)
     trained = (f"Trained at {size} x {size} px" if isinstance(size, int) else f"Trained at {size} px" if size
                else "Training size not recorded")
-    trained += (f", on full frames and object-centred crops (`object_crop` {crop:g}): `roi='auto'` predicts in two "
-                "stages." if crop > 0 else ", on full frames.")
-    out = ['---', 'library_name: unet3plus', 'pipeline_tag: image-segmentation',
-           'tags: [unet3plus, image-segmentation, semantic-segmentation, spacecraft, spark2024]', '---',
-           CARD_MARK + '; saving the model again replaces it -->', '',
-           f"# UNet3+ {config['backbone']}: {n}-class segmentation", '',
-           f"A UNet 3+ (full-scale skip connections) with the `{config['backbone']}` encoder, "
-           f"{config.get('cat_channels')} channels per decoder branch{', ' + ' and '.join(extras) if extras else ''}, "
-           f"segmenting {n} classes: {classes}. "
-           f"It takes RGB images in [0, 1] of any size. {trained}", '',
-           '## How to use', '', '```python', 'from unet3plus.model import UNet3Plus',
-           'import unet3plus.predict                         # adds model.segment',
-           "model = UNet3Plus.from_pretrained('path/to/this/folder')",
-           'classes = model.segment(image)          # uint8 [H, W, 3] -> class map uint8 [H, W], same size', '```', '',
-           'From the shell: `unet3plus-eval --model_path FOLDER` evaluates it on the validation split it was trained '
-           'on, '
-           '`unet3plus-infer --model_path FOLDER --data_path TEST` writes SPARK submission files; both default to '
-           'the input size it was trained at.', '']
-    v = t.get('validation')
-    out += ['## Validation metrics', '']
+    return trained + (f", on full frames and object-centred crops (`object_crop` {crop:g}): `roi='auto'` predicts in "
+                      "two stages." if crop > 0 else ", on full frames.")
+
+def _card_intro(config: dict, t: dict, names) -> list[str]:
+    "The card's front matter, marker, title, what the model is and how to use it."
+    n, extras = config['n_classes'], [k.replace('_', ' ') for k in ('deep_supervision', 'cgm') if config.get(k)]
+    return ['---', 'library_name: unet3plus', 'pipeline_tag: image-segmentation',
+            'tags: [unet3plus, image-segmentation, semantic-segmentation, spacecraft, spark2024]', '---',
+            CARD_MARK + '; saving the model again replaces it -->', '',
+            f"# UNet3+ {config['backbone']}: {n}-class segmentation", '',
+            f"A UNet 3+ (full-scale skip connections) with the `{config['backbone']}` encoder, "
+            f"{config.get('cat_channels')} channels per decoder branch{', ' + ' and '.join(extras) if extras else ''}, "
+            f"segmenting {n} classes: {_classes_text(names, t.get('class_colors'))}. "
+            f"It takes RGB images in [0, 1] of any size. {_trained_text(t)}", '',
+            '## How to use', '', '```python', 'from unet3plus.model import UNet3Plus',
+            'import unet3plus.predict                         # adds model.segment',
+            "model = UNet3Plus.from_pretrained('path/to/this/folder')",
+            'classes = model.segment(image)          # uint8 [H, W, 3] -> class map uint8 [H, W], same size', '```', '',
+            'From the shell: `unet3plus-eval --model_path FOLDER` evaluates it on the validation split it was trained '
+            'on, '
+            '`unet3plus-infer --model_path FOLDER --data_path TEST` writes SPARK submission files; both default to '
+            'the input size it was trained at.', '']
+
+def _card_validation(t: dict, names) -> list[str]:
+    "The card's validation section: these weights' metrics table, and the run's best score when other weights had it."
+    v, b = t.get('validation'), t.get('best')
+    out = ['## Validation metrics', '']
     if v:
         out += [f"These weights on the validation split after epoch {v.get('epoch')}, as measured during training "
                 "(at the training input size; `unet3plus-eval` measures at the original resolution):", '']
         out += _metrics_table(v, names)
     else: out.append('No validation of these weights is recorded (saved outside `unet3plus-train`, or not validated '
                      'at this epoch).')
-    b = t.get('best')
     if b and b.get('epoch') is not None and (not v or b.get('epoch') != v.get('epoch')):
         out += ['', f"The run's best validation {b.get('monitor')} was {_number(b.get('score'))} at epoch "
                     f"{b.get('epoch')} (`unet3plus_best`)."]
-    out += ['', '## Training', '', f"Data: {_data_text(t.get('data'))}."]
+    return out
+
+def _card_training(t: dict) -> list[str]:
+    "The card's training section: the data, the epoch and step of these weights, the command."
+    out = ['', '## Training', '', f"Data: {_data_text(t.get('data'))}."]
     if t.get('epoch') is not None: out.append(f"Weights after epoch {t['epoch']} (optimizer step {t.get('step')}).")
     if t.get('command'): out += ['', '```bash', t['command'], '```']
     if not t: out.append('No training record: this folder was saved outside `unet3plus-train`.')
-    out += ['', '## Intended use and limits', '',
-            '- Research on spacecraft segmentation (SPARK 2024 stream 1: body and solar panels against space); the '
-            'numbers above hold for the data above and nothing else.',
-            '- A model trained on the built-in synthetic set has never seen a real image: measure it on real data '
-            'before trusting it there.',
-            '- Thin structures (struts, antennas) narrower than a pixel at the input size are lost; small or distant '
-            'spacecraft are segmented worse than large ones.',
-            '- Not validated for operational use (navigation, docking, any safety-critical decision).', '']
-    return '\n'.join(out)
+    return out
+
+CARD_LIMITS = ['', '## Intended use and limits', '',
+               '- Research on spacecraft segmentation (SPARK 2024 stream 1: body and solar panels against space); the '
+               'numbers above hold for the data above and nothing else.',
+               '- A model trained on the built-in synthetic set has never seen a real image: measure it on real data '
+               'before trusting it there.',
+               '- Thin structures (struts, antennas) narrower than a pixel at the input size are lost; small or '
+               'distant spacecraft are segmented worse than large ones.',
+               '- Not validated for operational use (navigation, docking, any safety-critical decision).', '']
+
+def model_card(config: dict, training: dict | None = None) -> str:
+    "A Hugging Face style model card (README.md) from a model's config and training record."
+    t = training or {}
+    names = t.get('class_names') or [f'class {i}' for i in range(config['n_classes'])]
+    return '\n'.join(_card_intro(config, t, names) + _card_validation(t, names) + _card_training(t) + CARD_LIMITS)
 
 # %% ../nbs/04_model.ipynb #8f36103b
 WEIGHTS_NAME, LEGACY_WEIGHTS_NAME, CONFIG_NAME = 'model.safetensors', 'unet3plus_model.pt', 'config.json'

@@ -31,9 +31,10 @@ __all__ = ['KINDS', 'BLUE_PANELS', 'GREY_METAL', 'APERTURE', 'STYLES', 'STYLE_TA
            'sensor_noise', 'tone_curve', 'camera_effects', 'luminance', 'integral', 'window_sum', 'block_size',
            'check_pair', 'block_contrast', 'invisible_pixels', 'invisible_shares', 'visibility_stats', 'take_picture',
            'pack', 'shade', 'sun_buffer', 'in_shadow', 'class_codes', 'coverage_to_classes', 'random_surface',
-           'cell_index', 'surface_light', 'env_weight', 'draw_model', 'render_sample', 'show_samples', 'show_styles',
-           'sample_rng', 'sample_spec', 'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base',
-           'synthetic_root', 'parse_args', 'main']
+           'cell_index', 'surface_light', 'env_weight', 'paint_faces', 'spacecraft_pixels', 'cast_shadows',
+           'reflect_environment', 'draw_model', 'render_sample', 'show_samples', 'show_styles', 'sample_rng',
+           'sample_spec', 'dataset_params', 'is_synthetic_set', 'write_dataset', 'cache_base', 'synthetic_root',
+           'parse_args', 'main']
 
 # %% ../nbs/01_synthetic.ipynb #cbc4b01b
 KINDS = ('paint', 'foil', 'metal', 'cells', 'plate')    # surface textures, see `surface_light`
@@ -987,13 +988,12 @@ def env_weight(albedo: np.ndarray) -> np.ndarray:
     "How much of the environment's light surfaces of `albedo` (n, 3) reflect: their hue, at least half of it."
     return (0.5 + 0.5 * albedo / np.maximum(albedo.max(1, keepdims=True), 1e-3)).astype(np.float32)
 
-def draw_model(m: dict, cam: Camera, sun, ambient, gain: float, ss: int, shadows: bool = True, surface=None, tint=1.0):
-    "Rasterise a packed model far to near: premultiplied RGB [S,S,3], coverage [S,S,1], class map, `env` [S,S,3]."
+# %% ../nbs/01_synthetic.ipynb #7ea89d9d
+def paint_faces(m: dict, cam: Camera, pc: np.ndarray, sh: dict, ss: int) -> tuple[np.ndarray, Image.Image, Image.Image]:
+    "The painter's pass at `ss`x, far to near: RGB with cell-grid lines [H,H,3], class codes, face ids (1-based)."
     S, H = cam.size, cam.size * ss
     rgb, cls, ids = Image.new('RGB', (H, H)), Image.new('L', (H, H)), Image.new('I', (H, H))
     dr, dm, di = ImageDraw.Draw(rgb), ImageDraw.Draw(cls), ImageDraw.Draw(ids)
-    pc = cam.to_camera(m['verts'])
-    sh = shade(m, pc, cam, sun, ambient, gain)
     hi = (cam.project(pc) * ss).tolist()                   # PIL: pixel j spans [j, j+1), as in our coordinates
     codes = (0,) + class_codes(ss)
     lw = max(1, round(ss * S / 512))
@@ -1009,39 +1009,60 @@ def draw_model(m: dict, cam: Camera, sun, ambient, gain: float, ss: int, shadows
                 for seg in _grid_lines(pc[s0:s0 + 4], m['grid'][i]):
                     dr.line([tuple(p) for p in (cam.project(seg) * ss).tolist()], fill=line, width=lw)
             dr.polygon(poly, outline=line, width=lw)
-    rgb, box_ = np.array(rgb), cls.getbbox()
-    if box_ is not None:                                   # the spacecraft's box, aligned to whole output pixels
-        x0, y0 = box_[0] - box_[0] % ss, box_[1] - box_[1] % ss
-        crop = np.asarray(ids.crop((x0, y0, box_[2], box_[3])))
-        sub = crop[::ss, ::ss]                             # the face seen at each output pixel (its first subpixel)
-        ys, xs = np.nonzero(sub)
-        f = sub[ys, xs] - 1
-        P = cam.unproject((xs * ss + x0 + 0.5) / ss, (ys * ss + y0 + 0.5) / ss, sh['normal'][f], sh['offset'][f])
-        sunlit = sh['lit'][f].copy()
-        if shadows and sunlit.any():
-            k_ = np.flatnonzero(sunlit)
-            dark = k_[in_shadow(P[k_], f[k_], m, pc, sh, sun, S)]
-            if len(dark):                                  # the verdict applies to the pixel's subpixels of that face
-                flag = np.zeros(sub.shape, bool); flag[ys[dark], xs[dark]] = True
-                grow = lambda x: np.repeat(np.repeat(x, ss, 0), ss, 1)[:crop.shape[0], :crop.shape[1]]
-                hy, hx = np.nonzero(grow(flag) & (grow(sub) == crop))
-                rgb[hy + y0, hx + x0] = sh['shadow_rgb'][crop[hy, hx] - 1]
-                sunlit[dark] = False
+    return np.array(rgb), cls, ids
+
+def spacecraft_pixels(ids: Image.Image, box_: tuple, cam: Camera, sh: dict, ss: int) -> dict:
+    "The face seen at each output pixel of the spacecraft's box `box_` (its first subpixel's) and its 3-D point."
+    x0, y0 = box_[0] - box_[0] % ss, box_[1] - box_[1] % ss    # the box, aligned to whole output pixels
+    crop = np.asarray(ids.crop((x0, y0, box_[2], box_[3])))
+    sub = crop[::ss, ::ss]
+    ys, xs = np.nonzero(sub)
+    f = sub[ys, xs] - 1
+    P = cam.unproject((xs * ss + x0 + 0.5) / ss, (ys * ss + y0 + 0.5) / ss, sh['normal'][f], sh['offset'][f])
+    return dict(x0=x0, y0=y0, crop=crop, sub=sub, ys=ys, xs=xs, f=f, P=P)
+
+def cast_shadows(rgb: np.ndarray, px: dict, sunlit: np.ndarray, m: dict, pc: np.ndarray, sh: dict, sun, ss: int, S: int):
+    "Paint the `sunlit` pixels of `px` another face hides from the sun in their shadow colour (at `ss`x); unset them."
+    k_ = np.flatnonzero(sunlit)
+    dark = k_[in_shadow(px['P'][k_], px['f'][k_], m, pc, sh, sun, S)]
+    if not len(dark): return
+    crop, sub, x0, y0 = px['crop'], px['sub'], px['x0'], px['y0']
+    flag = np.zeros(sub.shape, bool); flag[px['ys'][dark], px['xs'][dark]] = True
+    grow = lambda x: np.repeat(np.repeat(x, ss, 0), ss, 1)[:crop.shape[0], :crop.shape[1]]
+    hy, hx = np.nonzero(grow(flag) & (grow(sub) == crop))     # the verdict applies to the pixel's subpixels of that face
+    rgb[hy + y0, hx + x0] = sh['shadow_rgb'][crop[hy, hx] - 1]
+    sunlit[dark] = False
+
+def reflect_environment(env: np.ndarray, px: dict, a: np.ndarray, sh: dict, ss: int, tint=1.0):
+    "Fill `env` with the environment light of `tint` each covered pixel reflects per unit of fill light."
+    crop, seen = px['crop'], px['sub'].copy()              # a face at each pixel: the first subpixel's, else another's
+    for dy, dx in [(dy, dx) for dy in range(ss) for dx in range(ss)][1:]:
+        v = crop[dy::ss, dx::ss]; s_ = seen[:v.shape[0], :v.shape[1]]
+        np.copyto(s_, v, where=s_ == 0)
+    ey, ex = np.nonzero(seen)
+    py, px_ = ey + px['y0'] // ss, ex + px['x0'] // ss
+    env[py, px_] = env_weight(sh['albedo'][seen[ey, ex] - 1]) * tint * a[py, px_]
+
+def draw_model(m: dict, cam: Camera, sun, ambient, gain: float, ss: int, shadows: bool = True, surface=None, tint=1.0):
+    "Rasterise a packed model far to near: premultiplied RGB [S,S,3], coverage [S,S,1], class map, `env` [S,S,3]."
+    pc = cam.to_camera(m['verts'])
+    sh = shade(m, pc, cam, sun, ambient, gain)
+    rgb, cls, ids = paint_faces(m, cam, pc, sh, ss)
+    box_ = cls.getbbox()
+    px = None if box_ is None else spacecraft_pixels(ids, box_, cam, sh, ss)
+    if px is not None:
+        sunlit = sh['lit'][px['f']].copy()
+        if shadows and sunlit.any(): cast_shadows(rgb, px, sunlit, m, pc, sh, sun, ss, cam.size)
     fg = np.asarray(Image.fromarray(rgb).reduce(ss) if ss > 1 else rgb, np.float32) / 255
     a, classes = coverage_to_classes(cls, ss)
     env = np.zeros_like(fg)                                # the environment light reflected, per unit of fill light
-    if box_ is not None:
-        seen = sub.copy()                                  # a face at each pixel: the first subpixel's, else another's
-        for dy, dx in [(dy, dx) for dy in range(ss) for dx in range(ss)][1:]:
-            v = crop[dy::ss, dx::ss]; s_ = seen[:v.shape[0], :v.shape[1]]
-            np.copyto(s_, v, where=s_ == 0)
-        ey, ex = np.nonzero(seen)
-        py, px = ey + y0 // ss, ex + x0 // ss
-        env[py, px] = env_weight(sh['albedo'][seen[ey, ex] - 1]) * tint * a[py, px]      # environment light of `tint`
-        ys, xs = ys + y0 // ss, xs + x0 // ss
-        surface_light(fg, a, ys, xs, f, P, sunlit, m, sh, pc, cam, sun, gain, surface, env)
+    if px is not None:
+        reflect_environment(env, px, a, sh, ss, tint)
+        ys, xs = px['ys'] + px['y0'] // ss, px['xs'] + px['x0'] // ss
+        surface_light(fg, a, ys, xs, px['f'], px['P'], sunlit, m, sh, pc, cam, sun, gain, surface, env)
     return fg, a, classes, env
 
+# %% ../nbs/01_synthetic.ipynb #4d7f1318
 def render_sample(spacecraft: str, size: int, rng: np.random.Generator, ss: int = 2, shadows: bool = True,
                   style: str = 'default'):
     "One `spacecraft` at `size` px in `style`: (image uint8 [S,S,3], classes uint8 [S,S], bbox (x1, y1, x2, y2))."

@@ -14,7 +14,7 @@ from ..data import SparkSegmentation, as_hw, rgb_to_classes_exact
 from ..testing import make_tiny_spark
 
 # %% auto #0
-__all__ = ['naive_load', 'jitter_times', 'bench_data']
+__all__ = ['naive_load', 'jitter_times', 'parse_data_args', 'data_loaders', 'cpu_timed', 'time_loaders', 'bench_data']
 
 # %% ../../nbs/bench/01_data.ipynb #af92bcff
 def naive_load(image_path, mask_path, size) -> tuple[torch.Tensor, torch.Tensor]:
@@ -35,10 +35,9 @@ def jitter_times(target: int, repeats: int, n: int = 20) -> dict[str, float]:
     t = measure({k: (lambda f=f: [f(x) for _ in range(n)]) for k, f in ts.items()}, repeats=repeats, warmup=1)
     return {k: v / n for k, v in t.items()}
 
-def bench_data(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
-    p = BenchParser('unet3plus-bench data',
-                                description='JPEG image+mask loading speed, one core, one process.')
+def parse_data_args(argv=None):
+    "The flags of `unet3plus-bench data`, checked."
+    p = BenchParser('unet3plus-bench data', description='JPEG image+mask loading speed, one core, one process.')
     p.add_argument('--n', type=at_least(1), default=8, help='image+mask pairs per timed round')
     p.add_argument('--size', type=at_least(1), default=1024, help='side of the generated JPEGs (px)')
     p.add_argument('--target', type=at_least(1), default=512, help='side of the output tensors (px)')
@@ -46,44 +45,56 @@ def bench_data(argv: list[str] | None = None) -> dict:
     a = p.parse_args([] if argv is None else list(argv))
     if a.n < 1 or a.size < 8 or a.target < 1:
         p.error(f"--n must be >= 1, --size >= 8, --target >= 1 (got {a.n}, {a.size}, {a.target})")
+    return a
+
+def data_loaders(root, n: int, target: int) -> dict:
+    "name -> a function loading the `n` train pairs of `root` at `target` px, each loader its own way."
+    fast = SparkSegmentation.from_root(root, 'train', target_size=target)
+    nodraft = SparkSegmentation.from_root(root, 'train', target_size=target, draft=False)
+    crop = SparkSegmentation.from_root(root, 'train', target_size=target, object_crop=1.0)
+    memory = SparkSegmentation.from_root(root, 'train', target_size=target); memory.cache_frames()
+    memory_crop = SparkSegmentation.from_root(root, 'train', target_size=target, object_crop=1.0)
+    memory_crop.cache_frames()
+    def crops(ds=crop):
+        with torch.random.fork_rng(devices=[]):                    # the same windows every round
+            torch.manual_seed(0); return [ds[i] for i in range(n)]
+    return {'fast': lambda: [fast[i] for i in range(n)], 'crop': crops,
+            'memory': lambda: [memory[i] for i in range(n)], 'memory-crop': lambda: crops(memory_crop),
+            'no-draft': lambda: [nodraft[i] for i in range(n)],
+            'naive': lambda: [naive_load(fast.image_path(i), fast.mask_path(i), target) for i in range(n)]}
+
+def cpu_timed(f, times: list):
+    "`f`, appending the CPU seconds of this process each call takes to `times`."
+    def g(): t0 = time.process_time(); f(); times.append(time.process_time() - t0)
+    return g
+
+def time_loaders(a) -> tuple[dict, dict, float, float]:
+    "Wall-clock seconds per round of each loader on `a.n` generated pairs, CPU seconds of every round, the KiB of both."
+    with tempfile.TemporaryDirectory() as d:
+        root = make_tiny_spark(Path(d), classes=('Cheops',), n_train=a.n, n_val=0, n_test=0, size=a.size, seed=0,
+                               noise=3.0)
+        loaders, files = data_loaders(root, a.n, a.target), SparkSegmentation.from_root(root, 'train')
+        kb = np.mean([files.image_path(i).stat().st_size for i in range(a.n)]) / 1024
+        mkb = np.mean([files.mask_path(i).stat().st_size for i in range(a.n)]) / 1024
+        cpu = {k: [] for k in loaders}
+        t = measure({k: cpu_timed(f, cpu[k]) for k, f in loaders.items()}, repeats=a.repeats, warmup=1)
+    return t, cpu, kb, mkb
+
+def bench_data(argv: list[str] | None = None) -> dict:
+    "`unet3plus-bench data`: samples/s of the fast loader (full frames, object crops) against slower loaders, one core."
+    a = parse_data_args(argv)
     threads = torch.get_num_threads(); torch.set_num_threads(1)
     try:
-        with tempfile.TemporaryDirectory() as d:
-            root = make_tiny_spark(Path(d), classes=('Cheops',), n_train=a.n, n_val=0, n_test=0, size=a.size, seed=0,
-                                   noise=3.0)
-            fast = SparkSegmentation.from_root(root, 'train', target_size=a.target)
-            nodraft = SparkSegmentation.from_root(root, 'train', target_size=a.target, draft=False)
-            crop = SparkSegmentation.from_root(root, 'train', target_size=a.target, object_crop=1.0)
-            memory = SparkSegmentation.from_root(root, 'train', target_size=a.target); memory.cache_frames()
-            memory_crop = SparkSegmentation.from_root(root, 'train', target_size=a.target, object_crop=1.0)
-            memory_crop.cache_frames()
-            def crops(ds=crop):
-                with torch.random.fork_rng(devices=[]):                    # the same windows every round
-                    torch.manual_seed(0); return [ds[i] for i in range(a.n)]
-            kb = np.mean([fast.image_path(i).stat().st_size for i in range(a.n)]) / 1024
-            mkb = np.mean([fast.mask_path(i).stat().st_size for i in range(a.n)]) / 1024
-            loaders = {'fast': lambda: [fast[i] for i in range(a.n)], 'crop': crops,
-                       'memory': lambda: [memory[i] for i in range(a.n)], 'memory-crop': lambda: crops(memory_crop),
-                       'no-draft': lambda: [nodraft[i] for i in range(a.n)],
-                       'naive': lambda: [naive_load(fast.image_path(i), fast.mask_path(i), a.target)
-                                         for i in range(a.n)]}
-            cpu = {k: [] for k in loaders}
-            def cpu_timed(k, f):
-                def g(): t0 = time.process_time(); f(); cpu[k].append(time.process_time() - t0)
-                return g
-            t = measure({k: cpu_timed(k, f) for k, f in loaders.items()}, repeats=a.repeats, warmup=1)
+        t, cpu, kb, mkb = time_loaders(a)
         jit = jitter_times(a.target, a.repeats)
     finally: torch.set_num_threads(threads)
     res = {k: a.n / v for k, v in t.items()}
     res_cpu = {k: a.n / float(np.median(v[1:])) for k, v in cpu.items()}
     rows = [dict(loader=k, samples_per_s=round(res[k], 1), per_cpu_s=round(res_cpu[k], 1),
-                 ms_per_sample=round(1000 / res[k], 2),
-                 vs_naive=f"{res[k] / res['naive']:.2f}x") for k in res]
-    print_table(rows,
-                title=f"data: {a.size} px JPEG image ({kb:.0f} KiB) + mask ({mkb:.0f} KiB) -> {a.target} px tensors, 1 "
-                      "thread, "
-                            f"{a.n} pairs x {a.repeats} rounds (samples_per_s: wall clock; per_cpu_s: per second of "
-                            "this process's CPU time)")
+                 ms_per_sample=round(1000 / res[k], 2), vs_naive=f"{res[k] / res['naive']:.2f}x") for k in res]
+    print_table(rows, title=f"data: {a.size} px JPEG image ({kb:.0f} KiB) + mask ({mkb:.0f} KiB) -> {a.target} px "
+                            f"tensors, 1 thread, {a.n} pairs x {a.repeats} rounds (samples_per_s: wall clock; "
+                            "per_cpu_s: per second of this process's CPU time)")
     print_table([dict(jitter=k, ms_per_image=round(v * 1e3, 3), vs_hsv=f"{jit['hsv-hue'] / v:.2f}x")
                  for k, v in jit.items()], title=f"colour jitter on a {a.target} px image, 1 thread")
     return dict(jitter_s=jit, samples_per_s=res, samples_per_cpu_s=res_cpu, ratio_fast_vs_naive=res['fast'] / res['naive'],

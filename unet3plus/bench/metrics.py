@@ -11,11 +11,11 @@ from . import measure, print_table, BenchParser, at_least
 from ..metrics import ConfusionMatrix
 
 # %% auto #0
-__all__ = ['bench_metrics']
+__all__ = ['parse_metrics_args', 'median_cpu_seconds', 'bench_metrics']
 
 # %% ../../nbs/bench/05_metrics.ipynb #02e1a676
-def bench_metrics(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench metrics`: ConfusionMatrix.update throughput vs torchmetrics on the same inputs."
+def parse_metrics_args(argv=None):
+    "The flags of `unet3plus-bench metrics`."
     ap = BenchParser('unet3plus-bench metrics', description=bench_metrics.__doc__)
     ap.add_argument('--size', type=at_least(1), default=512, help='image side in pixels')
     ap.add_argument('--batch_size', '--batch', type=at_least(1), default=8,
@@ -25,7 +25,18 @@ def bench_metrics(argv: list[str] | None = None) -> dict:
                     help='label ignored in the target (e.g. 255; --ignore-index: the older spelling)')
     ap.add_argument('--repeats', type=at_least(1), default=5, help='timed rounds per candidate')
     ap.add_argument('--device', default='cpu', help="'cpu' or 'cuda'")
-    a = ap.parse_args(argv or [])
+    return ap.parse_args(argv or [])
+
+def median_cpu_seconds(f, repeats: int) -> float:
+    "Median CPU seconds (this process's threads) of `repeats` calls of `f`: it does not grow with others' load."
+    cpu = []
+    for _ in range(repeats):
+        c0 = time.process_time(); f(); cpu.append(time.process_time() - c0)
+    return sorted(cpu)[len(cpu) // 2]
+
+def bench_metrics(argv: list[str] | None = None) -> dict:
+    "`unet3plus-bench metrics`: ConfusionMatrix.update throughput vs torchmetrics on the same inputs."
+    a = parse_metrics_args(argv)
     from torchmetrics.classification import MulticlassConfusionMatrix
     gen = torch.Generator().manual_seed(0)
     shape = (a.batch_size, a.size, a.size)
@@ -52,13 +63,9 @@ def bench_metrics(argv: list[str] | None = None) -> dict:
     print_table(rows, f"ConfusionMatrix.update, {a.batch_size}x{a.size}x{a.size}, {a.classes} classes, {a.device} "
                       f"(torch threads: {torch.get_num_threads()})")
     out = {r['candidate']: r for r in rows}
-    # CPU time does not grow when others load the machine
     if a.device == 'cpu':
         for k in ('ours: class maps', 'torchmetrics (validate_args=False): class maps'):
-            f = fns[k]; cpu = []
-            for _ in range(a.repeats):
-                c0 = time.process_time(); f(); cpu.append(time.process_time() - c0)
-            out[k]['mpix_per_cpu_s'] = n / sorted(cpu)[len(cpu) // 2] / 1e6
+            out[k]['mpix_per_cpu_s'] = n / median_cpu_seconds(fns[k], a.repeats) / 1e6
             print(f"{k}: {out[k]['mpix_per_cpu_s']:.0f} Mpixel per CPU-second (all threads' CPU time; "
                   "load-independent)")
     return out

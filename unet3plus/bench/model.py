@@ -15,7 +15,8 @@ from ..decoder import precision_autocast
 from ..model import UNet3Plus, _gflops
 
 # %% auto #0
-__all__ = ['conv_peak', 'build_peer', 'make_steps', 'step_gflops', 'train_peak_mb', 'bench_model']
+__all__ = ['conv_peak', 'build_peer', 'make_steps', 'step_gflops', 'train_peak_mb', 'parse_model_args', 'time_models',
+           'bench_model']
 
 # %% ../../nbs/bench/04_model.ipynb #1e19f77d
 def conv_peak(repeats: int = 3, channels_last: bool = True, precision: str = 'fp32') -> dict:
@@ -117,8 +118,8 @@ def _model_specs(a) -> dict:
     if not a.no_smp: specs['smp.Unet'] = ('smp', True, {})
     return specs
 
-def bench_model(argv: list[str] | None = None) -> dict:
-    "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last CPU, fp32 and bf16."
+def parse_model_args(argv=None):
+    "The flags of `unet3plus-bench model`."
     p = BenchParser('unet3plus-bench model', description=bench_model.__doc__)
     p.add_argument('--backbone', default='convnext_tiny', help='timm backbone for both models')
     p.add_argument('--size', type=at_least(1), default=512)
@@ -139,7 +140,30 @@ def bench_model(argv: list[str] | None = None) -> dict:
     p.add_argument('--memory_backbone', default='resnet34')
     p.add_argument('--memory_batch_size', '--memory_batch', type=at_least(1), default=8)
     p.add_argument('--memory_size', type=at_least(1), default=512)
-    a = p.parse_args(argv or [])
+    return p.parse_args(argv or [])
+
+def time_models(a, specs: dict, models: dict, flops: dict, ref: str, prec: str) -> tuple[list[dict], dict]:
+    "Rows of `prec`: per model, train step and inference seconds, ratios to `ref`, GFLOP/s, % of peak; the peak."
+    peak = conv_peak(repeats=min(a.repeats, 2), precision=prec)
+    steps = {k: make_steps(models[k], a.size, a.batch_size, spec[1], precision=prec) for k, spec in specs.items()}
+    r_train = measure_rounds({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
+    t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
+    t_train = {k: statistics.median(v) for k, v in r_train.items()}
+    peak = _max_peak(peak, conv_peak(repeats=1, precision=prec))
+    rows = []
+    for k in specs:
+        tr, inf = flops[k]['train'] / t_train[k], flops[k]['infer'] / t_infer[k]           # GFLOP/s
+        rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
+                     'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
+                     'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
+                     'train_GFLOP/s': tr, 'train_%peak': 100 * tr / peak['train'],
+                     'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
+                     'infer_GFLOP/s': inf, 'infer_%peak': 100 * inf / peak['forward']})
+    return rows, peak
+
+def bench_model(argv: list[str] | None = None) -> dict:
+    "`unet3plus-bench model`: UNet3Plus vs smp.Unet, train step and inference, channels_last CPU, fp32 and bf16."
+    a = parse_model_args(argv)
     if a.threads: torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     specs, precisions = _model_specs(a), bench_precisions(a.precision)
@@ -149,21 +173,7 @@ def bench_model(argv: list[str] | None = None) -> dict:
     ref = 'smp.Unet' if 'smp.Unet' in specs else 'unet3plus'
     res = {'gflops': flops, 'rows': {}, 'conv_peak': {}}
     for prec in precisions:
-        peak = conv_peak(repeats=min(a.repeats, 2), precision=prec)
-        steps = {k: make_steps(models[k], a.size, a.batch_size, spec[1], precision=prec) for k, spec in specs.items()}
-        r_train = measure_rounds({k: s[0] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-        t_infer = measure({k: s[1] for k, s in steps.items()}, repeats=a.repeats, warmup=1)
-        t_train = {k: statistics.median(v) for k, v in r_train.items()}
-        peak = _max_peak(peak, conv_peak(repeats=1, precision=prec))
-        rows = []
-        for k in specs:
-            tr, inf = flops[k]['train'] / t_train[k], flops[k]['infer'] / t_infer[k]           # GFLOP/s
-            rows.append({'model': k, 'params_M': sum(q.numel() for q in models[k].parameters()) / 1e6,
-                         'train_s': t_train[k], f'train_vs_{ref}': t_train[k] / t_train[ref],
-                         'per_round': '{:.2f}-{:.2f}'.format(*round_ratios(r_train, k, ref)[::2]),
-                         'train_GFLOP/s': tr, 'train_%peak': 100 * tr / peak['train'],
-                         'infer_s': t_infer[k], f'infer_vs_{ref}': t_infer[k] / t_infer[ref],
-                         'infer_GFLOP/s': inf, 'infer_%peak': 100 * inf / peak['forward']})
+        rows, peak = time_models(a, specs, models, flops, ref, prec)
         print(f"{prec}: backbone={a.backbone} size={a.size} batch={a.batch_size} threads={torch.get_num_threads()} "
               f"repeats={a.repeats}; conv3x3 peak: forward {peak['forward']:.1f} GFLOP/s, "
               f"forward+backward {peak['train']:.1f} GFLOP/s")
