@@ -18,13 +18,39 @@ from .distributed import barrier, is_main, log
 from .train_config import TB_FOLDER, TrainConfig, renamed_fields
 
 # %% auto #0
-__all__ = ['LAYOUT_FILE', 'MODEL_FOLDER_FILES', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'ds_safe_globals', 'load_checkpoint_file',
-           'check_checkpoint_files', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state',
-           'load_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint',
-           'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position', 'to_universal', 'load_universal',
-           'check_model_folder', 'save_model', 'train_command', 'data_record', 'input_size_of', 'train_record',
-           'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint', 'previous_run',
-           'will_resume', 'check_save_path', 'prepare_save_path']
+__all__ = ['LAYOUT_FILE', 'MODEL_FOLDER_FILES', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'LoopState', 'ds_safe_globals',
+           'load_checkpoint_file', 'check_checkpoint_files', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file',
+           'save_rng_state', 'load_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint',
+           'load_checkpoint', 'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position', 'to_universal',
+           'load_universal', 'check_model_folder', 'save_model', 'train_command', 'data_record', 'input_size_of',
+           'train_record', 'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint',
+           'previous_run', 'will_resume', 'check_save_path', 'prepare_save_path']
+
+# %% ../nbs/13_checkpoint.ipynb #b5c9a8f5
+@dataclasses.dataclass
+class LoopState:
+    "Where a run is: epochs and batches done, their loss, the optimizer step, the history, the best score, patience."
+    epoch: int = 0                    # epochs finished
+    epoch_batches: int = 0            # batches of this process trained in the current epoch
+    epoch_loss: float = 0.0           # their summed loss (each the mean over the ranks)
+    step: int = 0                     # optimizer steps taken
+    history: list = dataclasses.field(default_factory=list)   # a dict per finished epoch
+    best_score: float | None = None   # the best --monitor score so far
+    best_epoch: int | None = None     # and its epoch
+    bad_validations: int = 0          # validations since the best one
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LoopState:
+        "The loop state in a checkpoint's client state `d` (its other keys ignored, missing ones at their start)."
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls) if f.name in d})
+
+    def as_dict(self) -> dict:
+        "A deep copy as the plain dict a checkpoint stores."
+        return dataclasses.asdict(self)
+
+    def best(self, monitor: str) -> dict:
+        "The best score so far, its epoch and the `monitor` that scores it."
+        return dict(score=self.best_score, epoch=self.best_epoch, monitor=monitor)
 
 # %% ../nbs/13_checkpoint.ipynb #a688034b
 def ds_safe_globals() -> list:
@@ -298,19 +324,19 @@ def _validation(row, names) -> dict | None:
                 mdice=_finite(row.get('mdice')), pixel_acc=_finite(row.get('pixel_acc')),
                 iou={n: _finite(v) for n, v in zip(names, row.get('iou') or [])})
 
-def train_record(cfg: TrainConfig, data: dict, class_names, row: dict | None, state: dict, world_size: int = 1,
+def train_record(cfg: TrainConfig, data: dict, class_names, row: dict | None, state: LoopState, world_size: int = 1,
                  target_size=None) -> dict:
     "The training record of the weights saved after history row `row` (the `training` key of their config.json)."
     from unet3plus import __version__
     from unet3plus.data import PALETTE
     names = list(class_names or [f'class_{i}' for i in range(cfg.n_classes)])
-    best_row = next((h for h in state['history'] if h.get('epoch') == state['best_epoch']), None)
-    if best_row is None and row and row.get('epoch') == state['best_epoch']: best_row = row   # not in the history yet
-    best = dict(monitor=cfg.monitor, score=_finite(state['best_score']), epoch=state['best_epoch'],
+    best_row = next((h for h in state.history if h.get('epoch') == state.best_epoch), None)
+    if best_row is None and row and row.get('epoch') == state.best_epoch: best_row = row   # not in the history yet
+    best = dict(monitor=cfg.monitor, score=_finite(state.best_score), epoch=state.best_epoch,
                 **{k: v for k, v in (_validation(best_row, names) or {}).items() if k != 'epoch'})
     return dict(target_size=target_size or cfg.target_size, object_crop=float(getattr(cfg, 'object_crop', 0.0) or 0.0),
                 class_names=names, class_colors=PALETTE.tolist() if names == list(CLASSES) else None, data=data,
-                epoch=row['epoch'] if row else state['epoch'], step=state['step'], validation=_validation(row, names),
+                epoch=row['epoch'] if row else state.epoch, step=state.step, validation=_validation(row, names),
                 best=best,
                 command=train_command(cfg), processes=world_size, version=__version__)
 
@@ -341,10 +367,9 @@ def checkpoint_record(folder, cfg: TrainConfig) -> dict:
     "The training record of checkpoint `folder`'s weights: its loop state, and the data its run's model folders name."
     folder = Path(folder); run = folder.parent.parent
     ck = load_checkpoint_file(sorted(folder.glob('*model_states.pt'))[0])
-    state = dict(epoch=0, step=0, history=[], best_score=None, best_epoch=None)
-    state.update({k: ck[k] for k in state if k in ck})                # the loop state is the checkpoint's client state
-    h = state['history']                                               # validated only at the end of an epoch
-    row = h[-1] if h and h[-1].get('epoch') == state['epoch'] and not ck.get('epoch_batches') else None
+    state = LoopState.from_dict(ck)                                    # the loop state is the checkpoint's client state
+    h = state.history                                                  # validated only at the end of an epoch
+    row = h[-1] if h and h[-1].get('epoch') == state.epoch and not ck.get('epoch_batches') else None
     recs = [json.loads(p.read_text()).get('training') for p in sorted(run.glob('unet3plus_*/config.json'))]
     data = next((r['data'] for r in recs if isinstance(r, dict) and r.get('data')), None)   # None: no model folder yet
     return train_record(cfg, data, CLASSES if len(CLASSES) == cfg.n_classes else None, row, state,

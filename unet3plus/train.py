@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_train.ipynb #024b8ea4
 from __future__ import annotations
-import argparse, contextlib, copy, json, math, os, random, sys, time
+import argparse, contextlib, json, math, os, random, sys, time
 import signal
 from dataclasses import asdict
 from pathlib import Path
@@ -148,13 +148,16 @@ def as_channels_last(x: torch.Tensor) -> torch.Tensor:
     "An image batch in channels_last layout, so that every conv after it runs in the layout oneDNN and cuDNN prefer."
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
-def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = None, on_step: Callable | None = None,
+def train_epoch(engine, loader, loss_fn, state: LoopState | dict, max_steps: int | None = None, on_step: Callable | None = None,
                 progress=None, stop: Callable[[], bool] | None = None, on_update: Callable | None = None) -> dict:
     "Training steps of one epoch (until every rank agrees to `stop()`); updates `state`; returns mean loss and speed."
+    if isinstance(state, dict):                 # a plain dict (the benchmark's): a LoopState of it, written back after
+        st = LoopState.from_dict(state)
+        try: return train_epoch(engine, loader, loss_fn, st, max_steps, on_step, progress, stop, on_update)
+        finally: state.update(st.as_dict())
     engine.train()
     dev, dt = engine.device, _input_dtype(engine)
     ws = dist.get_world_size() if dist.is_initialized() else 1
-    state.setdefault('epoch_loss', 0.0)
     images, stopped = 0, False
     t0 = time.perf_counter()
     upd = dict(loss=0.0, batches=0, images=0, t=t0)               # since the last optimizer step, for `on_update`
@@ -167,25 +170,25 @@ def train_epoch(engine, loader, loss_fn, state: dict, max_steps: int | None = No
         if ws > 1: stat = all_reduce_sum(torch.tensor(stat, dtype=torch.float64)).tolist()     # on the GPU under NCCL
         if stat[1] > 0:
             raise NonFiniteLoss(f"non-finite loss ({lv if not ok else 'on another rank'}) "
-                                f"at epoch {state['epoch'] + 1}, step {state['step'] + 1}; stopped before the update. "
+                                f"at epoch {state.epoch + 1}, step {state.step + 1}; stopped before the update. "
                                 f"Try a lower --lr or --precision fp32; the last checkpoint is intact.")
         engine.backward(loss); engine.step()
         images += int(stat[2])
-        state['epoch_loss'] += stat[0] / ws; state['epoch_batches'] += 1
-        stepped, state['step'] = int(engine.global_steps) != state['step'], int(engine.global_steps)
+        state.epoch_loss += stat[0] / ws; state.epoch_batches += 1
+        stepped, state.step = int(engine.global_steps) != state.step, int(engine.global_steps)
         upd['loss'] += stat[0] / ws; upd['batches'] += 1; upd['images'] += int(stat[2])
         if stepped and on_update is not None:     # the step's loss (all ranks), the lr after it, images/s since last
             now = time.perf_counter()
-            on_update(dict(step=state['step'], loss=upd['loss'] / upd['batches'], lr=float(engine.get_lr()[0]),
+            on_update(dict(step=state.step, loss=upd['loss'] / upd['batches'], lr=float(engine.get_lr()[0]),
                            images_per_s=upd['images'] / max(now - upd['t'], 1e-9)))
             upd = dict(loss=0.0, batches=0, images=0, t=now)
         if progress is not None:
-            progress.update(1); progress.set_postfix(loss=f"{state['epoch_loss'] / state['epoch_batches']:.4f}",
+            progress.update(1); progress.set_postfix(loss=f"{state.epoch_loss / state.epoch_batches:.4f}",
                                                      lr=f"{engine.get_lr()[0]:.2e}")
         if on_step is not None: on_step(state)
-        if max_steps is not None and state['step'] >= max_steps: break
+        if max_steps is not None and state.step >= max_steps: break
         if stat[3] > 0 and stepped: stopped = True; break              # a rank was asked to stop: all stop here
-    return dict(loss=state['epoch_loss'] / max(state['epoch_batches'], 1), images=images,
+    return dict(loss=state.epoch_loss / max(state.epoch_batches, 1), images=images,
                 seconds=time.perf_counter() - t0, stopped=stopped)
 
 @torch.no_grad()
@@ -437,21 +440,20 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals, at_exit: co
     trained_on = data_record(cfg, val_ds, custom=datasets is not None)
     size = None if datasets is None else input_size_of(val_ds)
     def record(row): return train_record(cfg, trained_on, class_names, row, state, world, size)   # for a model folder
-    state = dict(epoch=0, epoch_batches=0, epoch_loss=0.0, step=0, history=[], best_score=None, best_epoch=None,
-                 bad_validations=0)
+    state = LoopState()
     if resuming:
         loaded = load_checkpoint(engine, ckdir, universal=universal)
         lay, moved = read_layout(ckdir / loaded['tag']), ''
         if lay['world_size'] not in (None, world):
             loaded = resume_position(loaded, lay, world, cfg.batch_size)
             moved = f" (written by {lay['world_size']} process(es){', through a universal checkpoint' * universal})"
-        state.update({k: loaded[k] for k in state if k in loaded})
-        log.info(f"resumed from checkpoint {ckdir / loaded['tag']}{moved}: epoch {state['epoch'] + 1}, "
-                 f"batch {state['epoch_batches']} of the epoch, optimizer step {state['step']}, "
-                 f"best {cfg.monitor} {state['best_score']}")
+        state = LoopState.from_dict(loaded)
+        log.info(f"resumed from checkpoint {ckdir / loaded['tag']}{moved}: epoch {state.epoch + 1}, "
+                 f"batch {state.epoch_batches} of the epoch, optimizer step {state.step}, "
+                 f"best {cfg.monitor} {state.best_score}")
     elif cfg.resume == 'auto': log.info(f"--resume auto: no checkpoint in {ckdir} yet, so a new run starts")
     if resuming and is_main():                 # what a killed run logged after its checkpoint is logged again below
-        trim_events(save / TB_FOLDER, state['step'], int(engine.global_samples))
+        trim_events(save / TB_FOLDER, state.step, int(engine.global_samples))
     monitor = start_monitor(engine, conf); at_exit.callback(close_monitor, monitor)
     def on_update(u): write_scalars(monitor, step_scalars(u), u['step'])
     if is_main():
@@ -464,43 +466,41 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals, at_exit: co
              f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
              f"{precision_of(conf)}")
 
-    def loop_state(): return copy.deepcopy(state)
-    def checkpoint(tag): save_checkpoint(engine, ckdir, tag, loop_state(), cfg.keep_checkpoints)
+    def checkpoint(tag): save_checkpoint(engine, ckdir, tag, state.as_dict(), cfg.keep_checkpoints)
     def on_step(s):
-        if s['epoch_batches'] >= batches_per_epoch: return            # the epoch-end checkpoint follows
-        if cfg.checkpoint_every and s['epoch_batches'] % cfg.grad_accum == 0 and s['step'] % cfg.checkpoint_every == 0:
-            checkpoint(f"epoch{s['epoch'] + 1:04d}-step{s['step']:08d}")
+        if s.epoch_batches >= batches_per_epoch: return            # the epoch-end checkpoint follows
+        if cfg.checkpoint_every and s.epoch_batches % cfg.grad_accum == 0 and s.step % cfg.checkpoint_every == 0:
+            checkpoint(f"epoch{s.epoch + 1:04d}-step{s.step:08d}")
     paths = dict(save_path=save, best=save / 'unet3plus_best', final=save / 'unet3plus_final',
                  history=save / 'history.json', plots=save / 'training_plots.png', report=save / 'training_report.txt',
                  checkpoints=ckdir)
-    def best_so_far(): return dict(score=state['best_score'], epoch=state['best_epoch'], monitor=cfg.monitor)
     def stop_for_signal(tag):                  # every rank agreed to stop (train_epoch): one collective checkpoint
         if latest_tag(ckdir) != tag: checkpoint(tag)
-        why = (f"{stops.received or 'another rank got a stop signal'}: stopped after optimizer step {state['step']} "
+        why = (f"{stops.received or 'another rank got a stop signal'}: stopped after optimizer step {state.step} "
                f"with checkpoint {ckdir / tag}; the same command with --resume auto continues the run "
                f"(exit status {REQUEUE_STATUS})")
         log.warning(why); barrier()
-        return dict(history=state['history'], best=best_so_far(), paths=paths, stopped=why, world_size=world,
+        return dict(history=state.history, best=state.best(cfg.monitor), paths=paths, stopped=why, world_size=world,
                     requeue=True)
 
     stopped = 'finished all epochs'
-    while state['epoch'] < cfg.epochs:
-        ep = state['epoch']
-        sampler.set_epoch(ep); sampler.start = state['epoch_batches'] * cfg.batch_size
+    while state.epoch < cfg.epochs:
+        ep = state.epoch
+        sampler.set_epoch(ep); sampler.start = state.epoch_batches * cfg.batch_size
         bar = None
         if cfg.progress and is_main():
             from tqdm.auto import tqdm
-            bar = tqdm(total=batches_per_epoch, initial=state['epoch_batches'], desc=f'epoch {ep + 1}/{cfg.epochs}',
+            bar = tqdm(total=batches_per_epoch, initial=state.epoch_batches, desc=f'epoch {ep + 1}/{cfg.epochs}',
                        leave=False, file=sys.stderr)
         try: r = train_epoch(engine, train_dl, loss_fn, state, cfg.max_steps, on_step, bar,
                              stop=lambda: stops.received is not None, on_update=on_update)
         finally:
             if bar is not None: bar.close()
-        if r['stopped'] and state['epoch_batches'] < batches_per_epoch:          # in the middle of the epoch
-            return stop_for_signal(f"epoch{ep + 1:04d}-step{state['step']:08d}")
-        rec = dict(epoch=ep + 1, step=state['step'], train_loss=r['loss'], lr=float(engine.get_lr()[0]),
+        if r['stopped'] and state.epoch_batches < batches_per_epoch:          # in the middle of the epoch
+            return stop_for_signal(f"epoch{ep + 1:04d}-step{state.step:08d}")
+        rec = dict(epoch=ep + 1, step=state.step, train_loss=r['loss'], lr=float(engine.get_lr()[0]),
                    images_per_s=r['images'] / max(r['seconds'], 1e-9))
-        hit_max = cfg.max_steps is not None and state['step'] >= cfg.max_steps
+        hit_max = cfg.max_steps is not None and state.step >= cfg.max_steps
         last = ep + 1 == cfg.epochs or hit_max
         msg = f"epoch {ep + 1}/{cfg.epochs}: train loss {r['loss']:.4f}, {rec['images_per_s']:.1f} img/s"
         if (ep + 1) % cfg.validate_every == 0 or last:
@@ -512,35 +512,35 @@ def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals, at_exit: co
                         if k in m})
             score = rec['val_loss'] if cfg.monitor == 'val_loss' else rec[cfg.monitor]
             msg += f", val loss {rec['val_loss']:.4f}, mIoU {rec['miou']:.4f}, mDice {rec['mdice']:.4f}"
-            write_scalars(monitor, validation_scalars(rec, class_names), state['step'])
-            write_overlays(monitor, shown, state['step'])
-            if _is_better(score, state['best_score'], cfg.monitor):
-                state.update(best_score=float(score), best_epoch=ep + 1, bad_validations=0)
+            write_scalars(monitor, validation_scalars(rec, class_names), state.step)
+            write_overlays(monitor, shown, state.step)
+            if _is_better(score, state.best_score, cfg.monitor):
+                state.best_score, state.best_epoch, state.bad_validations = float(score), ep + 1, 0
                 save_model(engine, save / 'unet3plus_best', record(rec)); msg += f" (new best {cfg.monitor})"
-            else: state['bad_validations'] += 1
+            else: state.bad_validations += 1
         log.info(msg)
-        state['history'].append(rec)
-        state.update(epoch=ep + 1, epoch_batches=0, epoch_loss=0.0)
+        state.history.append(rec)
+        state.epoch, state.epoch_batches, state.epoch_loss = ep + 1, 0, 0.0
         if (ep + 1) % cfg.save_every == 0 or last: save_model(engine, save / f'unet3plus_epoch_{ep + 1}', record(rec))
-        checkpoint(f"epoch{ep + 1:04d}-step{state['step']:08d}")
+        checkpoint(f"epoch{ep + 1:04d}-step{state.step:08d}")
         if is_main():
-            atomic_write_text(save / 'history.json', json.dumps(state['history'], indent=1))
-            plot_history(state['history'], save / 'training_plots.png', class_names)
+            atomic_write_text(save / 'history.json', json.dumps(state.history, indent=1))
+            plot_history(state.history, save / 'training_plots.png', class_names)
         if hit_max: stopped = f'reached --max_steps {cfg.max_steps}'; break
-        if cfg.patience > 0 and state['bad_validations'] >= cfg.patience:
+        if cfg.patience > 0 and state.bad_validations >= cfg.patience:
             stopped = f"early stopping: {cfg.monitor} did not improve in {cfg.patience} validations"
             log.info(stopped); break
-        if r['stopped'] and state['epoch'] < cfg.epochs: return stop_for_signal(latest_tag(ckdir))
-    save_model(engine, save / 'unet3plus_final', record(state['history'][-1] if state['history'] else None))
-    best = best_so_far()
+        if r['stopped'] and state.epoch < cfg.epochs: return stop_for_signal(latest_tag(ckdir))
+    save_model(engine, save / 'unet3plus_final', record(state.history[-1] if state.history else None))
+    best = state.best(cfg.monitor)
     if is_main():
         atomic_write_text(save / 'training_report.txt', training_report(
-            cfg, state['history'], best, env, time.time() - t_start, stopped, class_names,
+            cfg, state.history, best, env, time.time() - t_start, stopped, class_names,
             model=None if model_fn is None else f"custom model {type(engine.module).__name__}",
             data=None if datasets is None else f"custom data sets ({len(train_ds)} train / {len(val_ds)} val)"))
         log.info(f"done ({stopped}); best {cfg.monitor} {best['score']} at epoch {best['epoch']}; outputs in {save}")
     barrier()
-    return dict(history=state['history'], best=best, paths=paths, stopped=stopped, world_size=world)
+    return dict(history=state.history, best=best, paths=paths, stopped=stopped, world_size=world)
 
 # %% ../nbs/07_train.ipynb #5a7f7cfc
 def main(argv: Sequence[str] | None = None) -> None:
