@@ -4,9 +4,9 @@
 
 # %% ../nbs/07_train.ipynb #024b8ea4
 from __future__ import annotations
-import argparse, contextlib, json, math, os, random, sys, time
+import argparse, contextlib, functools, json, math, os, random, sys, time
 import signal
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -25,23 +25,25 @@ from .distributed import *
 from .checkpoint import *
 
 # %% auto #0
-__all__ = ['N_OVERLAYS', 'TORCHRUN_SIGNALS', 'resolve_data_root', 'check_files', 'build_datasets', 'build_model', 'as_outputs',
-           'TrainLoss', 'param_groups', 'NonFiniteLoss', 'as_channels_last', 'train_epoch', 'validation_epoch',
-           'init_engine', 'plot_history', 'training_report', 'start_monitor', 'tb_writer', 'close_monitor',
-           'write_scalars', 'step_scalars', 'validation_scalars', 'overlay_grid', 'write_overlays', 'trim_events',
-           'read_scalars', 'train', 'main', 'export_main', 'slurm_torchrun_argv', 'torchrun_main', 'SCHEDULES',
-           'PRECISIONS', 'MONITORS', 'RENAMED_FIELDS', 'TB_FOLDER', 'MONITOR_KEYS', 'REQUEUE_STATUS', 'TrainConfig',
-           'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'renamed_fields',
-           'deep_merge', 'precision_of', 'monitor_sections', 'ds_config', 'build_parser', 'parse_args', 'log',
-           'free_port', 'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler',
-           'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'setup_logging', 'LAYOUT_FILE',
-           'MODEL_FOLDER_FILES', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'ds_safe_globals', 'load_checkpoint_file',
-           'check_checkpoint_files', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state',
-           'load_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint',
-           'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position', 'to_universal', 'load_universal',
-           'check_model_folder', 'save_model', 'train_command', 'data_record', 'input_size_of', 'train_record',
-           'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record', 'export_checkpoint', 'previous_run',
-           'will_resume', 'check_save_path', 'prepare_save_path']
+__all__ = ['N_OVERLAYS', 'VAL_KEYS', 'TORCHRUN_SIGNALS', 'resolve_data_root', 'check_files', 'build_datasets', 'build_model',
+           'as_outputs', 'TrainLoss', 'param_groups', 'NonFiniteLoss', 'as_channels_last', 'train_epoch',
+           'validation_epoch', 'init_engine', 'plot_history', 'training_report', 'start_monitor', 'tb_writer',
+           'close_monitor', 'write_scalars', 'step_scalars', 'validation_scalars', 'overlay_grid', 'write_overlays',
+           'trim_events', 'read_scalars', 'Run', 'make_loaders', 'build_run', 'resume_state', 'start_outputs',
+           'mid_epoch_checkpoint', 'run_epoch', 'validate', 'end_epoch', 'stop_for_signal', 'finish', 'train_loop',
+           'train', 'main', 'export_main', 'slurm_torchrun_argv', 'torchrun_main', 'SCHEDULES', 'PRECISIONS',
+           'MONITORS', 'RENAMED_FIELDS', 'TB_FOLDER', 'MONITOR_KEYS', 'REQUEUE_STATUS', 'TrainConfig', 'read_ds_config',
+           'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'renamed_fields', 'deep_merge',
+           'precision_of', 'monitor_sections', 'ds_config', 'build_parser', 'parse_args', 'log', 'free_port',
+           'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed',
+           'seeded_rngs', 'EpochKeys', 'SeededSamples', 'setup_logging', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES',
+           'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'ds_safe_globals', 'load_checkpoint_file', 'check_checkpoint_files',
+           'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag',
+           'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout',
+           'resume_plan', 'resume_position', 'to_universal', 'load_universal', 'check_model_folder', 'save_model',
+           'train_command', 'data_record', 'input_size_of', 'train_record', 'checkpoint_folder', 'checkpoint_weights',
+           'checkpoint_record', 'export_checkpoint', 'previous_run', 'will_resume', 'check_save_path',
+           'prepare_save_path']
 
 # %% ../nbs/07_train.ipynb #3005a080
 _all_ = [  # re-exported from the three modules train.py was split into
@@ -148,8 +150,9 @@ def as_channels_last(x: torch.Tensor) -> torch.Tensor:
     "An image batch in channels_last layout, so that every conv after it runs in the layout oneDNN and cuDNN prefer."
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
-def train_epoch(engine, loader, loss_fn, state: LoopState | dict, max_steps: int | None = None, on_step: Callable | None = None,
-                progress=None, stop: Callable[[], bool] | None = None, on_update: Callable | None = None) -> dict:
+def train_epoch(engine, loader, loss_fn, state: LoopState | dict, max_steps: int | None = None,
+                on_step: Callable | None = None, progress=None, stop: Callable[[], bool] | None = None,
+                on_update: Callable | None = None) -> dict:
     "Training steps of one epoch (until every rank agrees to `stop()`); updates `state`; returns mean loss and speed."
     if isinstance(state, dict):                 # a plain dict (the benchmark's): a LoopState of it, written back after
         st = LoopState.from_dict(state)
@@ -381,6 +384,133 @@ def read_scalars(folder) -> dict:
     return {t: sorted((e.step, e.value) for e in acc.Scalars(t)) for t in acc.Tags()['scalars']}
 
 # %% ../nbs/07_train.ipynb #4f53a9c7
+@dataclass
+class Run:
+    "What `build_run` makes of a config: processes, data, loaders, engine, loss; fixed while the loop runs."
+    cfg: TrainConfig
+    env: dict                         # `setup_distributed`'s: rank, world_size, local_rank, device, backend
+    datasets: tuple                   # (training, validation)
+    sampler: ResumableSampler         # the training sampler (epoch and start set by `run_epoch`)
+    loaders: tuple                    # (training, validation)
+    batches_per_epoch: int            # of this process
+    total_steps: int                  # optimizer steps of the whole run (the schedule's length)
+    conf: dict                        # DeepSpeed's config
+    engine: object
+    loss_fn: nn.Module
+    plan: str | None                  # how to load the checkpoint: 'same', 'universal', None (a new run)
+    stops: StopSignals
+    trained_on: dict                  # the data record of the model folders (`data_record`)
+    size: int | list | None = None    # a custom data set's input size (None: --target_size)
+    custom: tuple = (False, False)    # (a custom model, custom data sets) given to `train`
+    t_start: float = 0.0
+    monitor: object = None            # DeepSpeed's monitor, from `start_outputs` on
+
+    @property
+    def save(self) -> Path: return Path(self.cfg.output_dir)
+    @property
+    def ckdir(self) -> Path: return self.save / 'checkpoints'
+    @property
+    def world(self) -> int: return self.env['world_size']
+    @property
+    def steps_per_epoch(self) -> int: return max(self.batches_per_epoch // self.cfg.grad_accum, 1)
+    @property
+    def class_names(self): return CLASSES if len(CLASSES) == self.cfg.n_classes else None
+    @property
+    def paths(self) -> dict:
+        "The run's outputs (what `train` returns under `paths`)."
+        s = self.save
+        return dict(save_path=s, best=s / 'unet3plus_best', final=s / 'unet3plus_final', history=s / 'history.json',
+                    plots=s / 'training_plots.png', report=s / 'training_report.txt', checkpoints=self.ckdir)
+
+    def record(self, row: dict | None, state: LoopState) -> dict:
+        "The training record of a model folder saved after history row `row`."
+        return train_record(self.cfg, self.trained_on, self.class_names, row, state, self.world, self.size)
+
+    def checkpoint(self, state: LoopState, tag: str):
+        "A checkpoint `tag` of the engine and `state` (every rank takes part)."
+        save_checkpoint(self.engine, self.ckdir, tag, state.as_dict(), self.cfg.keep_checkpoints)
+
+def _refuse_early(cfg: TrainConfig, env: dict) -> str | None:
+    "Refuse an output folder or a checkpoint this run cannot take, before any work; the resume plan (None: a new run)."
+    check_save_path(cfg)                       # refusals first: nothing goes into output_dir before the engine exists
+    setup_logging()
+    if not will_resume(cfg): return None
+    ckdir, world = Path(cfg.output_dir) / 'checkpoints', env['world_size']
+    stage = ds_config(cfg, cuda=env['device'].type == 'cuda', world_size=world)['zero_optimization']['stage']
+    return resume_plan(ckdir / latest_tag(ckdir), world, cfg, stage)
+
+def make_loaders(cfg: TrainConfig, env: dict, train_ds: Dataset, val_ds: Dataset) -> tuple:
+    "This rank's training sampler and its training (seeded per sample) and validation loaders."
+    from unet3plus.data import make_loader
+    rank, world = env['rank'], env['world_size']
+    sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    def own_rng(): return torch.Generator().manual_seed(cfg.seed)    # so iter(loader) draws nothing from the global RNG
+    train_dl = make_loader(SeededSamples(train_ds, cfg.seed), cfg.batch_size, sampler=EpochKeys(sampler),
+                           num_workers=cfg.num_workers, pin_memory=env['device'].type == 'cuda', generator=own_rng())
+    val_dl = make_loader(val_ds, cfg.batch_size, sampler=ShardSampler(len(val_ds), world, rank),
+                         num_workers=cfg.num_workers, generator=own_rng())
+    return sampler, train_dl, val_dl
+
+def build_run(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None,
+              datasets: tuple[Dataset, Dataset] | None = None, stops: StopSignals | None = None) -> Run:
+    "The `Run` of `cfg`, every refusal before any work; only then are old outputs removed and `train.log` opened."
+    t_start = time.time()
+    env = setup_distributed(cfg.local_rank, cfg.dist_timeout)
+    plan = _refuse_early(cfg, env)
+    random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
+    train_ds, val_ds = datasets if datasets is not None else build_datasets(cfg)
+    sampler, train_dl, val_dl = make_loaders(cfg, env, train_ds, val_ds)
+    batches = math.ceil(len(sampler) / cfg.batch_size)
+    total_steps = min(max(batches // cfg.grad_accum, 1) * cfg.epochs, cfg.max_steps or 10**12)
+    conf = ds_config(cfg, total_steps=total_steps, cuda=env['device'].type == 'cuda', world_size=env['world_size'])
+    model = model_fn() if model_fn is not None else build_model(cfg)
+    universal = plan == 'universal'            # the engine loads a universal copy of the checkpoint
+    engine = init_engine(model, cfg, deep_merge(conf, {'checkpoint': {'load_universal': True}}) if universal else conf)
+    if cfg.compile: engine.compile()                   # torch.compile through DeepSpeed (inductor; a GPU's option)
+    loss_fn = TrainLoss(cfg.loss, cfg.n_classes, cfg.deep_supervision, cfg.cgm_weight)
+    prepare_save_path(cfg)                     # only now: remove old outputs (--overwrite, a never-trained run's files)
+    setup_logging(cfg.output_dir)
+    custom = (model_fn is not None, datasets is not None)
+    run = Run(cfg, env, (train_ds, val_ds), sampler, (train_dl, val_dl), batches, total_steps, conf, engine, loss_fn,
+              plan, stops or StopSignals(), data_record(cfg, val_ds, custom=custom[1]),
+              input_size_of(val_ds) if custom[1] else None, custom, t_start)
+    if is_main() and run.ckdir.exists(): clean_partial_checkpoints(run.ckdir)
+    return run
+
+# %% ../nbs/07_train.ipynb #e326f7e7
+def resume_state(run: Run) -> LoopState:
+    "The loop state `run` starts from: its checkpoint's (moved to this number of processes), or a new one."
+    cfg, ckdir, universal = run.cfg, run.ckdir, run.plan == 'universal'
+    if run.plan is None:
+        if cfg.resume == 'auto': log.info(f"--resume auto: no checkpoint in {ckdir} yet, so a new run starts")
+        return LoopState()
+    loaded = load_checkpoint(run.engine, ckdir, universal=universal)
+    lay, moved = read_layout(ckdir / loaded['tag']), ''
+    if lay['world_size'] not in (None, run.world):
+        loaded = resume_position(loaded, lay, run.world, cfg.batch_size)
+        moved = f" (written by {lay['world_size']} process(es){', through a universal checkpoint' * universal})"
+    state = LoopState.from_dict(loaded)
+    log.info(f"resumed from checkpoint {ckdir / loaded['tag']}{moved}: epoch {state.epoch + 1}, "
+             f"batch {state.epoch_batches} of the epoch, optimizer step {state.step}, "
+             f"best {cfg.monitor} {state.best_score}")
+    if is_main():                              # what a killed run logged after its checkpoint is logged again below
+        trim_events(run.save / TB_FOLDER, state.step, int(run.engine.global_samples))
+    return state
+
+def start_outputs(run: Run, at_exit: contextlib.ExitStack):
+    "Start the run's monitor (closed by `at_exit`), write its configs, and log what it trains."
+    run.monitor = start_monitor(run.engine, run.conf); at_exit.callback(close_monitor, run.monitor)
+    if is_main():
+        atomic_write_text(run.save / 'train_config.json', json.dumps(asdict(run.cfg), indent=2))
+        atomic_write_text(run.save / 'ds_config.json', json.dumps(run.conf, indent=2))
+    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in run.engine.module.parameters())  # ZeRO-3: the full size
+    env, (train_ds, val_ds) = run.env, run.datasets
+    log.info(f"{run.world} process(es), {env['backend']} on {env['device']}; "
+             f"{len(train_ds)} train / {len(val_ds)} val images; "
+             f"{n_params / 1e6:.2f} M parameters; {run.steps_per_epoch} steps/epoch, {run.total_steps} steps in all; "
+             f"{precision_of(run.conf)}")
+
+# %% ../nbs/07_train.ipynb #a070fbaf
 def _is_better(score: float, best: float | None, monitor: str) -> bool:
     "Whether `score` improves on `best` (lower is better for the validation loss, higher otherwise)."
     if best is None: return True
@@ -396,151 +526,127 @@ def _jsonable(m: dict) -> dict:
         out[k] = v
     return out
 
+VAL_KEYS = ('val_loss', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'pixel_acc', 'iou', 'dice')   # in a history row
+
+def _hit_max(cfg: TrainConfig, state: LoopState) -> bool:
+    "Whether the run has taken its `--max_steps` optimizer steps."
+    return cfg.max_steps is not None and state.step >= cfg.max_steps
+
+def mid_epoch_checkpoint(run: Run, state: LoopState):
+    "After a batch: a checkpoint every `--checkpoint_every` optimizer steps (not at an epoch's end: its own follows)."
+    cfg = run.cfg
+    if state.epoch_batches >= run.batches_per_epoch: return
+    if cfg.checkpoint_every and state.epoch_batches % cfg.grad_accum == 0 and state.step % cfg.checkpoint_every == 0:
+        run.checkpoint(state, f"epoch{state.epoch + 1:04d}-step{state.step:08d}")
+
+def _write_update(monitor, update: dict):
+    "The TensorBoard scalars of one optimizer step (`train_epoch`'s `on_update`)."
+    write_scalars(monitor, step_scalars(update), update['step'])
+
+def run_epoch(run: Run, state: LoopState) -> dict:
+    "Train the epoch `state` is in, from where it is (a progress bar on rank 0); `train_epoch`'s result."
+    cfg, ep = run.cfg, state.epoch
+    run.sampler.set_epoch(ep); run.sampler.start = state.epoch_batches * cfg.batch_size
+    bar = None
+    if cfg.progress and is_main():
+        from tqdm.auto import tqdm
+        bar = tqdm(total=run.batches_per_epoch, initial=state.epoch_batches, desc=f'epoch {ep + 1}/{cfg.epochs}',
+                   leave=False, file=sys.stderr)
+    try: return train_epoch(run.engine, run.loaders[0], run.loss_fn, state, cfg.max_steps,
+                            functools.partial(mid_epoch_checkpoint, run), bar,
+                            stop=lambda: run.stops.received is not None,
+                            on_update=functools.partial(_write_update, run.monitor))
+    finally:
+        if bar is not None: bar.close()
+
+def validate(run: Run, state: LoopState, rec: dict) -> str:
+    "Validate after history row `rec` (metrics into it, TensorBoard, `unet3plus_best` when best); words for the log."
+    cfg, engine = run.cfg, run.engine
+    keep = N_OVERLAYS if tb_writer(run.monitor) else 0                   # the samples drawn in TensorBoard
+    m = validation_epoch(engine, run.loaders[1], run.loss_fn, cfg.n_classes, keep=keep,
+                         pad_batches=engine.zero_optimization_stage() == 3)
+    shown, m = m.pop('samples', None), _jsonable(m)
+    rec.update({k: m[k] for k in VAL_KEYS if k in m})
+    score = rec['val_loss'] if cfg.monitor == 'val_loss' else rec[cfg.monitor]
+    msg = f", val loss {rec['val_loss']:.4f}, mIoU {rec['miou']:.4f}, mDice {rec['mdice']:.4f}"
+    write_scalars(run.monitor, validation_scalars(rec, run.class_names), state.step)
+    write_overlays(run.monitor, shown, state.step)
+    if not _is_better(score, state.best_score, cfg.monitor):
+        state.bad_validations += 1
+        return msg
+    state.best_score, state.best_epoch, state.bad_validations = float(score), rec['epoch'], 0
+    save_model(engine, run.save / 'unet3plus_best', run.record(rec, state))
+    return msg + f" (new best {cfg.monitor})"
+
+def end_epoch(run: Run, state: LoopState, r: dict):
+    "Close the epoch `train_epoch` ended with `r`: validation when due, history, weights, checkpoint, plots."
+    cfg, ep = run.cfg, state.epoch + 1
+    rec = dict(epoch=ep, step=state.step, train_loss=r['loss'], lr=float(run.engine.get_lr()[0]),
+               images_per_s=r['images'] / max(r['seconds'], 1e-9))
+    last = ep == cfg.epochs or _hit_max(cfg, state)
+    msg = f"epoch {ep}/{cfg.epochs}: train loss {r['loss']:.4f}, {rec['images_per_s']:.1f} img/s"
+    if ep % cfg.validate_every == 0 or last: msg += validate(run, state, rec)
+    log.info(msg)
+    state.history.append(rec)
+    state.epoch, state.epoch_batches, state.epoch_loss = ep, 0, 0.0
+    if ep % cfg.save_every == 0 or last:
+        save_model(run.engine, run.save / f'unet3plus_epoch_{ep}', run.record(rec, state))
+    run.checkpoint(state, f"epoch{ep:04d}-step{state.step:08d}")
+    if is_main():
+        atomic_write_text(run.save / 'history.json', json.dumps(state.history, indent=1))
+        plot_history(state.history, run.save / 'training_plots.png', run.class_names)
+
+# %% ../nbs/07_train.ipynb #be895b3f
+def stop_for_signal(run: Run, state: LoopState, tag: str) -> dict:
+    "Every rank agreed to stop (`train_epoch`): one collective checkpoint `tag` (if not written yet); `requeue`."
+    if latest_tag(run.ckdir) != tag: run.checkpoint(state, tag)
+    why = (f"{run.stops.received or 'another rank got a stop signal'}: stopped after optimizer step {state.step} "
+           f"with checkpoint {run.ckdir / tag}; the same command with --resume auto continues the run "
+           f"(exit status {REQUEUE_STATUS})")
+    log.warning(why); barrier()
+    return dict(history=state.history, best=state.best(run.cfg.monitor), paths=run.paths, stopped=why,
+                world_size=run.world, requeue=True)
+
+def finish(run: Run, state: LoopState, stopped: str) -> dict:
+    "The end of a run that was not stopped by a signal: `unet3plus_final`, the report, the last log line."
+    cfg, (train_ds, val_ds) = run.cfg, run.datasets
+    last = state.history[-1] if state.history else None
+    save_model(run.engine, run.save / 'unet3plus_final', run.record(last, state))
+    best = state.best(cfg.monitor)
+    if is_main():
+        atomic_write_text(run.save / 'training_report.txt', training_report(
+            cfg, state.history, best, run.env, time.time() - run.t_start, stopped, run.class_names,
+            model=f"custom model {type(run.engine.module).__name__}" if run.custom[0] else None,
+            data=f"custom data sets ({len(train_ds)} train / {len(val_ds)} val)" if run.custom[1] else None))
+        log.info(f"done ({stopped}); best {cfg.monitor} {best['score']} at epoch {best['epoch']}; "
+                 f"outputs in {run.save}")
+    barrier()
+    return dict(history=state.history, best=best, paths=run.paths, stopped=stopped, world_size=run.world)
+
+def train_loop(run: Run, state: LoopState) -> dict:
+    "Epochs from `state` on until the last, `--max_steps`, early stopping or a stop signal; `train`'s result."
+    cfg = run.cfg
+    while state.epoch < cfg.epochs:
+        r = run_epoch(run, state)
+        if r['stopped'] and state.epoch_batches < run.batches_per_epoch:          # in the middle of the epoch
+            return stop_for_signal(run, state, f"epoch{state.epoch + 1:04d}-step{state.step:08d}")
+        end_epoch(run, state, r)
+        if _hit_max(cfg, state): return finish(run, state, f'reached --max_steps {cfg.max_steps}')
+        if cfg.patience > 0 and state.bad_validations >= cfg.patience:
+            why = f"early stopping: {cfg.monitor} did not improve in {cfg.patience} validations"
+            log.info(why)
+            return finish(run, state, why)
+        if r['stopped'] and state.epoch < cfg.epochs: return stop_for_signal(run, state, latest_tag(run.ckdir))
+    return finish(run, state, 'finished all epochs')
+
 def train(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None,
           datasets: tuple[Dataset, Dataset] | None = None) -> dict:
     "Train as `cfg` says (optionally on a custom model factory and data sets); return history, best and paths."
     with StopSignals() as stops, contextlib.ExitStack() as at_exit:
-        return _train(cfg, model_fn, datasets, stops, at_exit)
-
-def _train(cfg: TrainConfig, model_fn, datasets, stops: StopSignals, at_exit: contextlib.ExitStack) -> dict:
-    "`train`, stopping with a checkpoint when `stops` has received a signal; `at_exit` closes the event files."
-    t_start = time.time()
-    env = setup_distributed(cfg.local_rank, cfg.dist_timeout)
-    rank, world = env['rank'], env['world_size']
-    check_save_path(cfg)                       # refusals first: nothing goes into output_dir before the engine exists
-    setup_logging()
-    save = Path(cfg.output_dir); ckdir = save / 'checkpoints'
-    resuming, cuda = will_resume(cfg), env['device'].type == 'cuda'
-    if resuming:                               # a checkpoint this run cannot load is refused before any work
-        stage = ds_config(cfg, cuda=cuda, world_size=world)['zero_optimization']['stage']
-        plan = resume_plan(ckdir / latest_tag(ckdir), world, cfg, stage)
-    else: plan = None
-    random.seed(cfg.seed); np.random.seed(cfg.seed); torch.manual_seed(cfg.seed)
-    train_ds, val_ds = datasets if datasets is not None else build_datasets(cfg)
-    from unet3plus.data import make_loader
-    sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    def own_rng(): return torch.Generator().manual_seed(cfg.seed)    # so iter(loader) draws nothing from the global RNG
-    train_dl = make_loader(SeededSamples(train_ds, cfg.seed), cfg.batch_size, sampler=EpochKeys(sampler),
-                           num_workers=cfg.num_workers, pin_memory=env['device'].type == 'cuda', generator=own_rng())
-    val_dl = make_loader(val_ds, cfg.batch_size, sampler=ShardSampler(len(val_ds), world, rank),
-                         num_workers=cfg.num_workers, generator=own_rng())
-    batches_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
-    steps_per_epoch = max(batches_per_epoch // cfg.grad_accum, 1)
-    total_steps = min(steps_per_epoch * cfg.epochs, cfg.max_steps or 10**12)
-    conf = ds_config(cfg, total_steps=total_steps, cuda=cuda, world_size=world)
-    model = model_fn() if model_fn is not None else build_model(cfg)
-    universal = plan == 'universal'            # the engine loads a universal copy of the checkpoint
-    engine = init_engine(model, cfg, deep_merge(conf, {'checkpoint': {'load_universal': True}}) if universal else conf)
-    if cfg.compile: engine.compile()                   # torch.compile through DeepSpeed (inductor; a GPU's option)
-    loss_fn = TrainLoss(cfg.loss, cfg.n_classes, cfg.deep_supervision, cfg.cgm_weight)
-    prepare_save_path(cfg)                     # only now: remove old outputs (--overwrite, a never-trained run's files)
-    setup_logging(save)
-    if is_main() and ckdir.exists(): clean_partial_checkpoints(ckdir)
-    class_names = CLASSES if len(CLASSES) == cfg.n_classes else None
-    trained_on = data_record(cfg, val_ds, custom=datasets is not None)
-    size = None if datasets is None else input_size_of(val_ds)
-    def record(row): return train_record(cfg, trained_on, class_names, row, state, world, size)   # for a model folder
-    state = LoopState()
-    if resuming:
-        loaded = load_checkpoint(engine, ckdir, universal=universal)
-        lay, moved = read_layout(ckdir / loaded['tag']), ''
-        if lay['world_size'] not in (None, world):
-            loaded = resume_position(loaded, lay, world, cfg.batch_size)
-            moved = f" (written by {lay['world_size']} process(es){', through a universal checkpoint' * universal})"
-        state = LoopState.from_dict(loaded)
-        log.info(f"resumed from checkpoint {ckdir / loaded['tag']}{moved}: epoch {state.epoch + 1}, "
-                 f"batch {state.epoch_batches} of the epoch, optimizer step {state.step}, "
-                 f"best {cfg.monitor} {state.best_score}")
-    elif cfg.resume == 'auto': log.info(f"--resume auto: no checkpoint in {ckdir} yet, so a new run starts")
-    if resuming and is_main():                 # what a killed run logged after its checkpoint is logged again below
-        trim_events(save / TB_FOLDER, state.step, int(engine.global_samples))
-    monitor = start_monitor(engine, conf); at_exit.callback(close_monitor, monitor)
-    def on_update(u): write_scalars(monitor, step_scalars(u), u['step'])
-    if is_main():
-        atomic_write_text(save / 'train_config.json', json.dumps(asdict(cfg), indent=2))
-        atomic_write_text(save / 'ds_config.json', json.dumps(conf, indent=2))
-    # ZeRO-3 partitions: ds_numel is the full size
-    n_params = sum(getattr(p, "ds_numel", p.numel()) for p in engine.module.parameters())
-    log.info(f"{world} process(es), {env['backend']} on {env['device']}; "
-             f"{len(train_ds)} train / {len(val_ds)} val images; "
-             f"{n_params / 1e6:.2f} M parameters; {steps_per_epoch} steps/epoch, {total_steps} steps in all; "
-             f"{precision_of(conf)}")
-
-    def checkpoint(tag): save_checkpoint(engine, ckdir, tag, state.as_dict(), cfg.keep_checkpoints)
-    def on_step(s):
-        if s.epoch_batches >= batches_per_epoch: return            # the epoch-end checkpoint follows
-        if cfg.checkpoint_every and s.epoch_batches % cfg.grad_accum == 0 and s.step % cfg.checkpoint_every == 0:
-            checkpoint(f"epoch{s.epoch + 1:04d}-step{s.step:08d}")
-    paths = dict(save_path=save, best=save / 'unet3plus_best', final=save / 'unet3plus_final',
-                 history=save / 'history.json', plots=save / 'training_plots.png', report=save / 'training_report.txt',
-                 checkpoints=ckdir)
-    def stop_for_signal(tag):                  # every rank agreed to stop (train_epoch): one collective checkpoint
-        if latest_tag(ckdir) != tag: checkpoint(tag)
-        why = (f"{stops.received or 'another rank got a stop signal'}: stopped after optimizer step {state.step} "
-               f"with checkpoint {ckdir / tag}; the same command with --resume auto continues the run "
-               f"(exit status {REQUEUE_STATUS})")
-        log.warning(why); barrier()
-        return dict(history=state.history, best=state.best(cfg.monitor), paths=paths, stopped=why, world_size=world,
-                    requeue=True)
-
-    stopped = 'finished all epochs'
-    while state.epoch < cfg.epochs:
-        ep = state.epoch
-        sampler.set_epoch(ep); sampler.start = state.epoch_batches * cfg.batch_size
-        bar = None
-        if cfg.progress and is_main():
-            from tqdm.auto import tqdm
-            bar = tqdm(total=batches_per_epoch, initial=state.epoch_batches, desc=f'epoch {ep + 1}/{cfg.epochs}',
-                       leave=False, file=sys.stderr)
-        try: r = train_epoch(engine, train_dl, loss_fn, state, cfg.max_steps, on_step, bar,
-                             stop=lambda: stops.received is not None, on_update=on_update)
-        finally:
-            if bar is not None: bar.close()
-        if r['stopped'] and state.epoch_batches < batches_per_epoch:          # in the middle of the epoch
-            return stop_for_signal(f"epoch{ep + 1:04d}-step{state.step:08d}")
-        rec = dict(epoch=ep + 1, step=state.step, train_loss=r['loss'], lr=float(engine.get_lr()[0]),
-                   images_per_s=r['images'] / max(r['seconds'], 1e-9))
-        hit_max = cfg.max_steps is not None and state.step >= cfg.max_steps
-        last = ep + 1 == cfg.epochs or hit_max
-        msg = f"epoch {ep + 1}/{cfg.epochs}: train loss {r['loss']:.4f}, {rec['images_per_s']:.1f} img/s"
-        if (ep + 1) % cfg.validate_every == 0 or last:
-            m = validation_epoch(engine, val_dl, loss_fn, cfg.n_classes, keep=N_OVERLAYS if tb_writer(monitor) else 0,
-                                 pad_batches=engine.zero_optimization_stage() == 3)
-            shown, m = m.pop('samples', None), _jsonable(m)
-            rec.update({k: m[k]
-                        for k in ('val_loss', 'miou', 'miou_no_bg', 'mdice', 'mdice_no_bg', 'pixel_acc', 'iou', 'dice')
-                        if k in m})
-            score = rec['val_loss'] if cfg.monitor == 'val_loss' else rec[cfg.monitor]
-            msg += f", val loss {rec['val_loss']:.4f}, mIoU {rec['miou']:.4f}, mDice {rec['mdice']:.4f}"
-            write_scalars(monitor, validation_scalars(rec, class_names), state.step)
-            write_overlays(monitor, shown, state.step)
-            if _is_better(score, state.best_score, cfg.monitor):
-                state.best_score, state.best_epoch, state.bad_validations = float(score), ep + 1, 0
-                save_model(engine, save / 'unet3plus_best', record(rec)); msg += f" (new best {cfg.monitor})"
-            else: state.bad_validations += 1
-        log.info(msg)
-        state.history.append(rec)
-        state.epoch, state.epoch_batches, state.epoch_loss = ep + 1, 0, 0.0
-        if (ep + 1) % cfg.save_every == 0 or last: save_model(engine, save / f'unet3plus_epoch_{ep + 1}', record(rec))
-        checkpoint(f"epoch{ep + 1:04d}-step{state.step:08d}")
-        if is_main():
-            atomic_write_text(save / 'history.json', json.dumps(state.history, indent=1))
-            plot_history(state.history, save / 'training_plots.png', class_names)
-        if hit_max: stopped = f'reached --max_steps {cfg.max_steps}'; break
-        if cfg.patience > 0 and state.bad_validations >= cfg.patience:
-            stopped = f"early stopping: {cfg.monitor} did not improve in {cfg.patience} validations"
-            log.info(stopped); break
-        if r['stopped'] and state.epoch < cfg.epochs: return stop_for_signal(latest_tag(ckdir))
-    save_model(engine, save / 'unet3plus_final', record(state.history[-1] if state.history else None))
-    best = state.best(cfg.monitor)
-    if is_main():
-        atomic_write_text(save / 'training_report.txt', training_report(
-            cfg, state.history, best, env, time.time() - t_start, stopped, class_names,
-            model=None if model_fn is None else f"custom model {type(engine.module).__name__}",
-            data=None if datasets is None else f"custom data sets ({len(train_ds)} train / {len(val_ds)} val)"))
-        log.info(f"done ({stopped}); best {cfg.monitor} {best['score']} at epoch {best['epoch']}; outputs in {save}")
-    barrier()
-    return dict(history=state.history, best=best, paths=paths, stopped=stopped, world_size=world)
+        run = build_run(cfg, model_fn, datasets, stops)
+        state = resume_state(run)
+        start_outputs(run, at_exit)
+        return train_loop(run, state)
 
 # %% ../nbs/07_train.ipynb #5a7f7cfc
 def main(argv: Sequence[str] | None = None) -> None:
@@ -592,8 +698,8 @@ def torchrun_main(argv: Sequence[str] | None = None) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # and no death while the workers still write their checkpoint
     try: run(torchrun_args(argv))
     except ChildFailedError as e:
-        codes = {f.exitcode for f in e.failures.values()}    # the first to exit 75 makes torchrun SIGTERM the rest, which
-        if REQUEUE_STATUS not in codes or not codes <= {REQUEUE_STATUS, -signal.SIGTERM}: raise   # may still be exiting
+        codes = {f.exitcode for f in e.failures.values()}   # the first to exit 75 makes torchrun SIGTERM the rest,
+        if REQUEUE_STATUS not in codes or not codes <= {REQUEUE_STATUS, -signal.SIGTERM}: raise   # which may still exit
         print("unet3plus-torchrun: the workers stopped on a signal after a checkpoint "
               f"(exit status {REQUEUE_STATUS})", file=sys.stderr)
         raise SystemExit(REQUEUE_STATUS) from None
