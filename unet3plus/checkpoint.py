@@ -67,7 +67,8 @@ def load_checkpoint_file(path, mmap: bool = False):
             return torch.load(path, map_location='cpu', weights_only=True, mmap=mmap)
     except Exception as e:
         why = next((l.strip() for l in str(e).splitlines() if 'Unsupported' in l or 'GLOBAL' in l), type(e).__name__)
-        raise ValueError(f"{path}: not a plain DeepSpeed checkpoint file, refused without unpickling it ({why})") from None
+        raise ValueError(f"{path}: not a plain DeepSpeed checkpoint file, refused without unpickling it "
+                         f"({why})") from None
 
 def check_checkpoint_files(folder):
     "Read every `*.pt` of checkpoint `folder` weights-only, so DeepSpeed's own unpickling of them runs no code."
@@ -425,7 +426,7 @@ def will_resume(cfg: TrainConfig) -> bool:
     return bool(cfg.resume) and latest_tag(Path(cfg.output_dir) / 'checkpoints') is not None
 
 def check_save_path(cfg: TrainConfig) -> list[str]:
-    "Raise if `output_dir` cannot take this run (writing nothing); else return the names of our outputs to remove first."
+    "Raise if `output_dir` cannot take this run (writing nothing); else the names of our outputs to remove first."
     p, found = Path(cfg.output_dir), previous_run(cfg.output_dir)
     if p.exists() and not p.is_dir(): raise NotADirectoryError(f"--output_dir {p} is a file, not a folder")
     if will_resume(cfg): return []

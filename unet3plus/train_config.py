@@ -31,13 +31,13 @@ def _resume_value(v: str) -> str:
 
 @dataclass
 class TrainConfig(UNet3PlusConfig):
-    "Every option of a training run: the model's (`UNet3PlusConfig`'s fields) and the run's; each is the flag of its name."
+    "Every option of a training run: the model's (`UNet3PlusConfig`'s fields) and the run's; each is its flag."
     # model: UNet3PlusConfig's fields, then
     pretrained_path: str | None = option(None, 'local encoder weights file (offline clusters)')
     cgm_weight: float = option(0.4, 'weight of the CGM presence loss')
     # data
-    data_root: str | None = option(None, 'SPARK root (train.csv, val.csv, images/, mask/); default: built-in synthetic set',
-                                   group='data')
+    data_root: str | None = option(None, 'SPARK root (train.csv, val.csv, images/, mask/); default: built-in '
+                                         'synthetic set', group='data')
     target_size: int = option(512, 'train/validate at this square size')
     augment: bool = option(True, 'augment the training images')
     photometric: bool = option(True, 'augment with the photometric part too (hue rotation, channel permutation, '
@@ -80,8 +80,8 @@ class TrainConfig(UNet3PlusConfig):
     save_every: int = option(1, 'write unet3plus_epoch_N every N epochs')
     checkpoint_every: int = option(0, 'also checkpoint every N optimizer steps (0: epoch ends only)')
     keep_checkpoints: int = option(2, 'DeepSpeed checkpoints kept')
-    resume: bool | Literal['auto'] = option(False, 'continue from the last checkpoint in --output_dir ("--resume auto": if '
-                                                   'there is one)',
+    resume: bool | Literal['auto'] = option(False, 'continue from the last checkpoint in --output_dir ("--resume '
+                                                   'auto": if there is one)',
                                             arg=dict(nargs='?', const=True, type=_resume_value, metavar='auto'))
     overwrite: bool = option(False, 'delete a previous run in --output_dir and start again')
     progress: bool = option(True, 'show a progress bar')
@@ -159,7 +159,8 @@ def check_ds_batch(cfg: TrainConfig, user: dict, world_size: int | None = None):
 def check_config(cfg: TrainConfig):
     "Raise a ValueError naming the flag of the first bad value in `cfg`."
     positive = ('epochs', 'batch_size', 'grad_accum', 'target_size', 'cat_channels', 'light_channels', 'validate_every',
-                'save_every', 'downsample_size', 'keep_checkpoints', 'synthetic_n_train', 'synthetic_n_val', 'synthetic_size')
+                'save_every', 'downsample_size', 'keep_checkpoints', 'synthetic_n_train', 'synthetic_n_val',
+                'synthetic_size')
     for k in positive:
         v = getattr(cfg, k)
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
