@@ -29,13 +29,14 @@ from .decoder import resolve_precision
 __all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'NPZ_LEVEL', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'PROBS_DIR', 'RECORD_DEFAULTS',
            'RECORD_NOTES', 'PROB_SCALE', 'PROBS_LAYOUT', 'npz_name', 'classes_to_layers', 'scores_to_classes',
            'layers_to_classes', 'scores_layers', 'stage_layers', 'savez_level', 'write_npz', 'read_npz',
-           'SubmissionReport', 'test_image_sizes', 'submission_entries', 'check_array', 'check_submission', 'valid_npz',
-           'overlay_name', 'run_settings', 'recorded_setting', 'file_fingerprint', 'test_set_identity', 'output_names',
-           'input_differences', 'record_differences', 'read_record', 'owned_outputs', 'prepare_run', 'save_layers',
-           'save_prediction', 'save_scores', 'save_probabilities', 'make_zip', 'probs_name', 'quantize_probs',
-           'probs_region', 'write_probs', 'read_probs', 'valid_probs', 'probs_at_original', 'classes_from_probs',
-           'WithOriginals', 'check_run_request', 'shard_work', 'run_description', 'image_job', 'predict_batches',
-           'finish_run', 'predict_folder', 'ensemble_member', 'ensemble_runs', 'parse_args', 'main', 'run_infer']
+           'SubmissionReport', 'test_image_sizes', 'submission_entries', 'check_array', 'entry_base', 'entry_problems',
+           'check_submission', 'valid_npz', 'overlay_name', 'run_settings', 'recorded_setting', 'file_fingerprint',
+           'test_set_identity', 'output_names', 'input_differences', 'record_differences', 'read_record',
+           'owned_outputs', 'prepare_run', 'save_layers', 'save_prediction', 'save_scores', 'save_probabilities',
+           'make_zip', 'probs_name', 'quantize_probs', 'probs_region', 'write_probs', 'read_probs', 'valid_probs',
+           'probs_at_original', 'classes_from_probs', 'WithOriginals', 'check_run_request', 'shard_work',
+           'run_description', 'image_job', 'predict_batches', 'finish_run', 'predict_folder', 'ensemble_member',
+           'ensemble_runs', 'parse_args', 'main', 'run_infer']
 
 # %% ../nbs/09_inference.ipynb #26ea51f7
 log = logging.getLogger('unet3plus.inference')
@@ -147,13 +148,15 @@ def submission_entries(path):
         entries.append((info.filename, lambda n=info.filename: zf.read(n)))
     return entries, problems
 
-def check_array(name: str, z) -> list[str]:
-    "Problems of one loaded submission file `z` (an NpzFile)."
+def check_array(name: str, z, size=None) -> list[str]:
+    "Problems of one loaded submission file `z` (an NpzFile, its array read once), and its (H, W) against `size`."
     if 'data' not in z.files:
         return [f"{name}: key 'data' missing (keys: {z.files}); write it with np.savez_compressed(path, data=arr)"]
     out = [f"{name}: unexpected extra keys {[k for k in z.files if k != 'data']}"] if len(z.files) > 1 else []
-    a = z['data']
-    if a.ndim != 3 or a.shape[2] != 3: return out + [f"{name}: shape {a.shape}, expected (H, W, 3)"]
+    a = z['data']                                                      # each z['data'] decompresses the file again
+    wrong_size = ([f"{name}: size {a.shape[:2]} but its test image is {tuple(size)} (H, W)"]
+                  if size is not None and a.ndim >= 2 and a.shape[:2] != tuple(size) else [])
+    if a.ndim != 3 or a.shape[2] != 3: return out + [f"{name}: shape {a.shape}, expected (H, W, 3)"] + wrong_size
     if a.dtype == np.uint8:
         bad = np.setdiff1d(np.unique(a), [0, 255])
         if len(bad): out.append(f"{name}: uint8 values {bad[:5].tolist()} other than 0 and 255")
@@ -161,30 +164,37 @@ def check_array(name: str, z) -> list[str]:
     if a[..., 1].any(): out.append(f"{name}: channel 1 has {int((a[..., 1] > 0).sum())} set pixels; it must be empty")
     both = int(((a[..., 0] > 0) & (a[..., 2] > 0)).sum())
     if both: out.append(f"{name}: {both} pixels marked both body (channel 0) and panels (channel 2)")
-    return out
+    return out + wrong_size
 
-def check_submission(path, test_dir=None, strict: bool = True, progress: bool = False) -> SubmissionReport:
+def entry_base(name: str) -> str:
+    "The file name of a zip entry or file, without folders."
+    return name.replace('\\', '/').rsplit('/', 1)[-1]
+
+def entry_problems(name: str, load, expected: dict | None) -> list[str]:
+    "Content problems of one `.npz` entry (`load` gives its bytes), its size against `expected` sizes unless None."
+    base = entry_base(name)
+    if not base.endswith('.npz'): return []
+    try:
+        with np.load(io.BytesIO(load()), allow_pickle=False) as z:
+            return check_array(name, z, expected.get(base) if expected is not None else None)
+    except Exception as e:
+        if not isinstance(e, (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError)): raise
+        return [f"{name}: cannot be read as .npz ({type(e).__name__}: {e})"]
+
+def check_submission(path, test_dir=None, strict: bool = True, progress: bool = False,
+                     workers: int = 4) -> SubmissionReport:
     "Verify a submission folder or zip (names, key, shape, dtype, layers, count and sizes vs `test_dir`)."
     entries, problems = submission_entries(path)
     expected = test_image_sizes(test_dir) if test_dir is not None else None
     rep = SubmissionReport(str(path), len(entries), None if expected is None else len(expected), problems)
     seen = set()
-    for name, load in tqdm(entries, desc='check', disable=not progress):
-        base = name.replace('\\', '/').rsplit('/', 1)[-1]
-        if not NPZ_RE.fullmatch(base): rep.problems.append(f"{name}: name does not match test_XXXXX_layer.npz")
-        if base in seen: rep.problems.append(f"{name}: duplicate file name")
-        seen.add(base)
-        if not base.endswith('.npz'): continue
-        try:
-            with np.load(io.BytesIO(load()), allow_pickle=False) as z:
-                rep.problems += check_array(name, z)
-                if (expected is not None and base in expected and 'data' in z.files and z['data'].ndim >= 2
-                        and z['data'].shape[:2] != expected[base]):
-                    rep.problems.append(f"{name}: size {z['data'].shape[:2]} "
-                                        f"but its test image is {expected[base]} (H, W)")
-        except Exception as e:
-            if not isinstance(e, (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError)): raise
-            rep.problems.append(f"{name}: cannot be read as .npz ({type(e).__name__}: {e})")
+    with ThreadPoolExecutor(max(1, workers)) as pool:                # files read in `workers` threads (zlib: no GIL)
+        found = pool.map(lambda e: entry_problems(*e, expected), entries)
+        for (name, _), content in zip(entries, tqdm(found, total=len(entries), desc='check', disable=not progress)):
+            base = entry_base(name)
+            if not NPZ_RE.fullmatch(base): rep.problems.append(f"{name}: name does not match test_XXXXX_layer.npz")
+            if base in seen: rep.problems.append(f"{name}: duplicate file name")
+            seen.add(base); rep.problems += content
     if not entries: rep.problems.append("no .npz files found")
     if expected is not None:
         missing, extra = sorted(set(expected) - seen), sorted(seen - set(expected))
@@ -202,7 +212,7 @@ def valid_npz(path, size) -> bool:
     "Whether `path` is a readable submission file of (H, W) = `size`."
     try:
         with np.load(path, allow_pickle=False) as z:
-            return not check_array(path.name, z) and z['data'].shape[:2] == tuple(size)
+            return not check_array(path.name, z, size)
     except Exception: return False
 
 def overlay_name(image_name: str) -> str:
