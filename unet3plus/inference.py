@@ -20,7 +20,7 @@ from .files import (atomic_write, atomic_write_text, remove_stale_temps, is_temp
 from .predict import (ROI_MODES, resolve_device, add_precision_flags,
                                upsample_scores, load_model, model_n_classes, original_image,
                                resolve_roi, collate_eval, input_size, tta_mode, resolve_scales, add_tta_flags,
-                               predict_stages, stage_class_map, class_map, window_slices)
+                               predict_stages, class_map, window_slices)
 from .visual import overlay_classes
 from torch.utils.data import Dataset
 from .decoder import resolve_precision
