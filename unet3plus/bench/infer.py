@@ -4,7 +4,7 @@
 
 # %% ../../nbs/bench/07_infer.ipynb #cd65c6cb
 from __future__ import annotations
-import logging, shutil, statistics, tempfile
+import contextlib, functools, logging, shutil, statistics, tempfile, threading, time
 from pathlib import Path
 
 import numpy as np, torch
@@ -12,12 +12,14 @@ from PIL import Image, ImageDraw
 from . import (measure_rounds, round_ratios, print_table, peak_rss_mb, add_precision_arg,
                              bench_precisions, BenchParser, at_least)
 from ..data import SparkTestImages
+import unet3plus.inference as inference
 from ..inference import predict_folder, NPZ_LEVEL
 from ..model import UNet3Plus
 from ..predict import amp_context, predict_scores, resolve_device
 
 # %% auto #0
-__all__ = ['write_bench_images', 'bare_forwards', 'infer_parser', 'infer_cases', 'time_cases', 'infer_rows', 'bench_infer']
+__all__ = ['INFER_STAGES', 'write_bench_images', 'bare_forwards', 'infer_parser', 'infer_cases', 'time_cases', 'stage_timers',
+           'stage_rows', 'infer_rows', 'bench_infer']
 
 # %% ../../nbs/bench/07_infer.ipynb #36efff9d
 def write_bench_images(folder, n: int, size: int = 1024, seed: int = 0) -> Path:
@@ -56,6 +58,8 @@ def infer_parser() -> BenchParser:
     p.add_argument('--roi', choices=('off', 'on', 'both'), default='both', help='one stage, two stages or both')
     p.add_argument('--tta', action='store_true'); p.add_argument('--device', default=None)
     p.add_argument('--repeats', type=at_least(1), default=3); p.add_argument('--warmup', type=at_least(0), default=1)
+    p.add_argument('--stages', action='store_true',
+                   help='then one more run of each case with timers on its stages (forward, layers, npz, check)')
     add_precision_arg(p)
     return p
 
@@ -86,9 +90,46 @@ def time_cases(a, model, device) -> tuple[dict, dict]:
         fns, stage2 = infer_cases(a, model, imgs, tmp / 'out', x, device)
         quiet = logging.getLogger('unet3plus.inference')
         level = quiet.level; quiet.setLevel(logging.ERROR)              # not each round's --overwrite notice
-        try: return measure_rounds(fns, repeats=a.repeats, warmup=a.warmup), stage2
+        try:
+            t = measure_rounds(fns, repeats=a.repeats, warmup=a.warmup)
+            if a.stages: print_table(stage_rows(fns, a.n_images), "where each case's time goes (one more run each)")
+            return t, stage2
         finally: quiet.setLevel(level)
     finally: shutil.rmtree(tmp, ignore_errors=True)
+
+INFER_STAGES = ('predict_stages', 'stage_layers', 'write_npz', 'check_submission', 'test_image_sizes',
+                'test_set_identity', 'prepare_run')
+
+@contextlib.contextmanager
+def stage_timers(module, names=INFER_STAGES):
+    "Count and time (wall, thread CPU) every call of `module`'s functions `names`, in any thread, while inside."
+    totals, lock, saved = {n: [0, 0.0, 0.0] for n in names}, threading.Lock(), {n: getattr(module, n) for n in names}
+    def timed(n, f):
+        @functools.wraps(f)
+        def g(*args, **kw):
+            w, c = time.perf_counter(), time.thread_time()
+            try: return f(*args, **kw)
+            finally:
+                with lock: t = totals[n]; t[0] += 1; t[1] += time.perf_counter() - w; t[2] += time.thread_time() - c
+        return g
+    for n, f in saved.items(): setattr(module, n, timed(n, f))
+    try: yield totals
+    finally:
+        for n, f in saved.items(): setattr(module, n, f)
+
+def stage_rows(fns: dict, n_images: int) -> list[dict]:
+    "One more run of each end-to-end case of `fns` under `stage_timers`: calls and ms per image of each stage."
+    rows = []
+    for k, f in fns.items():
+        if not k.endswith(': end to end'): continue
+        w0, c0 = time.perf_counter(), time.process_time()
+        with stage_timers(inference) as totals: f()
+        w, c = time.perf_counter() - w0, time.process_time() - c0
+        rows.append(dict(case=k[:-12], stage='whole run (process CPU: all its threads)', calls=1,
+                         wall_ms_per_image=w / n_images * 1e3, cpu_ms_per_image=c / n_images * 1e3))
+        rows += [dict(case=k[:-12], stage=n, calls=calls, wall_ms_per_image=wt / n_images * 1e3,
+                      cpu_ms_per_image=ct / n_images * 1e3) for n, (calls, wt, ct) in totals.items()]
+    return rows
 
 def infer_rows(t: dict, stage2: dict, n_images: int) -> list[dict]:
     "One table row per case: images/s end to end and bare, and the pipeline's overhead (per-round median and range)."
