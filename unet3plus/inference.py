@@ -36,7 +36,7 @@ __all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'NPZ_LEVEL', 'RECORD_NAME', 'ZIP_NAME', 
            'make_zip', 'probs_name', 'quantize_probs', 'probs_region', 'write_probs', 'read_probs', 'valid_probs',
            'probs_at_original', 'classes_from_probs', 'WithOriginals', 'check_run_request', 'shard_work',
            'run_description', 'image_job', 'predict_batches', 'finish_run', 'predict_folder', 'ensemble_member',
-           'ensemble_runs', 'parse_args', 'main', 'run_infer']
+           'ensemble_runs', 'loader_workers', 'parse_args', 'main', 'run_infer']
 
 # %% ../nbs/09_inference.ipynb #26ea51f7
 log = logging.getLogger('unet3plus.inference')
@@ -588,6 +588,10 @@ def ensemble_runs(run_dirs, output_dir, overwrite: bool = False, zip: bool = Tru
     return dict(output_dir=out, zip=zip_path, written=written, skipped=[npz_name(i) for i in done], report=report)
 
 # %% ../nbs/09_inference.ipynb #e8956965
+def loader_workers(requested, device) -> int:
+    "Data loader processes: `requested`, or by default none on a CPU (the model uses every core) and 2 elsewhere."
+    return requested if requested is not None else (0 if torch.device(device).type == 'cpu' else 2)
+
 def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-infer` command line."
     p = argparse.ArgumentParser('unet3plus-infer',
@@ -599,7 +603,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--batch_size', type=int, default=8, help='images per batch')
     p.add_argument('--target_size', type=int, default=None,
                    help='model input size; 0 = original; default: the size the model was trained at, else 512')
-    p.add_argument('--num_workers', type=int, default=2, help='data loader processes decoding JPEGs')
+    p.add_argument('--num_workers', type=int, default=None,
+                   help='data loader processes decoding JPEGs (default: 0 on a CPU: the model needs its cores; else 2)')
     p.add_argument('--writers', type=int, default=4, help='threads compressing and writing the .npz files')
     p.add_argument('--npz_level', type=int, choices=range(10), default=NPZ_LEVEL, metavar='0-9',
                    help="deflate level of the .npz files (np.savez_compressed's is 6; any level loads the same)")
@@ -660,7 +665,8 @@ def run_infer(a: argparse.Namespace):
     model = load_model(a.model_path, device)
     size, _ = input_size(a.target_size, model)
     r = predict_folder(model, a.data_root, a.output_dir, target_size=size, batch_size=a.batch_size,
-                       num_workers=a.num_workers, tta=a.tta, tta_scales=a.tta_scales, save_probs=a.save_probs,
+                       num_workers=loader_workers(a.num_workers, device), tta=a.tta, tta_scales=a.tta_scales,
+                       save_probs=a.save_probs,
                        precision=a.precision, overwrite=a.overwrite,
                        save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,
                        writers=a.writers, shard=a.shard, roi=a.roi, npz_level=a.npz_level)

@@ -13,7 +13,7 @@ from . import (measure_rounds, round_ratios, print_table, peak_rss_mb, add_preci
                              bench_precisions, BenchParser, at_least)
 from ..data import SparkTestImages
 import unet3plus.inference as inference
-from ..inference import predict_folder, NPZ_LEVEL
+from ..inference import predict_folder, NPZ_LEVEL, loader_workers
 from ..model import UNet3Plus
 from ..predict import amp_context, predict_scores, resolve_device
 
@@ -51,7 +51,8 @@ def infer_parser() -> BenchParser:
     p.add_argument('--n_images', type=at_least(1), default=16)
     p.add_argument('--batch_size', '--batch', type=at_least(1), default=8,
                    help='images per batch (--batch: the older name)')
-    p.add_argument('--num_workers', type=at_least(0), default=2)
+    p.add_argument('--num_workers', type=at_least(0), default=None,
+                   help="loader processes (default: unet3plus-infer's, 0 on a CPU, else 2)")
     p.add_argument('--writers', type=at_least(1), default=4)
     p.add_argument('--npz_level', type=int, choices=range(10), default=NPZ_LEVEL, metavar='0-9',
                    help="deflate level of the .npz files (np.savez_compressed's: 6)")
@@ -71,7 +72,8 @@ def infer_cases(a, model, imgs: Path, out: Path, x: torch.Tensor, device) -> tup
             k = f'{prec}, roi {roi}'
             def e2e(k=k, prec=prec, roi=roi):
                 r = predict_folder(model, imgs, out, target_size=a.size, batch_size=a.batch_size, tta=a.tta,
-                                   num_workers=a.num_workers, writers=a.writers, precision=prec, roi=roi,
+                                   num_workers=loader_workers(a.num_workers, device), writers=a.writers,
+                                   precision=prec, roi=roi,
                                    overwrite=True, zip=False, progress=False, device=device, npz_level=a.npz_level)
                 stage2[k] = r['second_stages']
             fns[f'{k}: end to end'] = e2e
@@ -152,7 +154,8 @@ def bench_infer(argv=None) -> dict:
     t, stage2 = time_cases(a, model, device)
     rows = infer_rows(t, stage2, a.n_images)
     print_table(rows, f"unet3plus-bench infer: predict_folder on {a.n_images} JPEGs of {a.orig}px at {a.size}px, "
-                      f"backbone {a.backbone}, batch {a.batch_size}, {a.num_workers} loader workers, "
+                      f"backbone {a.backbone}, batch {a.batch_size}, "
+                      f"{loader_workers(a.num_workers, device)} loader workers, "
                       f"{a.writers} writer threads, npz level {a.npz_level}, TTA {a.tta}, device {device}, "
                       f"{torch.get_num_threads()} threads, peak RSS {peak_rss_mb():.0f} MiB "
                       "(e2e over bare, overhead: per-round median and range)")
