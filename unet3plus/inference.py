@@ -20,21 +20,23 @@ from .files import (atomic_write, atomic_write_text, remove_stale_temps, is_temp
 from .predict import (ROI_MODES, resolve_device, add_precision_flags,
                                upsample_scores, load_model, model_n_classes, original_image,
                                resolve_roi, collate_eval, input_size, tta_mode, resolve_scales, add_tta_flags,
-                               predict_stages, stage_class_map, class_map)
+                               predict_stages, class_map, window_slices)
 from .visual import overlay_classes
 from torch.utils.data import Dataset
 from .decoder import resolve_precision
 
 # %% auto #0
-__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'PROBS_DIR', 'RECORD_DEFAULTS', 'RECORD_NOTES',
-           'PROB_SCALE', 'PROBS_LAYOUT', 'npz_name', 'classes_to_layers', 'scores_to_classes', 'layers_to_classes',
-           'write_npz', 'read_npz', 'SubmissionReport', 'test_image_sizes', 'submission_entries', 'check_array',
+__all__ = ['log', 'IMAGE_RE', 'NPZ_RE', 'NPZ_LEVEL', 'RECORD_NAME', 'ZIP_NAME', 'VIS_DIR', 'PROBS_DIR', 'RECORD_DEFAULTS',
+           'RECORD_NOTES', 'PROB_SCALE', 'PROBS_LAYOUT', 'npz_name', 'classes_to_layers', 'scores_to_classes',
+           'layers_to_classes', 'scores_layers', 'stage_layers', 'savez_level', 'write_npz', 'read_npz',
+           'SubmissionReport', 'test_image_sizes', 'submission_entries', 'check_array', 'entry_base', 'entry_problems',
            'check_submission', 'valid_npz', 'overlay_name', 'run_settings', 'recorded_setting', 'file_fingerprint',
            'test_set_identity', 'output_names', 'input_differences', 'record_differences', 'read_record',
-           'owned_outputs', 'prepare_run', 'save_prediction', 'save_map', 'save_probabilities', 'make_zip',
-           'probs_name', 'quantize_probs', 'probs_region', 'write_probs', 'read_probs', 'valid_probs',
-           'probs_at_original', 'classes_from_probs', 'WithOriginals', 'predict_folder', 'ensemble_member',
-           'ensemble_runs', 'parse_args', 'main', 'run_infer']
+           'owned_outputs', 'prepare_run', 'save_layers', 'save_prediction', 'save_scores', 'save_probabilities',
+           'make_zip', 'probs_name', 'quantize_probs', 'probs_region', 'write_probs', 'read_probs', 'valid_probs',
+           'probs_at_original', 'classes_from_probs', 'WithOriginals', 'check_run_request', 'shard_work',
+           'run_description', 'image_job', 'predict_batches', 'finish_run', 'predict_folder', 'ensemble_member',
+           'ensemble_runs', 'loader_workers', 'parse_args', 'main', 'run_infer']
 
 # %% ../nbs/16_inference.ipynb #26ea51f7
 log = logging.getLogger('unet3plus.inference')
@@ -59,17 +61,44 @@ def classes_to_layers(classes) -> np.ndarray:
 
 def scores_to_classes(scores: torch.Tensor, size) -> np.ndarray:
     "Class map uint8 [H, W] at the original image `size` from one image's scores [C, h, w] (bilinear, then arg-max)."
-    return upsample_scores(scores[None], size)[0].argmax(0).byte().cpu().numpy()
+    return class_map(upsample_scores(scores[None], size)[0]).byte().cpu().numpy()
 
 def layers_to_classes(arr) -> np.ndarray:
     "Submission layers [H,W,3] (bool or uint8 0/255) -> class map uint8 [H,W]."
     a = np.asarray(arr) > 0
     return (a[..., 0] * 1 + a[..., 2] * 2).astype(np.uint8)
 
+# %% ../nbs/16_inference.ipynb #5afb36dc
+def scores_layers(scores: torch.Tensor) -> np.ndarray:
+    "`classes_to_layers(class_map(scores))` of finite 3-class scores [3,H,W], by comparisons (ties: the lower class)."
+    if scores.shape[0] != 3: return classes_to_layers(class_map(scores).byte().cpu().numpy())
+    s0, s1, s2 = scores.cpu().unbind(0)
+    out = np.zeros(tuple(s0.shape) + (3,), dtype=bool)
+    out[..., 0] = ((s1 > s0) & (s1 >= s2)).numpy()
+    out[..., 2] = ((s2 > s0) & (s2 > s1)).numpy()
+    return out
+
+def stage_layers(scores: torch.Tensor, window, hw) -> np.ndarray:
+    "Layers bool [H,W,3] of `stage_class_map(scores, window, hw)`: upsampled bilinearly, pasted into `window` if any."
+    if window is None: return scores_layers(upsample_scores(scores[None], hw)[0])
+    out, where = np.zeros((*hw, 3), dtype=bool), window_slices(window, hw)
+    if where is not None: out[where[0]] = scores_layers(upsample_scores(scores[None], (window.side,) * 2)[0])[where[1]]
+    return out
+
 # %% ../nbs/16_inference.ipynb #1fc5aaf6
-def write_npz(path, arr: np.ndarray) -> Path:
-    "Save `arr` as `np.savez_compressed(path, data=arr)`, atomically."
-    return atomic_write(path, lambda f: np.savez_compressed(f, data=arr))
+NPZ_LEVEL = 1          # deflate level of the submission files (numpy's savez_compressed: 6); see above
+
+def savez_level(file, level: int = NPZ_LEVEL, **arrays):
+    "`np.savez_compressed(file, **arrays)` at deflate `level` (0-9; numpy's is 6): any level loads with `np.load`."
+    if not (isinstance(level, int) and 0 <= level <= 9): raise ValueError(f"npz_level must be 0-9, got {level!r}")
+    with zipfile.ZipFile(file, 'w', compression=zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
+        for k, v in arrays.items():
+            with zf.open(f'{k}.npy', 'w', force_zip64=True) as f:          # as numpy writes it
+                np.lib.format.write_array(f, np.asanyarray(v), allow_pickle=False)
+
+def write_npz(path, arr: np.ndarray, level: int = NPZ_LEVEL) -> Path:
+    "Save `arr` as `np.savez_compressed(path, data=arr)` does, at deflate `level`, atomically."
+    return atomic_write(path, lambda f: savez_level(f, level, data=arr))
 
 def read_npz(path) -> np.ndarray:
     "The `data` array of a submission file."
@@ -119,13 +148,15 @@ def submission_entries(path):
         entries.append((info.filename, lambda n=info.filename: zf.read(n)))
     return entries, problems
 
-def check_array(name: str, z) -> list[str]:
-    "Problems of one loaded submission file `z` (an NpzFile)."
+def check_array(name: str, z, size=None) -> list[str]:
+    "Problems of one loaded submission file `z` (an NpzFile, its array read once), and its (H, W) against `size`."
     if 'data' not in z.files:
         return [f"{name}: key 'data' missing (keys: {z.files}); write it with np.savez_compressed(path, data=arr)"]
     out = [f"{name}: unexpected extra keys {[k for k in z.files if k != 'data']}"] if len(z.files) > 1 else []
-    a = z['data']
-    if a.ndim != 3 or a.shape[2] != 3: return out + [f"{name}: shape {a.shape}, expected (H, W, 3)"]
+    a = z['data']                                                      # each z['data'] decompresses the file again
+    wrong_size = ([f"{name}: size {a.shape[:2]} but its test image is {tuple(size)} (H, W)"]
+                  if size is not None and a.ndim >= 2 and a.shape[:2] != tuple(size) else [])
+    if a.ndim != 3 or a.shape[2] != 3: return out + [f"{name}: shape {a.shape}, expected (H, W, 3)"] + wrong_size
     if a.dtype == np.uint8:
         bad = np.setdiff1d(np.unique(a), [0, 255])
         if len(bad): out.append(f"{name}: uint8 values {bad[:5].tolist()} other than 0 and 255")
@@ -133,30 +164,37 @@ def check_array(name: str, z) -> list[str]:
     if a[..., 1].any(): out.append(f"{name}: channel 1 has {int((a[..., 1] > 0).sum())} set pixels; it must be empty")
     both = int(((a[..., 0] > 0) & (a[..., 2] > 0)).sum())
     if both: out.append(f"{name}: {both} pixels marked both body (channel 0) and panels (channel 2)")
-    return out
+    return out + wrong_size
 
-def check_submission(path, test_dir=None, strict: bool = True, progress: bool = False) -> SubmissionReport:
+def entry_base(name: str) -> str:
+    "The file name of a zip entry or file, without folders."
+    return name.replace('\\', '/').rsplit('/', 1)[-1]
+
+def entry_problems(name: str, load, expected: dict | None) -> list[str]:
+    "Content problems of one `.npz` entry (`load` gives its bytes), its size against `expected` sizes unless None."
+    base = entry_base(name)
+    if not base.endswith('.npz'): return []
+    try:
+        with np.load(io.BytesIO(load()), allow_pickle=False) as z:
+            return check_array(name, z, expected.get(base) if expected is not None else None)
+    except Exception as e:
+        if not isinstance(e, (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError)): raise
+        return [f"{name}: cannot be read as .npz ({type(e).__name__}: {e})"]
+
+def check_submission(path, test_dir=None, strict: bool = True, progress: bool = False,
+                     workers: int = 4) -> SubmissionReport:
     "Verify a submission folder or zip (names, key, shape, dtype, layers, count and sizes vs `test_dir`)."
     entries, problems = submission_entries(path)
     expected = test_image_sizes(test_dir) if test_dir is not None else None
     rep = SubmissionReport(str(path), len(entries), None if expected is None else len(expected), problems)
     seen = set()
-    for name, load in tqdm(entries, desc='check', disable=not progress):
-        base = name.replace('\\', '/').rsplit('/', 1)[-1]
-        if not NPZ_RE.fullmatch(base): rep.problems.append(f"{name}: name does not match test_XXXXX_layer.npz")
-        if base in seen: rep.problems.append(f"{name}: duplicate file name")
-        seen.add(base)
-        if not base.endswith('.npz'): continue
-        try:
-            with np.load(io.BytesIO(load()), allow_pickle=False) as z:
-                rep.problems += check_array(name, z)
-                if (expected is not None and base in expected and 'data' in z.files and z['data'].ndim >= 2
-                        and z['data'].shape[:2] != expected[base]):
-                    rep.problems.append(f"{name}: size {z['data'].shape[:2]} "
-                                        f"but its test image is {expected[base]} (H, W)")
-        except Exception as e:
-            if not isinstance(e, (ValueError, OSError, zipfile.BadZipFile, EOFError, KeyError)): raise
-            rep.problems.append(f"{name}: cannot be read as .npz ({type(e).__name__}: {e})")
+    with ThreadPoolExecutor(max(1, workers)) as pool:                # files read in `workers` threads (zlib: no GIL)
+        found = pool.map(lambda e: entry_problems(*e, expected), entries)
+        for (name, _), content in zip(entries, tqdm(found, total=len(entries), desc='check', disable=not progress)):
+            base = entry_base(name)
+            if not NPZ_RE.fullmatch(base): rep.problems.append(f"{name}: name does not match test_XXXXX_layer.npz")
+            if base in seen: rep.problems.append(f"{name}: duplicate file name")
+            seen.add(base); rep.problems += content
     if not entries: rep.problems.append("no .npz files found")
     if expected is not None:
         missing, extra = sorted(set(expected) - seen), sorted(seen - set(expected))
@@ -174,7 +212,7 @@ def valid_npz(path, size) -> bool:
     "Whether `path` is a readable submission file of (H, W) = `size`."
     try:
         with np.load(path, allow_pickle=False) as z:
-            return not check_array(path.name, z) and z['data'].shape[:2] == tuple(size)
+            return not check_array(path.name, z, size)
     except Exception: return False
 
 def overlay_name(image_name: str) -> str:
@@ -284,25 +322,33 @@ def prepare_run(output_dir, record: dict, overwrite: bool = False) -> Path:
     atomic_write_text(out / RECORD_NAME, json.dumps(record, indent=1))
     return out
 
-def save_prediction(out: Path, image_path: Path, classes: np.ndarray, visualize: bool = False) -> str:
+def save_layers(out: Path, image_path: Path, layers: np.ndarray, visualize: bool = False,
+                level: int = NPZ_LEVEL) -> str:
     "Write the submission file of one test image (and its overlay PNG when `visualize`); return the file name."
     name = npz_name(image_path.name)
-    write_npz(out / name, classes_to_layers(classes))
+    write_npz(out / name, layers, level)
     if visualize:
         with Image.open(image_path) as im: rgb = np.asarray(im.convert('RGB'))
         atomic_write(out / VIS_DIR / overlay_name(image_path.name),
-                     lambda f: Image.fromarray(overlay_classes(rgb, classes)).save(f, format='PNG'))
+                     lambda f: Image.fromarray(overlay_classes(rgb, layers_to_classes(layers))).save(f, format='PNG'))
     return name
 
-def save_map(out: Path, image_path: Path, class_map, visualize: bool = False) -> str:
-    "`save_prediction` of a lazy class map (a function giving the long [H,W] map, from `predict_classes`)."
-    return save_prediction(out, image_path, class_map().byte().cpu().numpy(), visualize)
+def save_prediction(out: Path, image_path: Path, classes: np.ndarray, visualize: bool = False,
+                    level: int = NPZ_LEVEL) -> str:
+    "`save_layers` of a class map [H,W] (0 background, 1 body, 2 panels)."
+    return save_layers(out, image_path, classes_to_layers(classes), visualize, level)
 
-def save_probabilities(out: Path, image_path: Path, scores: torch.Tensor, window, hw, visualize: bool = False) -> str:
+def save_scores(out: Path, image_path: Path, scores: torch.Tensor, window, hw, visualize: bool = False,
+                level: int = NPZ_LEVEL) -> str:
+    "`save_layers` of one image's last-stage `scores` (finite) and stage-2 `window`, at its original size `hw`."
+    return save_layers(out, image_path, stage_layers(scores, window, hw), visualize, level)
+
+def save_probabilities(out: Path, image_path: Path, scores: torch.Tensor, window, hw, visualize: bool = False,
+                       level: int = NPZ_LEVEL) -> str:
     "Write one image's probability file from its last-stage `scores`, then its submission file made from it."
     p = dict(probs=quantize_probs(scores), region=probs_region(window, hw), size=tuple(int(v) for v in hw))
     write_probs(out / PROBS_DIR / probs_name(image_path.name), **p)
-    return save_prediction(out, image_path, classes_from_probs([p]), visualize)
+    return save_prediction(out, image_path, classes_from_probs([p]), visualize, level)
 
 def make_zip(folder, zip_path=None, names=None) -> Path:
     "A flat `submission.zip` of the folder's `test_*_layer.npz` files (or of `names` among them), written atomically."
@@ -385,11 +431,8 @@ class WithOriginals(Dataset):
     def __len__(self): return len(self.ds)
     def __getitem__(self, i): return dict(self.ds[i], original=original_image(self.ds.files[i]))
 
-def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0,
-                   tta='none', precision='auto', overwrite: bool = False, save_visualizations: bool = False,
-                   zip: bool = True, device=None, model_path=None, writers: int = 4, shard=(0, 1),
-                   progress: bool = True, roi='auto', tta_scales=None, save_probs: bool = False) -> dict:
-    "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
+def check_run_request(model, shard=(0, 1), overwrite: bool = False):
+    "Refuse a shard K/N out of range, `overwrite` with shards, and a model that does not predict the SPARK classes."
     k, n_shards = shard
     if not 0 <= k < n_shards: raise ValueError(f"--shard {k}/{n_shards}: need 0 <= K < N")
     if n_shards > 1 and overwrite:
@@ -398,62 +441,91 @@ def predict_folder(model, data_path, output_dir, target_size=512, batch_size: in
     if model_n_classes(model) != len(CLASSES):
         raise ValueError(f"the SPARK submission needs a {len(CLASSES)}-class model ({', '.join(CLASSES)}), "
                          f"this one predicts {model_n_classes(model)}")
-    use_roi, n = resolve_roi(roi, model, as_hw(target_size)), model_n_classes(model)
-    tta, scales = tta_mode(tta), resolve_scales(tta_scales)
-    ds = SparkTestImages(data_path, target_size)
+
+def shard_work(out: Path, ds, sizes: dict, shard=(0, 1), save_probs: bool = False, n_classes: int = 3):
+    "(mine, done, broken, todo) of a run: this shard's image indices, those with valid files, damaged files, the rest."
+    k, n_shards = shard
     names = [npz_name(p.name) for p in ds.files]
-    sizes = test_image_sizes(ds.folder)                        # reads every header: a broken file is named here
+    mine = [i for i in range(len(names)) if i % n_shards == k]            # only this shard's files are checked
+    probs = lambda i: out / PROBS_DIR / probs_name(ds.files[i].name)
+    done = {i for i in mine if (out / names[i]).exists() and valid_npz(out / names[i], sizes[names[i]])
+            and (not save_probs or valid_probs(probs(i), sizes[names[i]], n_classes))}
+    broken = [names[i] for i in mine
+              if i not in done and ((out / names[i]).exists() or save_probs and probs(i).exists())]
+    return mine, done, broken, [i for i in mine if i not in done]
+
+def run_description(target_size, roi: bool, tta: str, scales, save_probs: bool, precision: str, device) -> str:
+    "How a run predicts, for its log line: input size, stages, TTA, scales, probabilities, precision and device."
+    return (f"input size {'x'.join(map(str, as_hw(target_size))) if target_size else 'original'}, "
+            f"{'two stages' if roi else 'one stage'}{f', TTA {tta}' if tta != 'none' else ''}"
+            f"{f', scales {scales}' if scales != (1.0,) else ''}{', probabilities' if save_probs else ''}, "
+            f"{precision} on {device}")
+
+def image_job(out: Path, folder: Path, sizes: dict, save_probs: bool = False, visualize: bool = False,
+              level: int = NPZ_LEVEL):
+    "A function (image name, last-stage scores, window) -> the writer job that saves that image's files."
+    def job(name, scores, window):
+        path, hw = folder / name, sizes[npz_name(name)]
+        save = save_probabilities if save_probs else save_scores
+        return partial(save, out, path, scores, window, hw, visualize, level)
+    return job
+
+def predict_batches(model, loader, job, device, writers: int = 4, progress: bool = True, **predict):
+    "Predict `loader`'s batches (`predict`: `predict_stages` options) while `writers` threads run each image's `job`."
+    written, pending, second_stages, limit = [], collections.deque(), 0, 4 * max(1, writers)
+    with ThreadPoolExecutor(max(1, writers)) as pool:
+        for batch in tqdm(loader, desc='predict', disable=not progress):
+            originals = batch['original'] if predict.get('roi') else batch['orig_size']
+            x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            scores, windows = predict_stages(model, x, originals, names=batch['image_name'], **predict)  # NaN: error
+            second_stages += sum(w is not None for w in windows)
+            for name, s, w in zip(batch['image_name'], scores, windows): pending.append(pool.submit(job(name, s, w)))
+            while pending and (pending[0].done() or len(pending) > limit): written.append(pending.popleft().result())
+        while pending: written.append(pending.popleft().result())
+    return written, second_stages
+
+def finish_run(out: Path, names: list[str], folder: Path, zip: bool = True, shard=(0, 1)):
+    "(zip, report) once the test set is complete: the zip and the check; (None, None) for a shard that is not last."
+    present = sum((out / n).exists() for n in names)
+    if shard[1] > 1 and present < len(names):
+        log.info("shard %d/%d done; %d of %d files present: the shard that completes the set writes the zip",
+                 *shard, present, len(names))
+        return None, None
+    zip_path = make_zip(out, names=set(names)) if zip else None
+    report = check_submission(zip_path or out, folder)                    # raises, listing every problem
+    log.info("%s", report)
+    return zip_path, report
+
+def predict_folder(model, data_path, output_dir, target_size=512, batch_size: int = 8, num_workers: int = 0,
+                   tta='none', precision='auto', overwrite: bool = False, save_visualizations: bool = False,
+                   zip: bool = True, device=None, model_path=None, writers: int = 4, shard=(0, 1),
+                   progress: bool = True, roi='auto', tta_scales=None, save_probs: bool = False,
+                   npz_level: int = NPZ_LEVEL) -> dict:
+    "Write one checked `test_XXXXX_layer.npz` per test image in `data_path` (and `submission.zip`); resumes."
+    check_run_request(model, shard, overwrite)
+    use_roi, tta, scales = resolve_roi(roi, model, as_hw(target_size)), tta_mode(tta), resolve_scales(tta_scales)
+    ds = SparkTestImages(data_path, target_size)
+    names, sizes = [npz_name(p.name) for p in ds.files], test_image_sizes(ds.folder)   # headers: names a broken file
     record = dict(run_settings(model, model_path, target_size, tta, use_roi, scales, save_probs),
                   inputs=test_set_identity(ds.files, sizes),           # the whole test set's, the same in every shard
                   outputs=output_names((p.name for p in ds.files), save_probs))
     if save_probs: record['probs'] = PROBS_LAYOUT
     out = prepare_run(output_dir, record, overwrite)
-    mine = [i for i in range(len(names)) if i % n_shards == k]           # only this shard's files are checked
-    probs = lambda i: out / PROBS_DIR / probs_name(ds.files[i].name)
-    done = {i for i in mine if (out / names[i]).exists() and valid_npz(out / names[i], sizes[names[i]])
-            and (not save_probs or valid_probs(probs(i), sizes[names[i]], n))}
-    broken = [names[i] for i in mine
-              if i not in done and ((out / names[i]).exists() or save_probs and probs(i).exists())]
-    todo = [i for i in mine if i not in done]
+    mine, done, broken, todo = shard_work(out, ds, sizes, shard, save_probs, model_n_classes(model))
     device = resolve_device(device); model = model.to(device, memory_format=torch.channels_last).eval()
     precision = resolve_precision(precision, device)
-    how = (f"input size {'x'.join(map(str, as_hw(target_size))) if target_size else 'original'}, "
-           f"{'two stages' if use_roi else 'one stage'}{f', TTA {tta}' if tta != 'none' else ''}"
-           f"{f', scales {scales}' if scales != (1.0,) else ''}{', probabilities' if save_probs else ''}, "
-           f"{precision} on {device}")
     log.info("%d test images, %d in this shard: %d already done, %d to predict (%s)%s", len(names), len(mine),
-             len(done), len(todo), how, f" ({len(broken)} files unreadable or wrong, redone)" if broken else '')
+             len(done), len(todo), run_description(target_size, use_roi, tta, scales, save_probs, precision, device),
+             f" ({len(broken)} files unreadable or wrong, redone)" if broken else '')
     for d, on in ((VIS_DIR, save_visualizations), (PROBS_DIR, save_probs)):
         if on: (out / d).mkdir(exist_ok=True)
-    written, pending, second_stages, t0 = [], collections.deque(), 0, time.perf_counter()
     loader = DataLoader(Subset(WithOriginals(ds) if use_roi else ds, todo), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_eval, pin_memory=device.type == 'cuda')
-    with ThreadPoolExecutor(max(1, writers)) as pool:
-        for batch in tqdm(loader, desc='predict', disable=not progress or not todo):
-            originals = batch['original'] if use_roi else batch['orig_size']
-            x = batch['image'].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            scores, windows = predict_stages(model, x, originals, tta=tta, tta_scales=scales, roi=use_roi,
-                                             names=batch['image_name'], precision=precision)   # NaN scores: an error
-            second_stages += sum(w is not None for w in windows)
-            for j, name in enumerate(batch['image_name']):             # (`zip` is a flag here)
-                s, w, hw = scores[j], windows[j], sizes[npz_name(name)]
-                path, vis = ds.folder / name, save_visualizations
-                job = (partial(save_probabilities, out, path, s, w, hw, vis) if save_probs
-                       else partial(save_map, out, path, partial(stage_class_map, s, w, hw), vis))
-                pending.append(pool.submit(job))
-            while pending and (pending[0].done() or len(pending) > 4 * max(1, writers)):
-                written.append(pending.popleft().result())
-        while pending: written.append(pending.popleft().result())
+    job, t0 = image_job(out, ds.folder, sizes, save_probs, save_visualizations, npz_level), time.perf_counter()
+    written, second_stages = predict_batches(model, loader, job, device, writers, progress and bool(todo), tta=tta,
+                                             tta_scales=scales, roi=use_roi, precision=precision)
     seconds = time.perf_counter() - t0
-    present = sum((out / n).exists() for n in names)
-    if n_shards > 1 and present < len(names):
-        log.info("shard %d/%d done; %d of %d files present: the shard that completes the set writes the zip",
-                 k, n_shards, present, len(names))
-        zip_path = report = None
-    else:
-        zip_path = make_zip(out, names=set(names)) if zip else None
-        report = check_submission(zip_path or out, ds.folder)             # raises, listing every problem
-        log.info("%s", report)
+    zip_path, report = finish_run(out, names, ds.folder, zip, shard)      # (`zip` is a flag here)
     return dict(output_dir=out, zip=zip_path, written=written, skipped=[names[i] for i in sorted(done)], report=report,
                 seconds=seconds, images_per_s=len(written) / seconds if written and seconds > 0 else None,
                 precision=precision, second_stages=second_stages)
@@ -473,7 +545,7 @@ def ensemble_member(run) -> dict:
     return rec
 
 def ensemble_runs(run_dirs, output_dir, overwrite: bool = False, zip: bool = True, writers: int = 4, data_path=None,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, npz_level: int = NPZ_LEVEL) -> dict:
     "A submission in `output_dir` from the mean probabilities of earlier `--save_probs` runs (see above); resumes."
     runs = [Path(d) for d in run_dirs]
     if not runs: raise ValueError("--ensemble needs at least one run folder")
@@ -502,7 +574,7 @@ def ensemble_runs(run_dirs, output_dir, overwrite: bool = False, zip: bool = Tru
     done = [i for i in images if (out / npz_name(i)).exists() and valid_npz(out / npz_name(i), sizes[i])]
     def average(image: str) -> str:
         probs = [read_probs(d / PROBS_DIR / probs_name(image), sizes[image], n, f'--ensemble {d}: ') for d in runs]
-        write_npz(out / npz_name(image), classes_to_layers(classes_from_probs(probs)))
+        write_npz(out / npz_name(image), classes_to_layers(classes_from_probs(probs)), npz_level)
         return npz_name(image)
     todo = [i for i in images if i not in done]
     log.info("ensemble of %d runs, %d test images: %d already done, %d to average", len(runs), len(images),
@@ -516,6 +588,10 @@ def ensemble_runs(run_dirs, output_dir, overwrite: bool = False, zip: bool = Tru
     return dict(output_dir=out, zip=zip_path, written=written, skipped=[npz_name(i) for i in done], report=report)
 
 # %% ../nbs/16_inference.ipynb #e8956965
+def loader_workers(requested, device) -> int:
+    "Data loader processes: `requested`, or by default none on a CPU (the model uses every core) and 2 elsewhere."
+    return requested if requested is not None else (0 if torch.device(device).type == 'cpu' else 2)
+
 def parse_args(argv=None) -> argparse.Namespace:
     "Parse the `unet3plus-infer` command line."
     p = argparse.ArgumentParser('unet3plus-infer',
@@ -527,8 +603,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--batch_size', type=int, default=8, help='images per batch')
     p.add_argument('--target_size', type=int, default=None,
                    help='model input size; 0 = original; default: the size the model was trained at, else 512')
-    p.add_argument('--num_workers', type=int, default=2, help='data loader processes decoding JPEGs')
+    p.add_argument('--num_workers', type=int, default=None,
+                   help='data loader processes decoding JPEGs (default: 0 on a CPU: the model needs its cores; else 2)')
     p.add_argument('--writers', type=int, default=4, help='threads compressing and writing the .npz files')
+    p.add_argument('--npz_level', type=int, choices=range(10), default=NPZ_LEVEL, metavar='0-9',
+                   help="deflate level of the .npz files (np.savez_compressed's is 6; any level loads the same)")
     add_precision_flags(p)
     add_tta_flags(p)
     p.add_argument('--roi', choices=ROI_MODES, default='auto',
@@ -580,14 +659,15 @@ def run_infer(a: argparse.Namespace):
         return rep
     if a.ensemble is not None:
         r = ensemble_runs(a.ensemble, a.output_dir, overwrite=a.overwrite, zip=a.zip, writers=a.writers,
-                          data_path=a.data_root)
+                          data_path=a.data_root, npz_level=a.npz_level)
         print(r['report']); return r
     device = resolve_device(a.device)
     model = load_model(a.model_path, device)
     size, _ = input_size(a.target_size, model)
     r = predict_folder(model, a.data_root, a.output_dir, target_size=size, batch_size=a.batch_size,
-                       num_workers=a.num_workers, tta=a.tta, tta_scales=a.tta_scales, save_probs=a.save_probs,
+                       num_workers=loader_workers(a.num_workers, device), tta=a.tta, tta_scales=a.tta_scales,
+                       save_probs=a.save_probs,
                        precision=a.precision, overwrite=a.overwrite,
                        save_visualizations=a.save_visualizations, zip=a.zip, device=device, model_path=a.model_path,
-                       writers=a.writers, shard=a.shard, roi=a.roi)
+                       writers=a.writers, shard=a.shard, roi=a.roi, npz_level=a.npz_level)
     print(r['report'] or f"shard {a.shard[0]}/{a.shard[1]}: wrote {len(r['written'])} files"); return r

@@ -4,7 +4,7 @@
 
 # %% ../../nbs/bench/07_infer.ipynb #cd65c6cb
 from __future__ import annotations
-import logging, shutil, statistics, tempfile
+import contextlib, functools, logging, shutil, statistics, tempfile, threading, time
 from pathlib import Path
 
 import numpy as np, torch
@@ -12,12 +12,14 @@ from PIL import Image, ImageDraw
 from . import (measure_rounds, round_ratios, print_table, peak_rss_mb, add_precision_arg,
                              bench_precisions, BenchParser, at_least)
 from ..data import SparkTestImages
-from ..inference import predict_folder
+import unet3plus.inference as inference
+from ..inference import predict_folder, NPZ_LEVEL, loader_workers
 from ..model import UNet3Plus
 from ..predict import amp_context, predict_scores, resolve_device
 
 # %% auto #0
-__all__ = ['write_bench_images', 'bare_forwards', 'bench_infer']
+__all__ = ['INFER_STAGES', 'write_bench_images', 'bare_forwards', 'infer_parser', 'infer_cases', 'time_cases', 'stage_timers',
+           'stage_rows', 'infer_rows', 'bench_infer']
 
 # %% ../../nbs/bench/07_infer.ipynb #36efff9d
 def write_bench_images(folder, n: int, size: int = 1024, seed: int = 0) -> Path:
@@ -40,8 +42,8 @@ def bare_forwards(model, x: torch.Tensor, n: int, precision: str, tta: bool = Fa
     for s in range(0, n, len(x)):
         with amp_context(x.device, precision): predict_scores(model, x[:min(len(x), n - s)], tta=tta)
 
-def bench_infer(argv=None) -> dict:
-    "`unet3plus-bench infer`: `predict_folder` end to end (decode, model, ROI, npz) vs its bare forward passes."
+def infer_parser() -> BenchParser:
+    "The options of `unet3plus-bench infer`."
     p = BenchParser('unet3plus-bench infer', description=bench_infer.__doc__)
     p.add_argument('--backbone', default='resnet18', help='timm encoder (random init; default small enough for a CPU)')
     p.add_argument('--size', type=at_least(1), default=512, help='model input size')
@@ -49,49 +51,112 @@ def bench_infer(argv=None) -> dict:
     p.add_argument('--n_images', type=at_least(1), default=16)
     p.add_argument('--batch_size', '--batch', type=at_least(1), default=8,
                    help='images per batch (--batch: the older name)')
-    p.add_argument('--num_workers', type=at_least(0), default=2)
+    p.add_argument('--num_workers', type=at_least(0), default=None,
+                   help="loader processes (default: unet3plus-infer's, 0 on a CPU, else 2)")
     p.add_argument('--writers', type=at_least(1), default=4)
+    p.add_argument('--npz_level', type=int, choices=range(10), default=NPZ_LEVEL, metavar='0-9',
+                   help="deflate level of the .npz files (np.savez_compressed's: 6)")
     p.add_argument('--roi', choices=('off', 'on', 'both'), default='both', help='one stage, two stages or both')
     p.add_argument('--tta', action='store_true'); p.add_argument('--device', default=None)
     p.add_argument('--repeats', type=at_least(1), default=3); p.add_argument('--warmup', type=at_least(0), default=1)
+    p.add_argument('--stages', action='store_true',
+                   help='then one more run of each case with timers on its stages (forward, layers, npz, check)')
     add_precision_arg(p)
-    a = p.parse_args([] if argv is None else argv)
-    device, precisions = resolve_device(a.device), bench_precisions(a.precision)
-    rois = ['off', 'on'] if a.roi == 'both' else [a.roi]
-    torch.manual_seed(0)
-    model = UNet3Plus(a.backbone, n_classes=3, pretrained=False).to(device, memory_format=torch.channels_last).eval()
+    return p
+
+def infer_cases(a, model, imgs: Path, out: Path, x: torch.Tensor, device) -> tuple[dict, dict]:
+    "The timed callables (end to end and bare forward per precision and ROI mode) and the second stages they saw."
+    fns, stage2 = {}, {}
+    for prec in bench_precisions(a.precision):
+        for roi in (['off', 'on'] if a.roi == 'both' else [a.roi]):
+            k = f'{prec}, roi {roi}'
+            def e2e(k=k, prec=prec, roi=roi):
+                r = predict_folder(model, imgs, out, target_size=a.size, batch_size=a.batch_size, tta=a.tta,
+                                   num_workers=loader_workers(a.num_workers, device), writers=a.writers,
+                                   precision=prec, roi=roi,
+                                   overwrite=True, zip=False, progress=False, device=device, npz_level=a.npz_level)
+                stage2[k] = r['second_stages']
+            fns[f'{k}: end to end'] = e2e
+            fns[f'{k}: bare forward'] = lambda k=k, prec=prec: bare_forwards(model, x, a.n_images + stage2[k],
+                                                                              prec, a.tta)
+    return fns, stage2
+
+def time_cases(a, model, device) -> tuple[dict, dict]:
+    "Rounds of seconds of every case of `infer_cases` on `--n_images` bench JPEGs in a temporary folder, and stage 2s."
     tmp = Path(tempfile.mkdtemp(prefix='unet3plus-bench-infer-'))
     try:
         imgs = write_bench_images(tmp / 'test', a.n_images, a.orig)
         ds = SparkTestImages(imgs, a.size)
         x = torch.stack([ds[i]['image'] for i in range(min(a.batch_size, len(ds)))]).to(device)
         x = x.contiguous(memory_format=torch.channels_last)                  # as predict_folder feeds the model
-        fns, stage2 = {}, {}
-        for prec in precisions:
-            for roi in rois:
-                k = f'{prec}, roi {roi}'
-                def e2e(k=k, prec=prec, roi=roi):
-                    r = predict_folder(model, imgs, tmp / 'out', target_size=a.size, batch_size=a.batch_size, tta=a.tta,
-                                       num_workers=a.num_workers, writers=a.writers, precision=prec, roi=roi,
-                                       overwrite=True, zip=False, progress=False, device=device)
-                    stage2[k] = r['second_stages']
-                fns[f'{k}: end to end'] = e2e
-                fns[f'{k}: bare forward'] = lambda k=k, prec=prec: bare_forwards(model, x, a.n_images + stage2[k],
-                                                                                  prec, a.tta)
+        fns, stage2 = infer_cases(a, model, imgs, tmp / 'out', x, device)
         quiet = logging.getLogger('unet3plus.inference')
         level = quiet.level; quiet.setLevel(logging.ERROR)              # not each round's --overwrite notice
-        try: t = measure_rounds(fns, repeats=a.repeats, warmup=a.warmup)
+        try:
+            t = measure_rounds(fns, repeats=a.repeats, warmup=a.warmup)
+            if a.stages: print_table(stage_rows(fns, a.n_images), "where each case's time goes (one more run each)")
+            return t, stage2
         finally: quiet.setLevel(level)
     finally: shutil.rmtree(tmp, ignore_errors=True)
+
+INFER_STAGES = ('predict_stages', 'stage_layers', 'write_npz', 'check_submission', 'test_image_sizes',
+                'test_set_identity', 'prepare_run')
+
+@contextlib.contextmanager
+def stage_timers(module, names=INFER_STAGES):
+    "Count and time (wall, thread CPU) every call of `module`'s functions `names`, in any thread, while inside."
+    totals, lock, saved = {n: [0, 0.0, 0.0] for n in names}, threading.Lock(), {n: getattr(module, n) for n in names}
+    def timed(n, f):
+        @functools.wraps(f)
+        def g(*args, **kw):
+            w, c = time.perf_counter(), time.thread_time()
+            try: return f(*args, **kw)
+            finally:
+                with lock: t = totals[n]; t[0] += 1; t[1] += time.perf_counter() - w; t[2] += time.thread_time() - c
+        return g
+    for n, f in saved.items(): setattr(module, n, timed(n, f))
+    try: yield totals
+    finally:
+        for n, f in saved.items(): setattr(module, n, f)
+
+def stage_rows(fns: dict, n_images: int) -> list[dict]:
+    "One more run of each end-to-end case of `fns` under `stage_timers`: calls and ms per image of each stage."
+    rows = []
+    for k, f in fns.items():
+        if not k.endswith(': end to end'): continue
+        w0, c0 = time.perf_counter(), time.process_time()
+        with stage_timers(inference) as totals: f()
+        w, c = time.perf_counter() - w0, time.process_time() - c0
+        rows.append(dict(case=k[:-12], stage='whole run (process CPU: all its threads)', calls=1,
+                         wall_ms_per_image=w / n_images * 1e3, cpu_ms_per_image=c / n_images * 1e3))
+        rows += [dict(case=k[:-12], stage=n, calls=calls, wall_ms_per_image=wt / n_images * 1e3,
+                      cpu_ms_per_image=ct / n_images * 1e3) for n, (calls, wt, ct) in totals.items()]
+    return rows
+
+def infer_rows(t: dict, stage2: dict, n_images: int) -> list[dict]:
+    "One table row per case: images/s end to end and bare, and the pipeline's overhead (per-round median and range)."
     rows = []
     for k in stage2:
         e, b = f'{k}: end to end', f'{k}: bare forward'
         lo, med, hi = round_ratios(t, e, b)
-        rows.append(dict(case=k, end_to_end_img_s=a.n_images / statistics.median(t[e]),
-                         bare_forward_img_s=a.n_images / statistics.median(t[b]), second_stages=stage2[k],
-                         e2e_over_bare=f'{med:.3f}x ({lo:.3f}-{hi:.3f})'))
+        rows.append(dict(case=k, end_to_end_img_s=n_images / statistics.median(t[e]),
+                         bare_forward_img_s=n_images / statistics.median(t[b]), second_stages=stage2[k],
+                         e2e_over_bare=f'{med:.3f}x ({lo:.3f}-{hi:.3f})',
+                         overhead=f'{(med - 1) * 100:+.0f} % ({(lo - 1) * 100:+.0f} to {(hi - 1) * 100:+.0f})'))
+    return rows
+
+def bench_infer(argv=None) -> dict:
+    "`unet3plus-bench infer`: `predict_folder` end to end (decode, model, ROI, npz) vs its bare forward passes."
+    a = infer_parser().parse_args([] if argv is None else argv)
+    device = resolve_device(a.device)
+    torch.manual_seed(0)
+    model = UNet3Plus(a.backbone, n_classes=3, pretrained=False).to(device, memory_format=torch.channels_last).eval()
+    t, stage2 = time_cases(a, model, device)
+    rows = infer_rows(t, stage2, a.n_images)
     print_table(rows, f"unet3plus-bench infer: predict_folder on {a.n_images} JPEGs of {a.orig}px at {a.size}px, "
-                      f"backbone {a.backbone}, batch {a.batch_size}, {a.num_workers} loader workers, "
-                      f"{a.writers} writer threads, TTA {a.tta}, device {device}, {torch.get_num_threads()} threads, "
-                      f"peak RSS {peak_rss_mb():.0f} MiB (e2e over bare: per-round median and range)")
+                      f"backbone {a.backbone}, batch {a.batch_size}, "
+                      f"{loader_workers(a.num_workers, device)} loader workers, "
+                      f"{a.writers} writer threads, npz level {a.npz_level}, TTA {a.tta}, device {device}, "
+                      f"{torch.get_num_threads()} threads, peak RSS {peak_rss_mb():.0f} MiB "
+                      "(e2e over bare, overhead: per-round median and range)")
     return dict(times=t, rows=rows)
