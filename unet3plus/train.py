@@ -162,14 +162,10 @@ def as_channels_last(x: torch.Tensor) -> torch.Tensor:
     "An image batch in channels_last layout, so that every conv after it runs in the layout oneDNN and cuDNN prefer."
     return x.contiguous(memory_format=torch.channels_last) if x.ndim == 4 else x
 
-def train_epoch(engine, loader, loss_fn, state: LoopState | dict, max_steps: int | None = None,
+def train_epoch(engine, loader, loss_fn, state: LoopState, max_steps: int | None = None,
                 on_step: Callable | None = None, progress=None, stop: Callable[[], bool] | None = None,
                 on_update: Callable | None = None) -> dict:
     "Training steps of one epoch (until every rank agrees to `stop()`); updates `state`; returns mean loss and speed."
-    if isinstance(state, dict):                 # a plain dict (the benchmark's): a LoopState of it, written back after
-        st = LoopState.from_dict(state)
-        try: return train_epoch(engine, loader, loss_fn, st, max_steps, on_step, progress, stop, on_update)
-        finally: state.update(st.as_dict())
     engine.train()
     dev, dt = engine.device, _input_dtype(engine)
     ws = dist.get_world_size() if dist.is_initialized() else 1

@@ -12,7 +12,7 @@ from torch import nn
 from . import add_precision_arg, bench_precisions, measure, print_table, ratio, BenchParser, at_least
 from ..decoder import precision_autocast
 from ..model import UNet3Plus
-from ..train import (TrainConfig, TrainLoss, barrier, ds_config, free_port, init_engine, param_groups,
+from ..train import (LoopState, TrainConfig, TrainLoss, barrier, ds_config, free_port, init_engine, param_groups,
                              setup_distributed, train_epoch)
 
 # %% auto #0
@@ -44,7 +44,7 @@ def loop_speed(backbone: str = 'resnet18', size: int = 128, global_batch: int = 
     loss_fn, times = TrainLoss('ce_dice'), []
     for r in range(repeats + 1):
         barrier(); t0 = time.perf_counter()
-        train_epoch(engine, batches, loss_fn, dict(epoch=0, step=0, epoch_batches=0))
+        train_epoch(engine, batches, loss_fn, LoopState())
         barrier()
         if r: times.append(time.perf_counter() - t0)
     return global_batch * n_batches / sorted(times)[len(times) // 2]
@@ -81,7 +81,7 @@ def _bench_train_in(a, prec: str) -> dict:
             loss, _ = loss_fn(out, b['mask'])
             opt.zero_grad(set_to_none=True); loss.backward()
             nn.utils.clip_grad_norm_(bare.parameters(), cfg.grad_clip); opt.step(); loss.item()
-    def loop_epoch(): train_epoch(engine, batches, loss_fn, dict(epoch=0, step=0, epoch_batches=0))
+    def loop_epoch(): train_epoch(engine, batches, loss_fn, LoopState())
     t = measure({'bare model': bare_epoch, 'train_epoch': loop_epoch}, repeats=a.repeats, warmup=1)
     n_img = a.batches * a.batch_size
     rows = [dict(what=k, seconds=v, images_per_s=n_img / v, vs_bare=ratio(v, t['bare model'])) for k, v in t.items()]
