@@ -14,8 +14,9 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 # %% auto #0
-__all__ = ['log', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler',
-           'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'setup_logging']
+__all__ = ['log', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ignore_stop_signals',
+           'ResumableSampler', 'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples',
+           'setup_logging']
 
 # %% ../nbs/12_distributed.ipynb #dae4c6c1
 def free_port() -> int:
@@ -66,6 +67,11 @@ class StopSignals:
     def __exit__(self, *exc):
         for n, h in self.saved.items(): signal.signal(getattr(signal, n), signal.SIG_DFL if h is None else h)
         self.saved = {}
+
+# %% ../nbs/12_distributed.ipynb #1b51df93
+def ignore_stop_signals(worker_id: int | None = None):
+    "`worker_init_fn` for data loaders: the workers ignore SIGUSR1 and SIGTERM; the training process handles them."
+    for n in StopSignals.names: signal.signal(getattr(signal, n), signal.SIG_IGN)
 
 # %% ../nbs/12_distributed.ipynb #dcdf4a5e
 class ResumableSampler(DistributedSampler):

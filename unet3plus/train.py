@@ -26,7 +26,8 @@ from .train_config import (SCHEDULES, PRECISIONS, MONITORS, RENAMED_FIELDS, TB_F
                                     check_ds_batch, check_config, renamed_fields, deep_merge, precision_of,
                                     monitor_sections, ds_config, build_parser, parse_args)
 from .distributed import (log, free_port, setup_distributed, is_main, barrier, StopSignals, ResumableSampler,
-                                   ShardSampler, sample_seed, seeded_rngs, EpochKeys, SeededSamples, setup_logging)
+                                   ShardSampler, sample_seed, seeded_rngs, EpochKeys, SeededSamples, setup_logging,
+                                   ignore_stop_signals)
 from .checkpoint import (LAYOUT_FILE, MODEL_FOLDER_FILES, RUN_OUTPUTS, RUN_LEFTOVERS, LoopState,
                                   ds_safe_globals, load_checkpoint_file, check_checkpoint_files, replace_dir, rng_state,
                                   set_rng_state, rng_file, save_rng_state, load_rng_state, latest_tag,
@@ -48,8 +49,8 @@ __all__ = ['N_OVERLAYS', 'VAL_KEYS', 'TORCHRUN_SIGNALS', 'resolve_data_root', 'c
            'check_data_root', 'check_floats', 'check_ds_batch', 'check_config', 'renamed_fields', 'deep_merge',
            'precision_of', 'monitor_sections', 'ds_config', 'build_parser', 'parse_args', 'log', 'free_port',
            'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler', 'sample_seed',
-           'seeded_rngs', 'EpochKeys', 'SeededSamples', 'setup_logging', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES',
-           'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'LoopState', 'ds_safe_globals', 'load_checkpoint_file',
+           'seeded_rngs', 'EpochKeys', 'SeededSamples', 'setup_logging', 'ignore_stop_signals', 'LAYOUT_FILE',
+           'MODEL_FOLDER_FILES', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'LoopState', 'ds_safe_globals', 'load_checkpoint_file',
            'check_checkpoint_files', 'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state',
            'load_rng_state', 'latest_tag', 'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint',
            'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position', 'to_universal', 'load_universal',
@@ -63,7 +64,7 @@ _all_ = [  # re-exported from the three modules train.py was split into
     'TrainConfig', 'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config',
     'renamed_fields', 'deep_merge', 'precision_of', 'monitor_sections', 'ds_config', 'build_parser', 'parse_args',
     'log', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler',
-    'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'setup_logging', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES',
+    'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'setup_logging', 'ignore_stop_signals', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES',
     'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'LoopState', 'ds_safe_globals', 'load_checkpoint_file', 'check_checkpoint_files',
     'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag',
     'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout',
@@ -454,9 +455,10 @@ def make_loaders(cfg: TrainConfig, env: dict, train_ds: Dataset, val_ds: Dataset
     sampler = ResumableSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     def own_rng(): return torch.Generator().manual_seed(cfg.seed)    # so iter(loader) draws nothing from the global RNG
     train_dl = make_loader(SeededSamples(train_ds, cfg.seed), cfg.batch_size, sampler=EpochKeys(sampler),
-                           num_workers=cfg.num_workers, pin_memory=env['device'].type == 'cuda', generator=own_rng())
+                           num_workers=cfg.num_workers, pin_memory=env['device'].type == 'cuda', generator=own_rng(),
+                           worker_init_fn=ignore_stop_signals)   # the stop signals are this process's
     val_dl = make_loader(val_ds, cfg.batch_size, sampler=ShardSampler(len(val_ds), world, rank),
-                         num_workers=cfg.num_workers, generator=own_rng())
+                         num_workers=cfg.num_workers, generator=own_rng(), worker_init_fn=ignore_stop_signals)
     return sampler, train_dl, val_dl
 
 def build_run(cfg: TrainConfig, model_fn: Callable[[], nn.Module] | None = None,
