@@ -63,14 +63,15 @@ _all_ = [  # re-exported from the three modules train.py was split into
     'SCHEDULES', 'PRECISIONS', 'MONITORS', 'RENAMED_FIELDS', 'TB_FOLDER', 'MONITOR_KEYS', 'REQUEUE_STATUS',
     'TrainConfig', 'read_ds_config', 'check_data_root', 'check_floats', 'check_ds_batch', 'check_config',
     'renamed_fields', 'deep_merge', 'precision_of', 'monitor_sections', 'ds_config', 'build_parser', 'parse_args',
-    'log', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler', 'ShardSampler',
-    'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'setup_logging', 'ignore_stop_signals', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES',
-    'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'LoopState', 'ds_safe_globals', 'load_checkpoint_file', 'check_checkpoint_files',
-    'replace_dir', 'rng_state', 'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag',
-    'clean_partial_checkpoints', 'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout',
-    'resume_plan', 'resume_position', 'to_universal', 'load_universal', 'check_model_folder', 'save_model',
-    'train_command', 'data_record', 'input_size_of', 'train_record', 'checkpoint_folder', 'checkpoint_weights',
-    'checkpoint_record', 'export_checkpoint', 'previous_run', 'will_resume', 'check_save_path', 'prepare_save_path']
+    'log', 'free_port', 'setup_distributed', 'is_main', 'barrier', 'StopSignals', 'ResumableSampler',
+    'ShardSampler', 'sample_seed', 'seeded_rngs', 'EpochKeys', 'SeededSamples', 'setup_logging',
+    'ignore_stop_signals', 'LAYOUT_FILE', 'MODEL_FOLDER_FILES', 'RUN_OUTPUTS', 'RUN_LEFTOVERS', 'LoopState',
+    'ds_safe_globals', 'load_checkpoint_file', 'check_checkpoint_files', 'replace_dir', 'rng_state',
+    'set_rng_state', 'rng_file', 'save_rng_state', 'load_rng_state', 'latest_tag', 'clean_partial_checkpoints',
+    'save_checkpoint', 'load_checkpoint', 'checkpoint_layout', 'read_layout', 'resume_plan', 'resume_position',
+    'to_universal', 'load_universal', 'check_model_folder', 'save_model', 'train_command', 'data_record',
+    'input_size_of', 'train_record', 'checkpoint_folder', 'checkpoint_weights', 'checkpoint_record',
+    'export_checkpoint', 'previous_run', 'will_resume', 'check_save_path', 'prepare_save_path']
 
 # %% ../nbs/14_train.ipynb #54fab380
 def resolve_data_root(cfg: TrainConfig) -> Path:
