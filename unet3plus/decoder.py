@@ -11,7 +11,7 @@ from torch import nn
 # %% auto #0
 __all__ = ['PRECISIONS', 'FAST_BF16_FEATURES', 'AUTOCAST_DTYPES', 'BRANCH_ORDERS', 'FUSIONS', 'pool_to', 'resize_to',
            'cpu_capabilities', 'cpu_has_fast_bf16', 'resolve_precision', 'precision_autocast', 'conv_bn_relu',
-           'fusion_block', 'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
+           'fusion_block', 'PerSourceFusion', 'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
 
 # %% ../nbs/06_decoder.ipynb #ca7ac38f
 def _is_pow2(r: int) -> bool: return r >= 1 and (r & (r - 1)) == 0
@@ -77,7 +77,7 @@ def precision_autocast(device, precision: str):
     return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
 # %% ../nbs/06_decoder.ipynb #d8f3abad
-BRANCH_ORDERS, FUSIONS = ('paper', 'conv_first'), ('full', 'factored')
+BRANCH_ORDERS, FUSIONS = ('paper', 'conv_first'), ('full', 'factored', 'per_source')
 
 def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
     "conv3x3 -> BatchNorm -> ReLU (in place)."
@@ -86,9 +86,27 @@ def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
 
 def fusion_block(channels: int, rank: int, bias: bool = True, kind: str = 'full') -> nn.Sequential:
     "A node's fusion: conv3x3 -> BN -> ReLU ('full', the paper's), or a 1x1 projection to `rank` channels first."
-    if kind not in FUSIONS: raise ValueError(f"fusion={kind!r}; choose one of {FUSIONS}")
+    if kind not in FUSIONS[:2]:
+        raise ValueError(f"fusion={kind!r}; choose one of {FUSIONS[:2]} (per_source is a PerSourceFusion)")
     if kind == 'full' or rank >= channels: return conv_bn_relu(channels, channels, bias)
     return nn.Sequential(nn.Conv2d(channels, rank, 1, bias=False), *conv_bn_relu(rank, channels, bias))
+
+class PerSourceFusion(nn.Module):
+    "A node's fusion conv split by source: its own and finer branches at its size, each coarser one at the source's."
+    def __init__(self, width: int, n_here: int, n_coarse: int, channels: int, bias: bool = True):
+        super().__init__()
+        self.here = nn.Conv2d(width * n_here, channels, 3, padding=1, bias=bias)
+        self.coarse = nn.ModuleList([nn.Conv2d(width, channels, 3, padding=1, bias=False) for _ in range(n_coarse)])
+        self.bn, self.act = nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
+        bound = (9 * width * (n_here + n_coarse)) ** -0.5        # the full conv's init: its fan-in, not each part's
+        for p in self.parameters():
+            if p.dim() > 1 or p is self.here.bias: nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, here: list[torch.Tensor], coarse: list[torch.Tensor]) -> torch.Tensor:
+        "BN-ReLU of conv(cat(`here`)) plus each coarse branch's conv, upsampled to the node's size."
+        y = self.here(torch.cat(here, 1) if len(here) > 1 else here[0])
+        for conv, x in zip(self.coarse, coarse): y = y.add_(resize_to(conv(x), y.shape[-2:]))
+        return self.act(self.bn(y))
 
 # %% ../nbs/06_decoder.ipynb #743d072e
 class UNet3PlusDecoder(nn.Module):
@@ -105,6 +123,9 @@ class UNet3PlusDecoder(nn.Module):
             raise ValueError(f"UNet3PlusDecoder: cat_channels={cat_channels}, "
                              f"light_channels={light_channels} must be >= 1")
         if fusion not in FUSIONS: raise ValueError(f"UNet3PlusDecoder: fusion={fusion!r}; choose one of {FUSIONS}")
+        if fusion == 'per_source' and branch_order != 'conv_first':
+            raise ValueError(f"UNet3PlusDecoder: fusion='per_source' needs branch_order='conv_first' (the coarser "
+                             f"branches at their own resolution), got {branch_order!r}; with it use fusion='full'")
         if fusion_rank is not None and fusion_rank < 1:
             raise ValueError(f"UNet3PlusDecoder: fusion_rank={fusion_rank} must be >= 1")
         if not 0 <= light_levels <= n - 2:
@@ -123,8 +144,11 @@ class UNet3PlusDecoder(nn.Module):
                                                       for s in own(i)])
                                        for i in range(n - 1)])
         kinds = ['full' if i < light_levels else fusion for i in range(n - 1)]           # light nodes: full fusion
-        self.fuse = nn.ModuleList([fusion_block(c, self.fusion_rank, conv_bias, k)
-                                   for c, k in zip(self.node_channels, kinds)])
+        n_here = lambda i: sum(s <= i for s in self.sources[i])
+        self.fuse = nn.ModuleList([PerSourceFusion(self.widths[i], n_here(i), len(self.sources[i]) - n_here(i), c,
+                                                   conv_bias) if k == 'per_source'
+                                   else fusion_block(c, self.fusion_rank, conv_bias, k)
+                                   for i, (c, k) in enumerate(zip(self.node_channels, kinds))])
         # conv_first: node k (k >= 1) feeds its consumers through one conv with their widths summed
         self.consumers = [[i for i in range(k) if k in self.sources[i]] for k in range(n)]
         self.up_convs = nn.ModuleList([conv_bn_relu(self.node_channels[k],
@@ -137,9 +161,10 @@ class UNet3PlusDecoder(nn.Module):
         xs = [b(resize_to(feats[s], size)) for b, s in zip(br, [s for s in srcs if s <= i])]
         if self.branch_order == 'paper':
             xs += [b(resize_to(nodes[s], size)) for b, s in zip(br[len(xs):], [s for s in srcs if s > i])]
-        else:   # ReLU'd at the source; upsampling keeps them >= 0
-            xs += [resize_to(ups[s][i], size) for s in srcs if s > i]
-        return self.fuse[i](torch.cat(xs, 1))
+            return self.fuse[i](torch.cat(xs, 1))
+        coarse = [ups[s][i] for s in srcs if s > i]    # ReLU'd at the source; upsampling keeps them >= 0
+        if isinstance(self.fuse[i], PerSourceFusion): return self.fuse[i](xs, coarse)
+        return self.fuse[i](torch.cat(xs + [resize_to(x, size) for x in coarse], 1))
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         "Decoder nodes, finest first; the last one is the bottleneck `features[-1]`."

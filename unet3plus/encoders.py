@@ -13,7 +13,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 # %% auto #0
 __all__ = ['WEIGHT_SUFFIXES', 'ConvBNReLU', 'EncoderBase', 'PlainEncoder', 'read_state_dict', 'source_keys',
            'load_features_state_dict', 'weights_help', 'create_backbone', 'FinePath', 'resolve_fine_levels', 'Encoder',
-           'create_encoder']
+           'create_encoder', 'Fp32DepthwiseConv2d', 'is_depthwise', 'fp32_depthwise']
 
 # %% ../nbs/05_encoders.ipynb #8f38d93c
 class ConvBNReLU(nn.Sequential):
@@ -258,3 +258,20 @@ def create_encoder(name: str, **kw) -> EncoderBase:
         raise ValueError(f"create_encoder('plain'): unknown options {sorted(bad)}; PlainEncoder takes in_chans, "
                          "filters")
     return PlainEncoder(**kw)
+
+# %% ../nbs/05_encoders.ipynb #40b30784
+class Fp32DepthwiseConv2d(nn.Conv2d):
+    "A depthwise `nn.Conv2d` that computes in fp32 under CPU autocast (bf16 depthwise convs are slow on CPUs)."
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != 'cpu' or not torch.is_autocast_enabled('cpu'): return super().forward(x)
+        with torch.autocast('cpu', enabled=False): return super().forward(x.float())
+
+def is_depthwise(m: nn.Module) -> bool:
+    "Whether `m` is a plain `nn.Conv2d` with one group per input channel."
+    return type(m) in (nn.Conv2d, Fp32DepthwiseConv2d) and m.groups > 1 and m.groups == m.in_channels
+
+def fp32_depthwise(module: nn.Module) -> int:
+    "Make every depthwise conv of `module` a `Fp32DepthwiseConv2d` in place (same weights and names); how many."
+    convs = [m for m in module.modules() if is_depthwise(m)]
+    for m in convs: m.__class__ = Fp32DepthwiseConv2d
+    return len(convs)
