@@ -14,13 +14,14 @@ from torch.utils.flop_counter import FlopCounterMode
 from fastcore.basics import patch
 from .cli import option, hint_members, members_text
 from .files import atomic_write, atomic_write_text, prepare_output_dir
-from .encoders import create_encoder
+from .encoders import create_encoder, fp32_depthwise
 from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, BRANCH_ORDERS, FUSIONS
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'CARD_LIMITS', 'WEIGHTS_NAME', 'LEGACY_WEIGHTS_NAME',
-           'CONFIG_NAME', 'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'LEGACY_BACKBONES', 'UNet3PlusConfig',
-           'UNet3Plus', 'is_model_card', 'model_card', 'check_config', 'read_config', 'check_finite', 'read_weights']
+           'CONFIG_NAME', 'CONFIG_ALIASES', 'CONFIG_TYPES', 'POSITIVE', 'ABSENT_KEYS', 'LEGACY_BACKBONES',
+           'UNet3PlusConfig', 'UNet3Plus', 'is_model_card', 'model_card', 'check_config', 'read_config', 'check_finite',
+           'read_weights']
 
 # %% ../nbs/07_model.ipynb #92154f0e
 @dataclass
@@ -46,10 +47,14 @@ class UNet3PlusConfig:
     cgm_dropout: float = option(0.5, "dropout before the CGM's classifier")
     encoder_kwargs: dict | None = option({}, 'more create_encoder keywords, a JSON object (e.g. {"drop_path_rate": 0.1})',
                                          structural=True)
-    fusion: Literal[FUSIONS] = option('full', "each node's fusion: 'full' (the paper's 3x3 conv) or 'factored' "
-                                      "(a 1x1 projection to fusion_rank channels first)", structural=True)
+    fusion: Literal[FUSIONS] = option('per_source', "each node's fusion conv: 'per_source' (split by source, each "
+                                      "coarser branch's part at its own resolution), 'full' (the paper's, at the "
+                                      "node's) or 'factored' (a 1x1 projection to fusion_rank channels first)",
+                                      structural=True)
     fusion_rank: int | None = option(None, "channels of the 'factored' fusion's projection (none: the decoder's "
                                      "default)", structural=True)
+    depthwise_fp32: bool = option(True, "the encoder's depthwise convs (ConvNeXt's) in fp32 under CPU autocast, "
+                                  "where bf16 ones are slower")
 
     def __getitem__(self, k: str):
         if k not in CONFIG_KEYS: raise KeyError(k)
@@ -77,6 +82,7 @@ class UNet3Plus(nn.Module):
         enc_kw = dict(cfg.encoder_kwargs, pretrained=cfg.pretrained, pretrained_path=pretrained_path)
         if cfg.fine_levels not in ('auto', None): enc_kw['fine_levels'] = cfg.fine_levels
         self.encoder = create_encoder(cfg.backbone, **enc_kw)
+        if cfg.depthwise_fp32: fp32_depthwise(self.encoder)
         light_stride = (1 if cfg.backbone == 'plain' else 4) if cfg.light_stride == 'auto' else cfg.light_stride
         light = min(sum(s < (light_stride or 1) for s in self.encoder.strides), len(self.encoder.strides) - 2)
         self.decoder = UNet3PlusDecoder(self.encoder.channels, cfg.cat_channels, cfg.branch_order, cfg.conv_bias, light,
@@ -131,7 +137,7 @@ class UNet3Plus(nn.Module):
         "Encoder features (finest first) of a [0, 1] image batch, padded to `padded_size` first."
         self._check_input(x)
         x = self.pad_input(x)
-        if self.decoder.fuse[0][0].weight.is_contiguous(memory_format=torch.channels_last):
+        if self.head.conv.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)        # keep channels_last end to end
         return self.encoder((x - self.mean.to(x.dtype)) / self.std.to(x.dtype))
 
@@ -287,6 +293,7 @@ def _allowed(hint) -> tuple:
 
 CONFIG_TYPES = {k: _allowed(h) for k, h in get_type_hints(UNet3PlusConfig).items()} | {'training': (dict, None)}
 POSITIVE = ('n_classes', 'cat_channels')
+ABSENT_KEYS = {'fusion': 'full'}      # a config.json without the key was written when this was the only model
 
 def _type_ok(v, allowed) -> bool:
     "Whether `v` is one of `allowed` (types, or the literal values 'auto' and None); a bool is not an int here."
@@ -360,7 +367,7 @@ def read_config(load_dir) -> dict:
                        extra_keys=original)
     if 'backbone' not in cfg or 'n_classes' not in cfg:
         raise ValueError(f"from_pretrained: {f} lacks 'backbone' or 'n_classes'")
-    return cfg
+    return ABSENT_KEYS | cfg
 
 def check_finite(sd: dict, where) -> dict:
     "`sd` if every floating-point tensor in it is finite, else a ValueError naming the first bad tensor and `where`."

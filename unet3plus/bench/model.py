@@ -109,7 +109,8 @@ def train_peak_mb(kind: str, backbone: str, size: int, batch: int, channels_last
 def _model_specs(a) -> dict:
     "name -> (kind, channels_last, UNet3Plus kwargs) of the models `bench_model`'s options ask for."
     specs = {'unet3plus': ('unet3plus', True, {})}
-    if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, dict(branch_order='paper'))
+    if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, dict(branch_order='paper', fusion='full'))
+    if a.depthwise_bf16: specs['unet3plus depthwise bf16'] = ('unet3plus', True, dict(depthwise_fp32=False))
     if a.nchw: specs['unet3plus NCHW'] = ('unet3plus', False, {})
     for c in a.cat_channels: specs[f'unet3plus cat{c}'] = ('unet3plus', True, dict(cat_channels=c))
     for f in a.fusion:                                   # 'factored' or 'factored:RANK'
@@ -130,6 +131,8 @@ def parse_model_args(argv=None):
     add_precision_arg(p)
     p.add_argument('--no_smp', action='store_true', help='skip the smp.Unet peer')
     p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
+    p.add_argument('--depthwise_bf16', action='store_true',
+                   help='also time the default model with its depthwise convs left to autocast (depthwise_fp32=False)')
     p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
     p.add_argument('--cat_channels', type=at_least(1), nargs='*', default=[],
                    help='also time the default model with these cat_channels')
