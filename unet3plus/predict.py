@@ -208,9 +208,9 @@ def label_components(fg) -> tuple[np.ndarray, int]:
 
 def dilate(mask, r: int) -> np.ndarray:
     "Boolean `mask` [H,W] grown by `r` pixels in every direction (Chebyshev distance <= r)."
-    t = torch.from_numpy(np.asarray(mask, dtype=np.float32))[None, None]
-    t = F.max_pool2d(t, (1, 2 * r + 1), stride=1, padding=(0, r))
-    return F.max_pool2d(t, (2 * r + 1, 1), stride=1, padding=(r, 0))[0, 0].numpy() > 0
+    from scipy.ndimage import maximum_filter1d
+    m, k = np.asarray(mask, dtype=np.uint8), 2 * r + 1
+    return maximum_filter1d(maximum_filter1d(m, k, axis=1, mode='constant'), k, axis=0, mode='constant') > 0
 
 # %% ../nbs/10_predict.ipynb #197c46cf
 def foreground_box(classes, near: float = 0.03) -> tuple[int, int, int, int] | None:
