@@ -86,8 +86,8 @@ def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
 
 def fusion_block(channels: int, rank: int, bias: bool = True, kind: str = 'full') -> nn.Sequential:
     "A node's fusion: conv3x3 -> BN -> ReLU ('full', the paper's), or a 1x1 projection to `rank` channels first."
-    if kind not in FUSIONS[:2]:
-        raise ValueError(f"fusion={kind!r}; choose one of {FUSIONS[:2]} (per_source is a PerSourceFusion)")
+    if kind not in ('full', 'factored'):
+        raise ValueError(f"fusion={kind!r}; choose 'full' or 'factored' (per_source is a PerSourceFusion)")
     if kind == 'full' or rank >= channels: return conv_bn_relu(channels, channels, bias)
     return nn.Sequential(nn.Conv2d(channels, rank, 1, bias=False), *conv_bn_relu(rank, channels, bias))
 
@@ -99,8 +99,8 @@ class PerSourceFusion(nn.Module):
         self.coarse = nn.ModuleList([nn.Conv2d(width, channels, 3, padding=1, bias=False) for _ in range(n_coarse)])
         self.bn, self.act = nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
         bound = (9 * width * (n_here + n_coarse)) ** -0.5        # the full conv's init: its fan-in, not each part's
-        for p in self.parameters():
-            if p.dim() > 1 or p is self.here.bias: nn.init.uniform_(p, -bound, bound)
+        for p in [self.here.weight, *[c.weight for c in self.coarse]] + ([self.here.bias] if bias else []):
+            nn.init.uniform_(p, -bound, bound)
 
     def forward(self, here: list[torch.Tensor], coarse: list[torch.Tensor]) -> torch.Tensor:
         "BN-ReLU of conv(cat(`here`)) plus each coarse branch's conv, upsampled to the node's size."
