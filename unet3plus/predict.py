@@ -22,9 +22,9 @@ __all__ = ['log', 'TTA_FLIPS', 'TTA_MODES', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 
            'resolve_scales', 'tta_transforms', 'transform', 'untransform', 'scaled_size', 'resize_batch',
            'predict_scores', 'add_tta_flags', 'upsample_scores', 'class_map', 'check_finite_scores', 'resize_image',
            'load_model', 'training_record', 'model_input_size', 'input_size', 'collate_eval', 'label_components',
-           'dilate', 'foreground_box', 'Window', 'scale_box', 'square_window', 'window_slices', 'cut_window',
-           'paste_window', 'original_image', 'stage_class_map', 'predict_stages', 'predict_classes', 'roi_mode',
-           'trained_with_crops', 'resolve_roi', 'image_tensor']
+           'dilate', 'near_groups', 'foreground_box', 'Window', 'scale_box', 'square_window', 'window_slices',
+           'cut_window', 'paste_window', 'original_image', 'stage_class_map', 'predict_stages', 'predict_classes',
+           'roi_mode', 'trained_with_crops', 'resolve_roi', 'image_tensor']
 
 # %% ../nbs/10_predict.ipynb #d055a1f1
 log = logging.getLogger('unet3plus.predict')
@@ -198,9 +198,10 @@ def collate_eval(samples: list[dict]) -> dict:
     return out
 
 # %% ../nbs/10_predict.ipynb #95cde905
+from scipy.ndimage import label, maximum_filter1d
+
 def label_components(fg) -> tuple[np.ndarray, int]:
     "8-connected components of a boolean map `fg` [H,W]: labels int32 [H,W] (0 off, 1..n in raster order) and n."
-    from scipy.ndimage import label
     fg = np.asarray(fg, dtype=bool)
     if fg.ndim != 2: raise ValueError(f"label_components: expected a 2-D map, got shape {fg.shape}")
     labels, n = label(fg, structure=np.ones((3, 3), dtype=int))
@@ -208,23 +209,28 @@ def label_components(fg) -> tuple[np.ndarray, int]:
 
 def dilate(mask, r: int) -> np.ndarray:
     "Boolean `mask` [H,W] grown by `r` pixels in every direction (Chebyshev distance <= r)."
-    from scipy.ndimage import maximum_filter1d
     m, k = np.asarray(mask, dtype=np.uint8), 2 * r + 1
     return maximum_filter1d(maximum_filter1d(m, k, axis=1, mode='constant'), k, axis=0, mode='constant') > 0
 
 # %% ../nbs/10_predict.ipynb #197c46cf
+def near_groups(fg, reach: int) -> tuple[np.ndarray, int]:
+    "Labels of `fg` [H,W] by groups: components at most `reach` pixels apart (Chebyshev), in chains, share one."
+    grown = np.asarray(fg, dtype=bool).view(np.uint8)        # each pixel grown into a box of side `reach`: two boxes
+    for axis in (1, 0):                                      # overlap or touch iff their pixels are <= reach apart
+        grown = maximum_filter1d(grown, reach, axis=axis, mode='constant')
+    return label_components(grown)
+
 def foreground_box(classes, near: float = 0.03) -> tuple[int, int, int, int] | None:
     "Box (x1, y1, x2, y2, inclusive) of a class map's largest foreground component and those near it (None: none)."
     if not near >= 0: raise ValueError(f"foreground_box: near must be >= 0, got {near}")
-    labels, n = label_components(as_numpy(classes) > 0)
+    fg = as_numpy(classes) > 0
+    labels, n = label_components(fg)
     if n == 0: return None
     sizes = np.bincount(labels.ravel(), minlength=n + 1); sizes[0] = 0
-    group, reach = labels == int(sizes.argmax()), max(2, round(near * max(labels.shape)))
-    while True:
-        close = np.unique(labels[dilate(group, reach)])
-        grown = np.isin(labels, close[close > 0])
-        if grown.sum() == group.sum(): return mask_bbox(group)
-        group = grown
+    groups, _ = near_groups(fg, max(2, round(near * max(labels.shape))))
+    seed = int(np.argmax(labels.ravel() == int(sizes.argmax())))      # a pixel of the largest component
+    return mask_bbox(fg & (groups == groups.ravel()[seed]))
+
 
 # %% ../nbs/10_predict.ipynb #0716d8b3
 from .data import place_window
