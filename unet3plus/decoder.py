@@ -9,9 +9,11 @@ import torch, torch.nn.functional as F
 from torch import nn
 
 # %% auto #0
-__all__ = ['PRECISIONS', 'FAST_BF16_FEATURES', 'AUTOCAST_DTYPES', 'BRANCH_ORDERS', 'FUSIONS', 'pool_to', 'resize_to',
-           'cpu_capabilities', 'cpu_has_fast_bf16', 'resolve_precision', 'precision_autocast', 'conv_bn_relu',
-           'fusion_block', 'PerSourceFusion', 'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
+__all__ = ['PRECISIONS', 'FAST_BF16_FEATURES', 'AUTOCAST_DTYPES', 'WEIGHT_GRAD_MODES', 'GEMM_WGRAD_ISAS', 'GEMM_MIN_CHANNELS',
+           'GEMM_MIN_PIXELS', 'BRANCH_ORDERS', 'FUSIONS', 'pool_to', 'resize_to', 'cpu_capabilities',
+           'cpu_has_fast_bf16', 'resolve_precision', 'precision_autocast', 'gemm_wgrad_pays', 'native_conv_grads',
+           'padded_rows', 'conv_weight_grad', 'FastConv2d', 'set_weight_grad', 'conv_bn_relu', 'fusion_block',
+           'PerSourceFusion', 'UNet3PlusDecoder', 'SegmentationHead', 'DeepSupervisionHeads', 'CGM']
 
 # %% ../nbs/06_decoder.ipynb #ca7ac38f
 def _is_pow2(r: int) -> bool: return r >= 1 and (r & (r - 1)) == 0
@@ -76,12 +78,111 @@ def precision_autocast(device, precision: str):
     if precision == 'fp32': return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=AUTOCAST_DTYPES[precision])
 
+# %% ../nbs/06_decoder.ipynb #8dad94d9
+WEIGHT_GRAD_MODES, GEMM_WGRAD_ISAS, GEMM_MIN_CHANNELS, GEMM_MIN_PIXELS = ('auto', 'gemm', 'native'), ('AVX2',), 32, 32 * 32
+
+def gemm_wgrad_pays(in_ch: int, out_ch: int, hw, isa: str | None = None) -> bool:
+    "Whether 'auto' takes `conv_weight_grad` for an fp32 conv of these channels on (H, W) `hw` maps on this CPU."
+    isa = torch.backends.cpu.get_cpu_capability() if isa is None else isa          # or torch's name for another
+    return isa in GEMM_WGRAD_ISAS and min(in_ch, out_ch) >= GEMM_MIN_CHANNELS and hw[0] * hw[1] >= GEMM_MIN_PIXELS
+
+def native_conv_grads(g, x, w, input_grad: bool = True, weight_grad: bool = False):
+    "oneDNN's (input, weight) gradients of a stride-1 conv2d with 'same' zero padding; None where not asked for."
+    k = w.shape[-1]
+    gx, gw, _ = torch.ops.aten.convolution_backward(g, x, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0], 1,
+                                                    [input_grad, weight_grad, False])
+    return gx, gw
+
+def padded_rows(t: torch.Tensor, p: int, margin: int = 0) -> torch.Tensor:
+    "`t` [N,C,H,W] zero-padded by `p` as pixel rows [margin + N*(H+2p)*(W+2p) + margin, C] (zeros in the margins)."
+    N, C, H, W = t.shape
+    rows = t.new_empty(2 * margin + N * (H + 2 * p) * (W + 2 * p), C)
+    grid = rows[margin:rows.shape[0] - margin].view(N, H + 2 * p, W + 2 * p, C)
+    grid[:, p:p + H, p:p + W] = t.permute(0, 2, 3, 1)
+    for pad in (rows[:margin], rows[rows.shape[0] - margin:], grid[:, :p], grid[:, p + H:], grid[:, p:p + H, :p],
+                grid[:, p:p + H, p + W:]):
+        pad.zero_()                                               # only the padding, not the whole buffer
+    return rows
+
+def conv_weight_grad(x: torch.Tensor, grad_out: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    "Weight gradient [O,C,k,k] of a stride-1 conv with 'same' zero padding of `x`: one GEMM per kernel tap."
+    k = kernel_size
+    if k % 2 != 1: raise ValueError(f"conv_weight_grad: kernel_size must be odd ('same' padding), got {k}")
+    if x.shape[0] != grad_out.shape[0] or x.shape[-2:] != grad_out.shape[-2:]:
+        raise ValueError(f"conv_weight_grad: x {tuple(x.shape)} and grad_out {tuple(grad_out.shape)} differ in batch "
+                         "or size")
+    p, W = k // 2, x.shape[-1]
+    m = p * (W + 2 * p) + p                                       # the largest row offset of a tap
+    xs, g = padded_rows(x, p, m), padded_rows(grad_out, p).t()
+    L, taps = g.shape[1], x.new_empty(k, k, grad_out.shape[1], x.shape[1])
+    for a in range(k):
+        for b in range(k):
+            off = m + (a - p) * (W + 2 * p) + (b - p)
+            torch.mm(g, xs[off:off + L], out=taps[a, b])
+    return taps.permute(2, 3, 0, 1)
+
+
+# %% ../nbs/06_decoder.ipynb #a10ebd34
+def _autocast_on(device_type: str) -> bool:
+    "Whether autocast is on for `device_type` (False for devices without autocast, such as 'meta')."
+    try: return torch.is_autocast_enabled(device_type)
+    except RuntimeError: return False
+
+class _GemmWeightGradConv(torch.autograd.Function):
+    "conv2d (stride 1, 'same' zero padding): oneDNN's forward and input gradient, `conv_weight_grad` for the weight."
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight); ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias, padding=weight.shape[-1] // 2)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        (x, w), need = ctx.saved_tensors, ctx.needs_input_grad
+        gx = native_conv_grads(g, x, w)[0] if need[0] else None
+        gw = conv_weight_grad(x, g, w.shape[-1]) if need[1] else None
+        gb = g.sum((0, 2, 3)) if ctx.has_bias and need[2] else None
+        return gx, gw, gb
+
+class FastConv2d(nn.Conv2d):
+    "`nn.Conv2d` whose weight gradient is `conv_weight_grad`'s where that is faster (`weight_grad`, see above)."
+    weight_grad = 'auto'
+
+    def gemm_supported(self) -> bool:
+        "Stride 1, no dilation or groups, an odd square kernel with 'same' zero padding."
+        k = self.kernel_size[0]
+        return (self.stride == (1, 1) and self.dilation == (1, 1) and self.groups == 1 and self.padding_mode == 'zeros'
+                and self.kernel_size == (k, k) and k % 2 == 1 and self.padding == (k // 2, k // 2))
+
+    def uses_gemm(self, x: torch.Tensor) -> bool:
+        "Whether a forward on `x` now routes the weight gradient through `conv_weight_grad`."
+        if self.weight_grad not in WEIGHT_GRAD_MODES:
+            raise ValueError(f"FastConv2d: weight_grad={self.weight_grad!r}; choose one of {', '.join(WEIGHT_GRAD_MODES)}")
+        if self.weight_grad == 'native' or not (torch.is_grad_enabled() and self.weight.requires_grad
+                                                and self.gemm_supported()):
+            return False
+        if torch.jit.is_tracing() or torch.compiler.is_compiling() or _autocast_on(x.device.type): return False
+        return self.weight_grad == 'gemm' or (x.device.type == 'cpu' and x.dtype == torch.float32
+                                              and gemm_wgrad_pays(self.in_channels, self.out_channels, x.shape[-2:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _GemmWeightGradConv.apply(x, self.weight, self.bias) if self.uses_gemm(x) else super().forward(x)
+
+def set_weight_grad(module: nn.Module, mode: str) -> int:
+    "Set `weight_grad` of every `FastConv2d` in `module` to `mode` ('auto', 'gemm', 'native'); how many there are."
+    if mode not in WEIGHT_GRAD_MODES:
+        raise ValueError(f"weight_grad={mode!r}; choose one of {', '.join(WEIGHT_GRAD_MODES)}")
+    convs = [m for m in module.modules() if isinstance(m, FastConv2d)]
+    for m in convs: m.weight_grad = mode
+    return len(convs)
+
+
 # %% ../nbs/06_decoder.ipynb #d8f3abad
 BRANCH_ORDERS, FUSIONS = ('paper', 'conv_first'), ('full', 'factored', 'per_source')
 
 def conv_bn_relu(in_ch: int, out_ch: int, bias: bool = True) -> nn.Sequential:
     "conv3x3 -> BatchNorm -> ReLU (in place)."
-    conv = nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=bias)
+    conv = FastConv2d(in_ch, out_ch, 3, padding=1, bias=bias)
     return nn.Sequential(conv, nn.BatchNorm2d(out_ch), nn.ReLU(inplace=True))
 
 def fusion_block(channels: int, rank: int, bias: bool = True, kind: str = 'full') -> nn.Sequential:
@@ -95,8 +196,8 @@ class PerSourceFusion(nn.Module):
     "A node's fusion conv split by source: its own and finer branches at its size, each coarser one at the source's."
     def __init__(self, width: int, n_here: int, n_coarse: int, channels: int, bias: bool = True):
         super().__init__()
-        self.here = nn.Conv2d(width * n_here, channels, 3, padding=1, bias=bias)
-        self.coarse = nn.ModuleList([nn.Conv2d(width, channels, 3, padding=1, bias=False) for _ in range(n_coarse)])
+        self.here = FastConv2d(width * n_here, channels, 3, padding=1, bias=bias)
+        self.coarse = nn.ModuleList([FastConv2d(width, channels, 3, padding=1, bias=False) for _ in range(n_coarse)])
         self.bn, self.act = nn.BatchNorm2d(channels), nn.ReLU(inplace=True)
         bound = (9 * width * (n_here + n_coarse)) ** -0.5        # the full conv's init: its fan-in, not each part's
         for p in [self.here.weight, *[c.weight for c in self.coarse]] + ([self.here.bias] if bias else []):

@@ -15,7 +15,8 @@ from fastcore.basics import patch
 from .cli import option, hint_members, members_text
 from .files import atomic_write, atomic_write_text, prepare_output_dir
 from .encoders import create_encoder, fp32_depthwise
-from .decoder import UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, BRANCH_ORDERS, FUSIONS
+from .decoder import (UNet3PlusDecoder, SegmentationHead, DeepSupervisionHeads, CGM, BRANCH_ORDERS, FUSIONS,
+                               WEIGHT_GRAD_MODES, set_weight_grad)
 
 # %% auto #0
 __all__ = ['CONFIG_KEYS', 'STRUCTURAL', 'CARD_NAME', 'CARD_MARK', 'CARD_LIMITS', 'WEIGHTS_NAME', 'LEGACY_WEIGHTS_NAME',
@@ -55,6 +56,9 @@ class UNet3PlusConfig:
                                      "default)", structural=True)
     depthwise_fp32: bool = option(True, "the encoder's depthwise convs (ConvNeXt's) in fp32 under CPU autocast, "
                                   "where bf16 ones are slower")
+    weight_grad: Literal[WEIGHT_GRAD_MODES] = option('auto', "fp32 weight gradients of the decoder's convs: 'gemm' (one "
+                                                     "GEMM per kernel tap), 'native' (oneDNN's), 'auto' (gemm on AVX2 "
+                                                     "CPUs without AVX-512, where it is faster)")
 
     def __getitem__(self, k: str):
         if k not in CONFIG_KEYS: raise KeyError(k)
@@ -87,6 +91,7 @@ class UNet3Plus(nn.Module):
         light = min(sum(s < (light_stride or 1) for s in self.encoder.strides), len(self.encoder.strides) - 2)
         self.decoder = UNet3PlusDecoder(self.encoder.channels, cfg.cat_channels, cfg.branch_order, cfg.conv_bias, light,
                                         cfg.light_channels, cfg.fusion, cfg.fusion_rank)
+        set_weight_grad(self.decoder, cfg.weight_grad)
         self.head = SegmentationHead(self.decoder.out_channels, cfg.n_classes)
         n, nodes = cfg.n_classes, self.decoder.node_channels
         self.aux_heads = DeepSupervisionHeads(nodes[1:], n) if cfg.deep_supervision else None

@@ -116,7 +116,8 @@ def at_least(low: int) -> Callable[[str], int]:
 BENCHES = {'data': 'unet3plus.bench.data:bench_data', 'synth': 'unet3plus.bench.synth:bench_synth',
            'precision': 'unet3plus.bench.precision:bench_precision', 'model': 'unet3plus.bench.model:bench_model',
            'metrics': 'unet3plus.bench.metrics:bench_metrics', 'train': 'unet3plus.bench.train:bench_train',
-           'infer': 'unet3plus.bench.infer:bench_infer'}
+           'infer': 'unet3plus.bench.infer:bench_infer',
+           'wgrad': 'unet3plus.bench.precision:bench_wgrad'}
 
 def get_bench(name: str) -> Callable:
     "The benchmark function registered as `name`."

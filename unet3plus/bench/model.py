@@ -111,6 +111,7 @@ def _model_specs(a) -> dict:
     specs = {'unet3plus': ('unet3plus', True, {})}
     if a.paper: specs['unet3plus paper order'] = ('unet3plus', True, dict(branch_order='paper', fusion='full'))
     if a.depthwise_bf16: specs['unet3plus depthwise bf16'] = ('unet3plus', True, dict(depthwise_fp32=False))
+    if a.native_wgrad: specs['unet3plus oneDNN wgrad'] = ('unet3plus', True, dict(weight_grad='native'))
     if a.nchw: specs['unet3plus NCHW'] = ('unet3plus', False, {})
     for c in a.cat_channels: specs[f'unet3plus cat{c}'] = ('unet3plus', True, dict(cat_channels=c))
     for f in a.fusion:                                   # 'factored' or 'factored:RANK'
@@ -133,6 +134,8 @@ def parse_model_args(argv=None):
     p.add_argument('--paper', action='store_true', help="also time the paper's branch order")
     p.add_argument('--depthwise_bf16', action='store_true',
                    help='also time the default model with its depthwise convs left to autocast (depthwise_fp32=False)')
+    p.add_argument('--native_wgrad', action='store_true',
+                   help="also time the default model with oneDNN's weight gradients (weight_grad='native')")
     p.add_argument('--nchw', action='store_true', help='also time the default model in NCHW (not channels_last)')
     p.add_argument('--cat_channels', type=at_least(1), nargs='*', default=[],
                    help='also time the default model with these cat_channels')

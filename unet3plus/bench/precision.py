@@ -12,7 +12,7 @@ from . import measure, print_table, BenchParser, at_least
 from ..decoder import precision_autocast
 
 # %% auto #0
-__all__ = ['PRECISION_KERNELS', 'ISA_LIMITS', 'precision_speeds', 'bench_precision']
+__all__ = ['PRECISION_KERNELS', 'ISA_LIMITS', 'precision_speeds', 'bench_precision', 'decoder_conv_shapes', 'bench_wgrad']
 
 # %% ../../nbs/bench/03_precision.ipynb #03f93a13
 PRECISION_KERNELS = [('matmul', 2048, 2048, 1), ('conv3x3', 64, 256, 2), ('conv3x3', 256, 128, 2),
@@ -74,3 +74,44 @@ def bench_precision(argv: list[str] | None = None) -> dict:
         res[isa] = _isa_limited_speeds(isa, a.repeats, a.threads)
         print_table(res[isa], f'the same with ONEDNN_MAX_CPU_ISA={isa}')
     return res
+
+# %% ../../nbs/bench/03_precision.ipynb #0de584ef
+from ..decoder import FastConv2d, native_conv_grads, conv_weight_grad, gemm_wgrad_pays
+from ..model import UNet3Plus
+
+def decoder_conv_shapes(backbone: str = 'convnext_tiny', size: int = 512) -> dict[tuple[int, int, int, int], int]:
+    "(in, out, height, width) -> count of the `FastConv2d`s of the default `UNet3Plus(backbone)` decoder at `size` px."
+    model, seen = UNet3Plus(backbone, pretrained=False).eval(), {}
+    def hook(m, args, out):
+        k = (m.in_channels, m.out_channels, *out.shape[-2:]); seen[k] = seen.get(k, 0) + 1
+    hooks = [m.register_forward_hook(hook) for m in model.decoder.modules() if isinstance(m, FastConv2d)]
+    with torch.no_grad(): model(torch.rand(1, 3, size, size))
+    for h in hooks: h.remove()
+    return seen
+
+def bench_wgrad(argv: list[str] | None = None) -> dict:
+    "`unet3plus-bench wgrad`: oneDNN's fp32 conv weight gradient against `conv_weight_grad` on the decoder's shapes."
+    p = BenchParser('unet3plus-bench wgrad', description=bench_wgrad.__doc__)
+    p.add_argument('--backbone', default='convnext_tiny'); p.add_argument('--size', type=at_least(8), default=512)
+    p.add_argument('--batch_size', type=at_least(1), default=2); p.add_argument('--repeats', type=at_least(1), default=3)
+    p.add_argument('--threads', type=at_least(1), default=None)
+    a = p.parse_args(argv or [])
+    if a.threads: torch.set_num_threads(a.threads)
+    rows, total = [], {'oneDNN': 0.0, 'gemm': 0.0, 'auto': 0.0}
+    for (cin, cout, h, w), n in sorted(decoder_conv_shapes(a.backbone, a.size).items()):
+        x, g = (torch.randn(a.batch_size, c, h, w).contiguous(memory_format=torch.channels_last) for c in (cin, cout))
+        wt = torch.randn(cout, cin, 3, 3).contiguous(memory_format=torch.channels_last)
+        t = measure({'oneDNN': lambda: native_conv_grads(g, x, wt, input_grad=False, weight_grad=True),
+                     'gemm': lambda: conv_weight_grad(x, g, 3)}, repeats=a.repeats)
+        uses = 'gemm' if gemm_wgrad_pays(cin, cout, (h, w)) else 'oneDNN'
+        gflop = 2 * a.batch_size * cin * cout * 9 * h * w / 1e9
+        for k in ('oneDNN', 'gemm'): total[k] += n * t[k]
+        total['auto'] += n * t[uses]
+        rows.append({'in': cin, 'out': cout, 'size': f'{h}x{w}', 'convs': n, 'oneDNN_GFLOP/s': gflop / t['oneDNN'],
+                     'gemm_GFLOP/s': gflop / t['gemm'], 'gemm_speedup': t['oneDNN'] / t['gemm'], 'auto_uses': uses})
+    print_table(rows, f"conv3x3 weight gradient of the {a.backbone} decoder's convs at {a.size} px, batch {a.batch_size}, "
+                      f"fp32 channels_last, {torch.get_num_threads()} threads")
+    print(f"one step's decoder weight gradients: oneDNN {total['oneDNN'] * 1e3:.0f} ms, GEMM {total['gemm'] * 1e3:.0f} ms, "
+          f"weight_grad='auto' {total['auto'] * 1e3:.0f} ms (GEMM over oneDNN {total['oneDNN'] / total['gemm']:.2f}x)")
+    return dict(rows=rows, total_s=total)
+
