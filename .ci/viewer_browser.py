@@ -154,9 +154,13 @@ def wait_until(what: str, fn, deadline: float, poll: float = 0.5):
     raise CheckFailed(f"timed out waiting for {what}" + (f" (last error: {last!r})" if last else ""))
 
 
-JS_KERNEL = """const w = window.jupyterapp && window.jupyterapp.shell.currentWidget;
-return w && w.sessionContext && w.sessionContext.session && w.sessionContext.session.kernel
-       ? w.sessionContext.session.kernel.status : null;"""
+JS_KERNEL = """const app = window.jupyterapp;
+if (!app) return null;
+// the notebook among the main area's widgets: JupyterLab 4.6 may leave the focus (currentWidget) on the file browser
+const w = Array.from(app.shell.widgets('main')).find(x => x.sessionContext);
+if (!w) return null;
+if (app.shell.currentWidget !== w) app.shell.activateById(w.id);     // run-all-cells acts on the active notebook
+return w.sessionContext.session && w.sessionContext.session.kernel ? w.sessionContext.session.kernel.status : null;"""
 
 JS_ERRORS = """return Array.from(document.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'))
        .map(e => e.innerText).filter(t => /Error|Traceback/.test(t));"""
