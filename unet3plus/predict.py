@@ -22,9 +22,9 @@ __all__ = ['log', 'TTA_FLIPS', 'TTA_MODES', 'DEFAULT_INPUT_SIZE', 'ROI_MARGIN', 
            'resolve_scales', 'tta_transforms', 'transform', 'untransform', 'scaled_size', 'resize_batch',
            'predict_scores', 'add_tta_flags', 'upsample_scores', 'class_map', 'check_finite_scores', 'resize_image',
            'load_model', 'training_record', 'model_input_size', 'input_size', 'collate_eval', 'label_components',
-           'dilate', 'near_groups', 'foreground_box', 'Window', 'scale_box', 'square_window', 'window_slices',
-           'cut_window', 'paste_window', 'original_image', 'stage_class_map', 'predict_stages', 'predict_classes',
-           'roi_mode', 'trained_with_crops', 'resolve_roi', 'image_tensor']
+           'near_groups', 'foreground_box', 'Window', 'scale_box', 'square_window', 'window_slices', 'cut_window',
+           'paste_window', 'original_image', 'stage_class_map', 'predict_stages', 'predict_classes', 'roi_mode',
+           'trained_with_crops', 'resolve_roi', 'image_tensor']
 
 # %% ../nbs/10_predict.ipynb #d055a1f1
 log = logging.getLogger('unet3plus.predict')
@@ -206,11 +206,6 @@ def label_components(fg) -> tuple[np.ndarray, int]:
     if fg.ndim != 2: raise ValueError(f"label_components: expected a 2-D map, got shape {fg.shape}")
     labels, n = label(fg, structure=np.ones((3, 3), dtype=int))
     return labels.astype(np.int32, copy=False), int(n)
-
-def dilate(mask, r: int) -> np.ndarray:
-    "Boolean `mask` [H,W] grown by `r` pixels in every direction (Chebyshev distance <= r)."
-    m, k = np.asarray(mask, dtype=np.uint8), 2 * r + 1
-    return maximum_filter1d(maximum_filter1d(m, k, axis=1, mode='constant'), k, axis=0, mode='constant') > 0
 
 # %% ../nbs/10_predict.ipynb #197c46cf
 def near_groups(fg, reach: int) -> tuple[np.ndarray, int]:
